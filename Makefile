@@ -1,0 +1,59 @@
+# aver: two commands do all the set-up on a fresh clone — `make demo` and `make test`.
+# Both create .venv with everything they need (torch, the extraction stack, test tools).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.aver-installed
+
+# Public interface (see README.md).
+DATASET ?= synthetic
+DATA    ?=
+CACHE   ?= caches
+PRESET  ?= tiny
+DEVICE  ?= cpu
+LABELS  ?=
+FOLDS   ?=
+WORKERS ?= 0
+EXTRA   ?=
+
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: venv demo test extract lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned to the builds this project is tested with (served from local disk here).
+	$(PIP) install --quiet $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[extract,dev]' $(TORCH_PINS)
+	# facenet-pytorch's metadata pins torch<2.3, numpy<2 and Pillow<10.3; it works with current
+	# releases, so it is installed without its declared dependencies.
+	$(PIP) install --quiet --no-deps facenet-pytorch==2.6.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m extract.cli demo --cache $(CACHE) --device $(DEVICE)
+
+extract: $(STAMP)
+	$(PY) -m extract.cli extract --dataset $(DATASET) --cache $(CACHE) --preset $(PRESET) \
+	  --device $(DEVICE) --workers $(WORKERS) \
+	  $(if $(DATA),--data $(DATA)) $(if $(LABELS),--labels $(LABELS)) $(if $(FOLDS),--folds '$(FOLDS)') $(EXTRA)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check extract train tests bench
+	$(VENV)/bin/ruff format --check extract train tests bench
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
+
+clean:
+	rm -rf $(VENV) caches data .pytest_cache

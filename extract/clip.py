@@ -1,0 +1,138 @@
+"""Per-clip work, in two halves.
+
+``prepare`` is the decode-bound half that runs ahead in threads: probe, decode + detect faces
+(pass 1), track and smooth one face, decode + crop (pass 2, so no full-resolution video is ever
+held in memory), and load 16 kHz audio. ``compute_group`` is the model-bound half: optical flow,
+normalisation and both encoders, run on the frames of many clips packed into fixed-size batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ExtractConfig
+from .datasets.base import ClipRecord
+from .errors import ClipError
+from .models import Models
+from .store import Capacity, ClipResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A decoded clip ready for the models. T frames of S x S face crops."""
+
+    index: int
+    record: ClipRecord
+    crops: object  # torch.uint8 [T, 3, S, S] on the run's device
+    timestamps: np.ndarray  # float32 [T] seconds
+    boxes: np.ndarray  # float32 [T, 4] smoothed crop boxes, source pixels
+    probs: np.ndarray  # float32 [T]
+    mask: np.ndarray  # bool [T]
+    fps: float
+    audio: np.ndarray  # float32 [S_audio] 16 kHz mono
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.timestamps)
+
+
+def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Capacity) -> Prepared:
+    """Decode, detect, track, crop and load audio for one clip. Raises ``ClipError`` on bad input."""
+    from .faces import crop_faces, smooth_boxes, track_face
+    from .media import iter_video_frames, load_audio, probe_video
+
+    rt = cfg.runtime
+    info = probe_video(rec.video)
+    max_seconds = cfg.max_seconds
+    dets, stamps, hw = [], [], None
+    for frames, ts in iter_video_frames(rec.video, rt.decode_batch, max_seconds):
+        frames, ts = frames[: cap.frames - len(stamps)], ts[: cap.frames - len(stamps)]
+        hw = frames.shape[1:3]
+        for k in range(0, len(frames), rt.detect_batch):
+            dets.extend(models.detector.detect(frames[k : k + rt.detect_batch]))
+        stamps.extend(ts.tolist())
+        if len(stamps) >= cap.frames:
+            log.warning("%s: longer than the store capacity; cut at %d frames", rec.video, cap.frames)
+            break
+    n = len(stamps)
+    if n < cfg.flow.window + 1:
+        raise ClipError(rec.video, f"only {n} frame(s); optical flow needs at least {cfg.flow.window + 1}", "decode")
+    track = track_face(dets, hw, rec.video)
+    boxes = smooth_boxes(track.boxes, cfg.face.smooth_window, cfg.face.margin, hw)
+    crops = _crop_pass(rec.video, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames)
+    fps = info.fps if info.fps > 0 else (n - 1) / max(stamps[-1] - stamps[0], 1e-6)
+    audio = load_audio(rec.audio or rec.video, cfg.audio.sample_rate, max_seconds)
+    video_s = n / fps
+    if len(audio) / cfg.audio.sample_rate < cfg.min_audio_ratio * video_s:
+        raise ClipError(rec.audio or rec.video, f"audio lasts {len(audio) / cfg.audio.sample_rate:.2f} s but the video "
+                        f"{video_s:.2f} s (below min_audio_ratio={cfg.min_audio_ratio})", "audio")
+    return Prepared(i, rec, crops, np.asarray(stamps, np.float32), boxes.astype(np.float32),
+                    track.prob.astype(np.float32), track.mask.astype(bool), float(fps), audio)
+
+
+def _crop_pass(path, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames):
+    import torch
+
+    out, seen = [], 0
+    for frames, _ in iter_video_frames(path, cfg.runtime.decode_batch, max_seconds):
+        frames = frames[: n - seen]
+        if len(frames) == 0:
+            break
+        t = torch.from_numpy(frames).to(cfg.runtime.device, non_blocking=True)
+        out.append(crop_faces(t, boxes[seen : seen + len(frames)], cfg.face.crop_size))
+        seen += len(frames)
+    if seen != n:
+        raise ClipError(path, f"second decoding pass gave {seen} frames, the first {n}", "decode")
+    return torch.cat(out)
+
+
+def compute_group(group: list[Prepared], cfg: ExtractConfig, models: Models, cap: Capacity) -> list[ClipResult]:
+    """Flow and features for every clip of ``group``, batched across clip boundaries."""
+    import torch
+
+    from .flow import flow_pairs, flow_to_image, normalise_flow
+
+    rt = cfg.runtime
+    lengths = [p.n_frames for p in group]
+    crops = torch.cat([p.crops for p in group])  # uint8 [sum T, 3, S, S]
+    frame_feats = models.image.encode_batched(crops, rt.image_batch).split(lengths)
+
+    offsets = np.cumsum([0, *lengths[:-1]])
+    pairs = [flow_pairs(n, cfg.flow.window, cfg.flow.stride) + int(o) for n, o in zip(lengths, offsets, strict=True)]
+    n_pairs = [len(p) for p in pairs]
+    idx = torch.cat(pairs).to(crops.device)
+    flows = torch.cat([models.flow(crops[idx[k : k + rt.flow_batch, 0]], crops[idx[k : k + rt.flow_batch, 1]])
+                       for k in range(0, len(idx), rt.flow_batch)])  # float32 [sum P, 2, S, S]
+    images = torch.cat([flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip)
+                        for f in flows.split(n_pairs)])
+    flow_feats = models.image.encode_batched(images, rt.image_batch).split(n_pairs)
+
+    results = []
+    for p, ff, of in zip(group, frame_feats, flow_feats, strict=True):
+        audio = models.audio(p.audio)[: cap.audio]
+        results.append(ClipResult(
+            frame_features=_f16(ff, p.record.video, "frame"), flow_features=_f16(of, p.record.video, "flow"),
+            audio_features=_f16(audio, p.record.audio or p.record.video, "audio"), timestamps=p.timestamps,
+            face_box=p.boxes, face_prob=p.probs, face_mask=p.mask, fps=p.fps))
+    return results
+
+
+def _f16(x, path: str, what: str) -> np.ndarray:
+    arr = x.detach().float().cpu().numpy()
+    if not np.isfinite(arr).all():
+        raise ClipError(path, f"{what} features are not finite (NaN/inf)", "encode")
+    big = float(np.abs(arr).max(initial=0.0))
+    if big > 65504.0:
+        raise ClipError(path, f"{what} features overflow float16 (max |x| = {big:.3g})", "encode")
+    return arr.astype(np.float16)
+
+
+def audio_frames(seconds: float, rate_hz: float) -> int:
+    """wav2vec2 frames for ``seconds`` of audio (upper bound, for the store capacity)."""
+    return int(math.ceil(seconds * rate_hz)) + 1

@@ -1,0 +1,197 @@
+"""Extraction configuration: dataclasses are the single source of truth.
+
+Everything that changes the numbers written into a cache lives in ``ExtractConfig`` minus its
+``runtime`` part; its canonical JSON is hashed (``config_hash``) and stored in the cache, and a rerun
+with a different hash refuses to mix results. ``RuntimeConfig`` (device, batch sizes, workers) is
+recorded per run but not hashed: it changes how fast, not what.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class FaceConfig:
+    """MTCNN detection, single-face tracking, box smoothing and cropping."""
+
+    min_face_size: int = 40  # pixels, at detection resolution
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P/R/O-net
+    factor: float = 0.709  # image pyramid scale step
+    min_prob: float = 0.90  # detections below this are ignored
+    detect_max_side: int = 640  # frames are downscaled to this longest side for detection
+    smooth_window: int = 9  # frames, centred moving average of box centre and size (odd)
+    margin: float = 0.15  # fraction of the box side added on every side before squaring
+    crop_size: int = 224  # output crops are crop_size x crop_size RGB
+
+    def __post_init__(self) -> None:
+        self.thresholds = tuple(float(t) for t in self.thresholds)
+        _check(len(self.thresholds) == 3, "face.thresholds needs three values (P, R, O nets)")
+        _check(self.min_face_size >= 8, "face.min_face_size must be >= 8 pixels")
+        _check(0.0 < self.factor < 1.0, "face.factor must be in (0, 1)")
+        _check(0.0 <= self.min_prob <= 1.0, "face.min_prob must be in [0, 1]")
+        _check(self.smooth_window >= 1 and self.smooth_window % 2 == 1, "face.smooth_window must be odd")
+        _check(self.margin >= 0.0, "face.margin must be >= 0")
+        _check(self.crop_size >= 16, "face.crop_size must be >= 16")
+        _check(self.detect_max_side >= 64, "face.detect_max_side must be >= 64")
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow between face crops, its per-pixel std normalisation and its image encoding."""
+
+    backend: str = "dis"  # registry key: dis | raft | perceiver
+    variant: str = ""  # raft: large | small; dis: ultrafast | fast | medium; perceiver: unused
+    weights: str | None = None  # raft: local .pth/.safetensors; perceiver: hub id or local folder
+    allow_pickle: bool = False  # permit unpickling a third-party weight file (executes code)
+    iters: int = 12  # raft refinement iterations
+    train_size: tuple[int, int] | None = None  # perceiver window; None = the model's config.train_size
+    tile_overlap: int = 32  # perceiver: overlap between tiles, pixels
+    output_scale: float = 20.0  # perceiver: model output x this = pixels (as the public demo)
+    window: int = 1  # flow between frame t and t + window (paper Table 4)
+    stride: int = 1  # one flow map every `stride` frames (paper Table 4)
+    eps: float = 1e-3  # added to the per-pixel std before dividing
+    image_clip: float = 3.0  # normalised magnitude shown at full brightness in the flow image
+
+    def __post_init__(self) -> None:
+        if self.train_size is not None:
+            self.train_size = tuple(int(v) for v in self.train_size)
+            _check(len(self.train_size) == 2, "flow.train_size needs (height, width)")
+        _check(self.window >= 1, "flow.window must be >= 1")
+        _check(self.stride >= 1, "flow.stride must be >= 1")
+        _check(self.iters >= 1, "flow.iters must be >= 1")
+        _check(self.eps > 0, "flow.eps must be > 0")
+        _check(self.image_clip > 0, "flow.image_clip must be > 0")
+        _check(self.tile_overlap >= 0, "flow.tile_overlap must be >= 0")
+
+
+@dataclass
+class ImageEncoderConfig:
+    """EfficientNet-B2 (timm) on face crops and on flow images; classifier removed."""
+
+    arch: str = "tf_efficientnet_b2"  # timm model name
+    weights: str | None = None  # local file: .safetensors, a state_dict .pt/.pth, or a pickled module
+    allow_pickle: bool = False  # the Savchenko enet_b2_*.pt files are pickled whole modules
+    input_size: int = 224  # paper 224; the model's native size is 260
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        _check(self.input_size >= 32, "image.input_size must be >= 32")
+        _check(len(self.mean) == 3 and len(self.std) == 3, "image.mean/std need 3 values")
+
+
+@dataclass
+class AudioEncoderConfig:
+    """wav2vec2 (transformers) on 16 kHz mono audio."""
+
+    model: str = "facebook/wav2vec2-large-robust"  # hub id or local folder (save_pretrained layout)
+    layers: tuple[int, ...] = (-1,)  # hidden_states indices kept (0 = CNN projection, -1 = last)
+    sample_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(v) for v in self.layers)
+        _check(len(self.layers) >= 1, "audio.layers needs at least one layer index")
+        _check(self.sample_rate == 16000, "wav2vec2 models expect audio.sample_rate = 16000")
+
+
+@dataclass
+class RuntimeConfig:
+    """How a run executes. Recorded per run, not hashed: it must not change the stored numbers."""
+
+    device: str = "cpu"
+    amp: bool = True  # autocast on CUDA (ignored on CPU)
+    image_batch: int = 64  # images per encoder batch (fixed size; the last one is padded)
+    flow_batch: int = 16  # frame pairs per flow batch
+    detect_batch: int = 32  # frames per MTCNN call
+    decode_batch: int = 64  # frames decoded at a time (bounds memory on long clips)
+    group_frames: int = 1024  # clips are packed into groups of about this many frames
+    prefetch: int = 2  # clip groups decoded ahead of the GPU
+    workers: int = 0  # 0: this process; N: a local Dask cluster of N workers
+    scheduler: str | None = None  # address of a running Dask scheduler (one worker per GPU)
+
+    def __post_init__(self) -> None:
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "runtime.device must be cpu or cuda[:N]")
+        for name in ("image_batch", "flow_batch", "detect_batch", "decode_batch", "group_frames"):
+            _check(getattr(self, name) >= 1, f"runtime.{name} must be >= 1")
+        _check(self.prefetch >= 0 and self.workers >= 0, "runtime.prefetch/workers must be >= 0")
+
+
+@dataclass
+class ExtractConfig:
+    """Everything that defines a cache. ``config_hash`` covers all but ``runtime``."""
+
+    dataset: str
+    preset: str = "tiny"
+    face: FaceConfig = field(default_factory=FaceConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    max_seconds: float | None = None  # clips are cut to this length (None: whole clip)
+    min_audio_ratio: float = 0.5  # audio shorter than this fraction of the video is a failure
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.max_seconds is None or self.max_seconds > 0, "max_seconds must be > 0")
+        _check(0.0 <= self.min_audio_ratio <= 1.0, "min_audio_ratio must be in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hashed_dict(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("runtime")
+        return d
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
+        d = dict(d)
+        subs = {"face": FaceConfig, "flow": FlowConfig, "image": ImageEncoderConfig,
+                "audio": AudioEncoderConfig, "runtime": RuntimeConfig}
+        for key, typ in subs.items():
+            if key in d and isinstance(d[key], dict):
+                d[key] = typ(**d[key])
+        return cls(**d)
+
+
+def apply_overrides(cfg: ExtractConfig, overrides: list[str]) -> ExtractConfig:
+    """Apply ``section.key=value`` overrides (values parsed as JSON, else taken as strings)."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        path, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = d
+        keys = path.split(".")
+        for k in keys[:-1]:
+            if k not in node or not isinstance(node[k], dict):
+                raise ConfigError(f"override {item!r}: no config section {k!r}")
+            node = node[k]
+        if keys[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {keys[-1]!r}; known: {sorted(node)}")
+        node[keys[-1]] = value
+    return ExtractConfig.from_dict(d)

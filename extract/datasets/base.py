@@ -1,0 +1,79 @@
+"""What every dataset adapter returns: a clip table, its label space and its folds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import Registry
+
+# Split codes stored in folds/split (see cache_layout.md).
+TRAIN, VALIDATION, TEST, UNUSED = 0, 1, 2, -1
+SPLIT_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test", UNUSED: "unused"}
+
+
+@dataclass
+class ClipRecord:
+    """One clip of a corpus.
+
+    ``video`` is an absolute path; ``audio`` is a separate audio file or ``None`` when the audio
+    track of ``video`` is used. ``label`` indexes ``DatasetIndex.classes`` (-1 = none);
+    ``targets`` follows ``DatasetIndex.targets`` (empty when the corpus has none).
+    """
+
+    clip_id: str
+    video: str
+    speaker: str
+    audio: str | None = None
+    label: int = -1
+    targets: tuple[float, ...] = ()
+
+
+@dataclass
+class DatasetOptions:
+    """User inputs an adapter may need; each adapter says which ones it reads."""
+
+    data: Path | None = None  # raw dataset folder
+    labels: Path | None = None  # a labels CSV (mspimprov: VAVL format; folder: the clip table)
+    folds: str | None = None  # fold files: a pattern with {fold}, or comma-separated paths
+    targets: tuple[str, ...] = ()  # folder: names of continuous target columns
+    n_folds: int = 5
+
+
+@dataclass
+class DatasetIndex:
+    """A corpus ready for extraction: clips in a fixed order, labels and folds."""
+
+    name: str
+    root: str
+    clips: list[ClipRecord]
+    classes: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    folds: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))  # int8 [n_folds, N]
+    folds_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ids = [c.clip_id for c in self.clips]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise ValueError(f"dataset {self.name!r}: clip ids must be unique; duplicated: {dup}")
+        if self.folds.size and self.folds.shape[1] != len(self.clips):
+            raise ValueError(f"dataset {self.name!r}: folds cover {self.folds.shape[1]} clips, not {len(self.clips)}")
+
+
+DATASETS: Registry = Registry("dataset")
+
+
+def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:
+    """The raw-data folder, or a ConfigError saying how to give it."""
+    from ..errors import ConfigError
+
+    if path is None:
+        raise ConfigError(f"dataset {dataset!r} needs its raw data folder: pass --data DIR (make: {what}=DIR)")
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"dataset {dataset!r}: data folder {path} does not exist or is not a folder")
+    return path

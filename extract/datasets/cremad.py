@@ -1,0 +1,48 @@
+"""CREMA-D: ``VideoFlash/<id>.flv`` with its audio in ``AudioWAV/<id>.wav``.
+
+Ids look like ``1001_DFA_ANG_XX`` (actor, sentence, emotion, level). 6 classes, actor as speaker.
+Default folds deal the 91 actors round-robin (sorted by id) into 5 groups; the VAVL partition
+files (``label_consensus_{fold}.csv``) can be given with ``--folds``. Four clips are known to be
+broken in the release (1076_MTI_NEU_XX, 1076_MTI_SAD_XX, 1064_TIE_SAD_XX, 1064_IEO_DIS_MD): they
+end as recorded failures like any other unreadable clip.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
+from .folds import round_robin_groups, speaker_folds, vavl_folds
+
+CREMAD_CODES = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+CREMAD_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
+KNOWN_BROKEN = ("1076_MTI_NEU_XX", "1076_MTI_SAD_XX", "1064_TIE_SAD_XX", "1064_IEO_DIS_MD")
+
+
+@DATASETS.register("cremad")
+def cremad(opts: DatasetOptions) -> DatasetIndex:
+    root = require_dir(opts.data, "cremad")
+    video_dir, audio_dir = root / "VideoFlash", root / "AudioWAV"
+    if not video_dir.is_dir():
+        raise ConfigError(f"cremad: {video_dir} not found (expected VideoFlash/*.flv and AudioWAV/*.wav)")
+    clips, notes = [], []
+    for path in sorted(video_dir.glob("*.flv")):
+        parts = path.stem.split("_")
+        if len(parts) != 4 or parts[2] not in CREMAD_CODES:
+            notes.append(f"skipped {path.name}: not an <actor>_<sentence>_<emotion>_<level> name")
+            continue
+        wav = audio_dir / f"{path.stem}.wav"
+        clips.append(ClipRecord(clip_id=path.stem, video=str(path), speaker=parts[0],
+                                audio=str(wav) if wav.exists() else None,
+                                label=CREMAD_CODES.index(parts[2])))
+    if not clips:
+        raise ConfigError(f"cremad: no <id>.flv files in {video_dir}")
+    no_wav = sum(c.audio is None for c in clips)
+    if no_wav:
+        notes.append(f"{no_wav} clips have no AudioWAV/<id>.wav; their audio is read from the .flv")
+    speakers = [c.speaker for c in clips]
+    if opts.folds:
+        folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
+    else:
+        folds, source = speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)), "speaker-round-robin"
+    return DatasetIndex("cremad", str(root), clips, classes=list(CREMAD_CLASSES), folds=folds,
+                        folds_source=source, notes=notes)

@@ -1,0 +1,125 @@
+"""Speaker-independent folds: generated deterministically, or imported from VAVL-style CSVs.
+
+Generated folds (``speaker_folds``): speakers are split into ``n_folds`` groups; in fold k the
+test speakers are group k, the validation speakers group (k + 1) mod n_folds, and the training
+speakers all the others. Train, validation and test speakers are therefore always disjoint.
+
+Imported folds (``vavl_folds``): one CSV per fold with a ``FileName`` and a ``Split_Set`` column
+(``Train`` / ``Development`` / ``Test``), as published with VAVL (Goncalves & Busso). Clips a
+fold file does not list are ``unused`` in that fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import TEST, TRAIN, UNUSED, VALIDATION
+
+log = logging.getLogger(__name__)
+
+_SPLITS = {"train": TRAIN, "development": VALIDATION, "dev": VALIDATION, "validation": VALIDATION,
+           "test": TEST}
+
+
+def round_robin_groups(speakers: list[str], n_folds: int) -> list[list[str]]:
+    """Sorted unique speakers dealt into ``n_folds`` groups: speaker i goes to group i mod n."""
+    unique = sorted(set(speakers))
+    if len(unique) < 3:
+        raise ConfigError(f"speaker-independent folds need at least 3 speakers; found {len(unique)}")
+    n = min(n_folds, len(unique))
+    return [unique[i::n] for i in range(n)]
+
+
+def speaker_folds(speakers: list[str], groups: list[list[str]]) -> np.ndarray:
+    """Fold table ``int8 [n_folds, N]`` from speaker groups (test = k, validation = k + 1)."""
+    n = len(groups)
+    where = {s: g for g, members in enumerate(groups) for s in members}
+    missing = sorted({s for s in speakers if s not in where})
+    if missing:
+        raise ConfigError(f"speakers {missing[:5]} belong to no fold group")
+    group_of = np.array([where[s] for s in speakers], dtype=np.int64)
+    table = np.full((n, len(speakers)), TRAIN, dtype=np.int8)
+    for k in range(n):
+        table[k, group_of == k] = TEST
+        table[k, group_of == (k + 1) % n] = VALIDATION
+    return table
+
+
+def expand_fold_files(spec: str) -> list[Path]:
+    """``a_{fold}.csv`` -> the existing files for fold 1, 2, ...; ``a.csv,b.csv`` -> those files."""
+    if "{fold}" in spec:
+        files = []
+        for k in range(1, 100):
+            p = Path(spec.replace("{fold}", str(k))).expanduser()
+            if not p.exists():
+                break
+            files.append(p)
+        if not files:
+            raise ConfigError(f"fold pattern {spec!r}: no file found for fold 1 ({spec.replace('{fold}', '1')})")
+        return files
+    files = [Path(p).expanduser() for part in spec.split(",") for p in sorted(glob.glob(part.strip())) or [part.strip()]]
+    for p in files:
+        if not p.is_file():
+            raise ConfigError(f"fold file {p} does not exist")
+    return files
+
+
+def _stem(name: str) -> str:
+    return Path(name.strip()).stem if "." in Path(name.strip()).name else name.strip()
+
+
+def read_vavl_csv(path: Path) -> dict[str, int]:
+    """``{clip id: split code}`` from one VAVL partition CSV (FileName, ..., Split_Set)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        for col in ("FileName", "Split_Set"):
+            if col not in cols:
+                raise ConfigError(f"fold file {path}: missing column {col!r}; columns are {cols}")
+        out: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            split = _SPLITS.get(row["Split_Set"].strip().lower())
+            if split is None:
+                raise ConfigError(f"fold file {path}, line {line}: Split_Set {row['Split_Set']!r} is not "
+                                  "Train, Development or Test")
+            out[_stem(row["FileName"])] = split
+    return out
+
+
+def vavl_folds(spec: str, clip_ids: list[str], speakers: list[str]) -> tuple[np.ndarray, str]:
+    """Fold table ``int8 [n_files, N]`` from VAVL CSVs, and a description of the source.
+
+    Warns when a fold puts one speaker in two splits (the file breaks speaker independence).
+    """
+    files = expand_fold_files(spec)
+    index = {cid: i for i, cid in enumerate(clip_ids)}
+    table = np.full((len(files), len(clip_ids)), UNUSED, dtype=np.int8)
+    for k, path in enumerate(files):
+        rows = read_vavl_csv(path)
+        unknown = [name for name in rows if name not in index]
+        if len(unknown) == len(rows):
+            raise ConfigError(f"fold file {path}: none of its {len(rows)} FileName values matches a clip id "
+                              f"(e.g. {unknown[:3]} vs {clip_ids[:3]})")
+        if unknown:
+            log.warning("fold file %s: %d files are not in the dataset (e.g. %s)", path, len(unknown), unknown[:3])
+        for name, split in rows.items():
+            if name in index:
+                table[k, index[name]] = split
+        _warn_speaker_overlap(path, table[k], speakers)
+    return table, "csv:" + ",".join(str(p) for p in files)
+
+
+def _warn_speaker_overlap(path: Path, row: np.ndarray, speakers: list[str]) -> None:
+    seen: dict[str, set[int]] = {}
+    for split, spk in zip(row.tolist(), speakers, strict=True):
+        if split != UNUSED:
+            seen.setdefault(spk, set()).add(split)
+    mixed = sorted(s for s, splits in seen.items() if len(splits) > 1)
+    if mixed:
+        log.warning("fold file %s puts speakers %s in more than one split (not speaker-independent)", path, mixed[:5])

@@ -1,0 +1,71 @@
+"""MSP-IMPROV: continuous activation / valence / dominance from a VAVL-format labels CSV.
+
+``--labels`` is a VAVL file such as ``labels_consensus_1.csv`` with columns
+``FileName,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set`` (attributes on a 1-5 scale, stored
+as given). Media are found anywhere under ``--data`` by file stem: a video (``.avi``/``.mp4``)
+and, when present, a ``.wav`` of the same name (else the video's own audio). The speaker is
+``SpkrID`` (the session in the VAVL files). Default folds: the labels CSV pattern given with
+``--folds`` (e.g. ``labels_consensus_{fold}.csv``); without it, speakers dealt round-robin.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
+from .folds import round_robin_groups, speaker_folds, vavl_folds
+
+TARGET_COLUMNS = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
+VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".flv")
+
+
+def index_media(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Videos and wav files under ``root`` by stem; a stem seen twice is an error (no overwrites)."""
+    videos: dict[str, Path] = {}
+    wavs: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        suffix = path.suffix.lower()
+        table = videos if suffix in VIDEO_EXTS else wavs if suffix == ".wav" else None
+        if table is None:
+            continue
+        if path.stem in table:
+            raise ConfigError(f"two files named {path.stem}{suffix}: {table[path.stem]} and {path}")
+        table[path.stem] = path
+    return videos, wavs
+
+
+@DATASETS.register("mspimprov")
+def mspimprov(opts: DatasetOptions) -> DatasetIndex:
+    root = require_dir(opts.data, "mspimprov")
+    if opts.labels is None:
+        raise ConfigError("mspimprov needs its labels CSV: --labels labels_consensus_1.csv (make: LABELS=...)")
+    videos, wavs = index_media(root)
+    clips, missing = [], []
+    with open(opts.labels, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        need = ["FileName", "SpkrID", *TARGET_COLUMNS.values()]
+        absent = [c for c in need if c not in (reader.fieldnames or [])]
+        if absent:
+            raise ConfigError(f"{opts.labels}: missing columns {absent}; columns are {reader.fieldnames}")
+        for row in reader:
+            stem = Path(row["FileName"].strip()).stem
+            if stem not in videos:
+                missing.append(stem)
+                continue
+            clips.append(ClipRecord(
+                clip_id=stem, video=str(videos[stem]), speaker=row["SpkrID"].strip(),
+                audio=str(wavs[stem]) if stem in wavs else None,
+                targets=tuple(float(row[c]) for c in TARGET_COLUMNS.values())))
+    if not clips:
+        raise ConfigError(f"mspimprov: no video under {root} matches a FileName of {opts.labels}")
+    clips.sort(key=lambda c: c.clip_id)
+    notes = [f"{len(missing)} labelled files have no video under {root} (e.g. {missing[:3]})"] if missing else []
+    speakers = [c.speaker for c in clips]
+    if opts.folds:
+        folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
+    else:
+        folds, source = speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)), "speaker-round-robin"
+    return DatasetIndex("mspimprov", str(root), clips, targets=list(TARGET_COLUMNS), folds=folds,
+                        folds_source=source, notes=notes)

@@ -1,0 +1,193 @@
+"""wav2vec2 (transformers) hidden states of 16 kHz mono audio, from a hub id or a local folder."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import AudioEncoderConfig
+from ..errors import ConfigError, MissingWeightsError
+from .weights import sha256_file
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_GLOBS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder on disk."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _missing_model_error(name: str, err: Exception) -> MissingWeightsError:
+    return MissingWeightsError(
+        f"audio model {name!r} is neither a local folder nor in the Hugging Face cache, and it cannot be "
+        f"downloaded here ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Download it once on a "
+        f"machine with internet (`huggingface-cli download {name}`, then copy the cache folder "
+        f"~/.cache/huggingface/hub over), or save it with save_pretrained into a folder and pass that "
+        f"folder via --audio-model DIR (audio.model=DIR)."
+    )
+
+
+def _weights_fingerprint(files: list[Path]) -> str | None:
+    """sha256 of the single weight file, or of the ``name:sha256`` lines of a sharded checkpoint."""
+    if not files:
+        return None
+    if len(files) == 1:
+        return sha256_file(files[0])
+    lines = "".join(f"{f.name}:{sha256_file(f)}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _hub_provenance(repo_id: str) -> dict[str, Any]:
+    """Revision and weight sha256 of a model resolved from the local hub cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    out: dict[str, Any] = {"revision": None, "weights_sha256": None}
+    config_path = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(config_path, str):
+        out["revision"] = Path(config_path).parent.name  # .../snapshots/<commit>/config.json
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo_id, name)
+        if isinstance(path, str):
+            blob = Path(path).resolve()
+            # The cache names LFS blobs by their sha256: no need to read a 1.2 GB file.
+            is_sha = re.fullmatch(r"[0-9a-f]{64}", blob.name) is not None
+            out["weights_sha256"] = blob.name if is_sha else sha256_file(blob)
+            out["weights_file"] = name
+            break
+    return out
+
+
+class AudioEncoder:
+    """Frozen wav2vec2: waveform ``[S]`` float32 at 16 kHz -> hidden states ``[T, L, dim]``.
+
+    ``L = len(cfg.layers)``; ``hidden_states[0]`` is the projected CNN output, ``[-1]`` the last
+    transformer layer. The waveform is normalised to zero mean and unit variance when the model's
+    feature-extractor config says ``do_normalize`` (the default when a folder has none).
+    """
+
+    def __init__(self, cfg: AudioEncoderConfig, device: str = "cpu", amp: bool = False) -> None:
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        folder = Path(cfg.model).expanduser()
+        self.local = folder.is_dir()
+        if not self.local and _looks_like_path(cfg.model):
+            raise MissingWeightsError(f"audio model folder not found: {folder} (audio.model / --audio-model)")
+        source = str(folder) if self.local else cfg.model
+        if self.local and not (folder / "config.json").is_file():
+            raise MissingWeightsError(f"{folder}: no config.json; expected a save_pretrained() model folder")
+        try:
+            model = Wav2Vec2Model.from_pretrained(source)
+        except OSError as err:
+            if self.local:
+                raise MissingWeightsError(f"{folder}: cannot load a wav2vec2 model ({err})") from err
+            raise _missing_model_error(cfg.model, err) from err
+        self.feature_extractor = self._load_feature_extractor(Wav2Vec2FeatureExtractor, source, folder)
+        n_layers = int(model.config.num_hidden_layers)
+        bad = [i for i in cfg.layers if not -(n_layers + 1) <= i <= n_layers]
+        if bad:
+            raise ConfigError(
+                f"audio.layers {list(bad)} out of range for {cfg.model!r}: it has {n_layers} layers, so "
+                f"hidden_states indices run from 0 (CNN projection) to {n_layers} (or -{n_layers + 1}..-1)"
+            )
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self._provenance: dict[str, Any] | None = None
+
+    def _load_feature_extractor(self, fe_cls: Any, source: str, folder: Path) -> Any:
+        if self.local and not (folder / "preprocessor_config.json").is_file():
+            log.info("%s has no preprocessor_config.json; normalising audio (do_normalize=True)", folder)
+            return fe_cls(do_normalize=True, return_attention_mask=True)
+        try:
+            return fe_cls.from_pretrained(source)
+        except OSError:
+            log.warning("no feature-extractor config for %s; normalising audio (do_normalize=True)", source)
+            return fe_cls(do_normalize=True, return_attention_mask=True)
+
+    @property
+    def dim(self) -> int:
+        """Hidden size (1024 for wav2vec2-large)."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def do_normalize(self) -> bool:
+        return bool(self.feature_extractor.do_normalize)
+
+    @property
+    def frame_rate_hz(self) -> float:
+        """Output frames per second: 16000 / product of the CNN strides (50.0 for wav2vec2)."""
+        return self.cfg.sample_rate / math.prod(self.model.config.conv_stride)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the CNN front end produces for ``num_samples`` samples (16000 -> 49 for wav2vec2)."""
+        length = int(num_samples)
+        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride, strict=True):
+            length = (length - kernel) // stride + 1
+            if length <= 0:
+                return 0
+        return length
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.amp:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def __call__(self, wave: np.ndarray) -> torch.Tensor:
+        """Encode one clip in one forward.
+
+        wave: ``[S]`` float32 mono samples at 16 kHz (amplitude as decoded, about [-1, 1]).
+        Returns ``[T, L, dim]`` float32 on CPU, ``T = num_frames(S)`` (about 50 per second),
+        ``L = len(cfg.layers)`` in the order given.
+        """
+        w = np.asarray(wave, dtype=np.float32)
+        if w.ndim != 1:
+            raise ValueError(f"wave must be 1-D [S] samples; got shape {w.shape}")
+        if self.num_frames(w.shape[0]) < 1:
+            raise ValueError(f"audio too short for wav2vec2: {w.shape[0]} samples "
+                             f"({w.shape[0] / self.cfg.sample_rate:.4f} s) give no output frame")
+        if not np.isfinite(w).all():
+            raise ValueError("wave contains NaN or infinite samples")
+        inputs = self.feature_extractor(w, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
+        x = inputs["input_values"].to(self.device, torch.float32)  # [1, S]
+        with torch.inference_mode(), self._autocast():
+            out = self.model(x, output_hidden_states=True)
+            hidden = torch.stack([out.hidden_states[i] for i in self.cfg.layers], dim=2)  # [1, T, L, D]
+        return hidden[0].to("cpu", torch.float32).clone()
+
+    def provenance(self) -> dict[str, Any]:
+        """Model id or folder, weight sha256 (and hub revision when read from the cache), layers, sizes."""
+        if self._provenance is None:
+            prov: dict[str, Any] = {"model": self.cfg.model, "source": "local" if self.local else "hub"}
+            if self.local:
+                folder = Path(self.cfg.model).expanduser()
+                files: list[Path] = []
+                for pattern in _WEIGHT_GLOBS:
+                    files = sorted(folder.glob(pattern))
+                    if files:
+                        break
+                prov["weights_file"] = ",".join(f.name for f in files) or None
+                prov["weights_sha256"] = _weights_fingerprint(files)
+                prov["revision"] = None
+            else:
+                prov.update(_hub_provenance(self.cfg.model))
+            config = self.model.config
+            prov.update(
+                layers=list(self.cfg.layers), hidden_size=int(config.hidden_size),
+                num_hidden_layers=int(config.num_hidden_layers), frame_rate_hz=self.frame_rate_hz,
+                do_normalize=self.do_normalize, sample_rate=self.cfg.sample_rate,
+                n_params=sum(p.numel() for p in self.model.parameters()),
+            )
+            self._provenance = prov
+        return dict(self._provenance)

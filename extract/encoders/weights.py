@@ -1,0 +1,142 @@
+"""Reading and writing encoder weight files in the formats real checkpoints come in.
+
+Supported inputs: ``.safetensors``; a pickled state_dict (``.pt``/``.pth``/``.bin``) loaded with
+``weights_only=True``, possibly nested (``{"state_dict": ...}``, ``{"model": ...}``) or saved from a
+``DataParallel`` (``module.`` prefixes); and, only on explicit opt-in, a pickled whole module (the
+Savchenko EmotiEffLib ``enet_b2_*.pt`` files), whose unpickling executes code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, MissingWeightsError
+
+# Keys under which training scripts commonly nest the real state_dict.
+_NEST_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+_STRIP_PREFIXES = ("module.", "model.")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``chunk_bytes`` pieces so large checkpoints are not held in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 over every key name and the raw bytes of its tensor, in the mapping's order.
+
+    Identifies in-memory weights (a random init) the way ``sha256_file`` identifies a file.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(key.encode())
+        digest.update(str(t.dtype).encode())
+        # Viewing as bytes works for every dtype (bfloat16 has no numpy equivalent).
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _pickled_module_error(path: Path, cause: Exception) -> ConfigError:
+    detail = str(cause).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:300]
+    return ConfigError(
+        f"{path}: the file is a pickled Python object (for example a whole module saved with "
+        f"torch.save(model), as the EmotiEffLib enet_b2_*.pt releases are), not a plain state_dict "
+        f"({detail}). Unpickling it executes code stored in the file. If you trust its source, opt in "
+        f"with image.allow_pickle=true (CLI --allow-pickle), or better re-save it once as safetensors "
+        f"with `aver convert-weights {path.name} OUT.safetensors --allow-pickle` and use that file."
+    )
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Peel common nestings off a loaded checkpoint until a flat name -> tensor mapping remains."""
+    for _ in range(4):
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping):
+            break
+        nested = [k for k in _NEST_KEYS if k in obj and isinstance(obj[k], Mapping | torch.nn.Module)]
+        if nested and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = obj[nested[0]]
+            continue
+        break
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{path}: expected a state_dict (name -> tensor), found {type(obj).__name__}")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise ConfigError(f"{path}: no tensors found; top-level keys: {sorted(map(str, obj))[:8]}")
+    for prefix in _STRIP_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Load a weight file into a flat ``{name: tensor}`` dict on CPU.
+
+    ``.safetensors`` files are read directly. Other files go through ``torch.load(weights_only=True)``;
+    a file that holds pickled Python objects (a whole ``nn.Module``) is refused with a ``ConfigError``
+    unless ``allow_pickle`` is true, in which case it is unpickled (this runs code from the file) and
+    its ``state_dict()`` is returned. Raises ``MissingWeightsError`` when the file does not exist.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MissingWeightsError(f"weight file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(p), device="cpu"))
+        except Exception as err:  # safetensors raises its own untyped errors for corrupt headers
+            raise ConfigError(f"{p}: not a readable safetensors file ({err})") from err
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not allow_pickle:
+            raise _pickled_module_error(p, err) from err
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+        except (AttributeError, ModuleNotFoundError, ImportError) as err2:
+            raise ConfigError(
+                f"{p}: unpickling failed ({err2}); the module classes stored in the file do not exist in "
+                f"the installed libraries (pickled modules break across timm versions). Load it where the "
+                f"original timm version is installed and save model.state_dict() instead."
+            ) from err2
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ConfigError(f"{p}: not a readable torch checkpoint ({err})") from err
+    return _unwrap(obj, p)
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> str:
+    """Write ``state_dict`` as a ``.safetensors`` file atomically; return the file's sha256.
+
+    Tensors are moved to CPU, made contiguous and copied so that tensors sharing storage (tied or
+    viewed weights), which safetensors refuses, are stored independently. The file is written to a
+    temporary name in the same folder and renamed, so a concurrent reader never sees half a file.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weight files are meant to be shared read-only
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sha256_file(out)

@@ -1,0 +1,92 @@
+"""DE-III flow normalisation, the colour-wheel flow image and the frame-pair schedule.
+
+DE-III divides flow "by a standard deviation calculated from the local optical flow magnitude at
+every pixel position within an entire video clip": one sigma per pixel, taken over time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _check_flow(flow: torch.Tensor, label: str) -> torch.Tensor:
+    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[1] != 2:
+        shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
+        raise ValueError(f"{label} must be a float tensor [T, 2, H, W], got {shape}")
+    if not flow.is_floating_point():
+        raise ValueError(f"{label} must be floating point, got {flow.dtype}")
+    return flow.float()
+
+
+def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-pixel temporal std normalisation of a clip's flow.
+
+    ``sigma[y, x]`` is the population std (ddof = 0) over t of ``|flow_t[y, x]|`` (Euclidean magnitude,
+    pixels); both components are divided by ``sigma + eps``. A pixel whose magnitude never changes
+    has sigma 0 and is scaled by ``1 / eps``; the flow image clips it.
+
+    With a single flow map (T == 1) a std over time does not exist (it would be 0 everywhere and
+    turn the map into ``flow / eps``); the map is then divided by ``1 + eps``, i.e. left in pixels.
+
+    Args:
+        flow: ``float32 [T, 2, H, W]`` flow in pixels, T >= 1.
+        eps: > 0, added to sigma (pixels).
+    Returns:
+        ``float32 [T, 2, H, W]``, dimensionless.
+    """
+    flow = _check_flow(flow, "flow")
+    if flow.shape[0] == 0:
+        raise ValueError("normalise_flow needs at least one flow map (T == 0)")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if flow.shape[0] == 1:
+        log.warning("normalise_flow: one flow map only; no temporal std, dividing by 1 + eps instead")
+        return flow / (1.0 + eps)
+    magnitude = torch.linalg.vector_norm(flow, dim=1)  # [T, H, W]
+    sigma = magnitude.std(dim=0, correction=0)  # [H, W]
+    return flow / (sigma + eps)
+
+
+def flow_to_image(flow_norm: torch.Tensor, clip: float) -> torch.Tensor:
+    """Colour-wheel (HSV) image of flow, the input the flow encoder sees.
+
+    Hue is the direction ``atan2(v, u)`` in image axes (x right, y down), measured clockwise on
+    screen: 0 (rightward) = red, +pi/2 (downward) = yellow-green (90 deg), pi (leftward) = cyan,
+    -pi/2 (upward) = violet (270 deg) -- the same wheel as OpenCV's usual
+    ``cartToPolar`` + ``HSV2RGB`` display. Saturation is 1; value is ``min(1, |flow| / clip)``, so zero
+    flow is black and magnitudes >= ``clip`` are at full brightness.
+
+    Args:
+        flow_norm: ``float32 [T, 2, H, W]`` (normalised) flow.
+        clip: > 0, magnitude shown at full brightness, same units as ``flow_norm``.
+    Returns:
+        ``float32 [T, 3, H, W]`` RGB in [0, 1].
+    """
+    flow = _check_flow(flow_norm, "flow_norm")
+    if clip <= 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    u, v = flow[:, 0], flow[:, 1]
+    hue6 = torch.remainder(torch.atan2(v, u) * (3.0 / math.pi), 6.0)  # hue in sextants, [0, 6)
+    value = torch.clamp(torch.hypot(u, v) / clip, max=1.0)
+    # HSV -> RGB with S = 1: channel n is V * (1 - clamp(min(k, 4 - k), 0, 1)), k = (n + 6h) mod 6.
+    n = torch.tensor([5.0, 3.0, 1.0], device=flow.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + hue6.unsqueeze(1), 6.0)
+    rgb = value.unsqueeze(1) * (1.0 - torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return rgb.clamp_(0.0, 1.0)
+
+
+def flow_pairs(n_frames: int, window: int, stride: int) -> torch.Tensor:
+    """Frame index pairs ``(i, i + window)`` for ``i = 0, stride, 2 * stride, ...`` while ``i + window < n_frames``.
+
+    Paper Table 4: window 1, stride 1 = every adjacent pair. Returns ``int64 [P, 2]`` (P may be 0).
+    """
+    if n_frames < 0 or window < 1 or stride < 1:
+        raise ValueError(f"flow_pairs needs n_frames >= 0, window >= 1, stride >= 1; "
+                         f"got {n_frames}, {window}, {stride}")
+    i = torch.arange(0, max(n_frames - window, 0), stride, dtype=torch.long)
+    return torch.stack([i, i + window], dim=1)

@@ -1,0 +1,85 @@
+"""The models of one extraction run, built once per process, and their provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ExtractConfig
+from .errors import MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Models:
+    """Face detector, flow backend, image encoder (frames and flow) and audio encoder."""
+
+    detector: Any
+    flow: Any
+    image: Any
+    audio: Any
+
+    @classmethod
+    def build(cls, cfg: ExtractConfig, device: str | None = None) -> Models:
+        """Build every model; missing weights are reported together in one ``MissingWeightsError``."""
+        from .encoders.audio import AudioEncoder
+        from .encoders.image import ImageEncoder
+        from .faces import FaceDetector
+        from .flow import build_flow_backend
+
+        device = device or cfg.runtime.device
+        amp = cfg.runtime.amp and device.startswith("cuda")
+        built, missing = {}, []
+        factories = {
+            "image": lambda: ImageEncoder(cfg.image, device=device, amp=amp),
+            "audio": lambda: AudioEncoder(cfg.audio, device=device, amp=amp),
+            "flow": lambda: build_flow_backend(cfg.flow, device),
+            "detector": lambda: FaceDetector(cfg.face, device=device),
+        }
+        for name, make in factories.items():
+            try:
+                built[name] = make()
+            except MissingWeightsError as e:
+                missing.append(f"- {name}: {e}")
+        if missing:
+            raise MissingWeightsError(
+                f"preset {cfg.preset!r} cannot run on this machine; missing weights:\n" + "\n".join(missing))
+        return cls(**built)
+
+    def dims(self, cfg: ExtractConfig) -> dict[str, int]:
+        return {"image": int(self.image.dim), "audio": int(self.audio.dim), "audio_layers": len(cfg.audio.layers),
+                "audio_rate_hz": float(self.audio.frame_rate_hz)}
+
+    def provenance(self, cfg: ExtractConfig) -> dict[str, Any]:
+        import facenet_pytorch
+
+        return {
+            "face": {"detector": "facenet-pytorch MTCNN", "version": getattr(facenet_pytorch, "__version__", "2.6.0"),
+                     "weights": "bundled with facenet-pytorch"},
+            "flow": self.flow.provenance(),
+            "image": self.image.provenance(),
+            "audio": self.audio.provenance(),
+        }
+
+
+def cache_hash(cfg: ExtractConfig, models_prov: dict[str, Any]) -> str:
+    """Identity of a cache: the hashed config plus the sha256 of every weight file used."""
+    shas = {k: v.get("sha256") for k, v in models_prov.items() if isinstance(v, dict)}
+    blob = json.dumps({"config": cfg.hashed_dict(), "weights": shas}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_CACHE: dict[str, Models] = {}
+
+
+def models_for(cfg: ExtractConfig) -> Models:
+    """Models for ``cfg`` built once per process (Dask workers run many shards)."""
+    key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = Models.build(cfg)
+    return _CACHE[key]

@@ -1,0 +1,296 @@
+"""The extraction driver: plan, write the template, run the clips (here or on Dask), summarise.
+
+Within one process, clips are decoded ahead of the models by a small thread pool (decoding and
+MTCNN overlap with flow and encoders), then packed into groups of about
+``runtime.group_frames`` frames whose images run through the models in fixed-size batches. Each
+finished clip is committed at once, so an interrupted run loses at most the clips in flight.
+
+With ``runtime.workers > 0`` (a local Dask cluster) or ``runtime.scheduler`` (a running one,
+e.g. one worker per GPU on many machines), pending clips are split into shards; every worker
+builds the models once and writes its clips straight into the store (local path or fsspec URL).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ExtractConfig
+from .datasets.base import DatasetIndex
+from .errors import ClipError
+from .store import DONE, FAILED, PENDING, Capacity, CacheWriter, store_exists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a run did. ``failures`` maps clip id -> cause (this run's new failures)."""
+
+    total: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: Summary) -> None:
+        self.done += other.done
+        self.failed += other.failed
+        self.frames += other.frames
+        self.failures.update(other.failures)
+
+    def report(self) -> str:
+        fps = self.frames / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"clips: {self.total} | done now: {self.done} | skipped (already done): {self.skipped} | "
+                 f"failed: {self.failed} | {self.frames} frames in {self.seconds:.1f} s ({fps:.1f} frames/s)"]
+        for cid, cause in sorted(self.failures.items()):
+            lines.append(f"  FAILED {cid}: {cause}")
+        return "\n".join(lines)
+
+
+def plan_capacity(index: DatasetIndex, cfg: ExtractConfig, audio_rate_hz: float) -> Capacity:
+    """Padded time-axis lengths from container headers (no decoding), with a small margin."""
+    from .media import probe_video
+
+    def probe(rec):
+        try:
+            info = probe_video(rec.video)
+        except ClipError:
+            return 0, 0.0
+        seconds = max(info.duration_s, info.audio_duration_s)
+        if rec.audio:
+            seconds = max(seconds, _audio_seconds(rec.audio))
+        return max(info.n_frames, math.ceil(info.duration_s * info.fps)), seconds
+
+    with ThreadPoolExecutor(8) as pool:
+        probed = list(pool.map(probe, index.clips))
+    frames = max((f for f, _ in probed), default=1) + 2
+    seconds = max((s for _, s in probed), default=1.0)
+    if cfg.max_seconds:
+        fps = max(frames / max(seconds, 1e-6), 1.0)
+        frames = min(frames, math.ceil(cfg.max_seconds * fps) + 2)
+        seconds = min(seconds, cfg.max_seconds)
+    return Capacity(frames=max(frames, 2), audio=int(math.ceil(seconds * audio_rate_hz)) + 2)
+
+
+def _audio_seconds(path: str) -> float:
+    import av
+
+    try:
+        with av.open(path) as c:
+            return float(c.duration or 0) / 1e6
+    except (av.error.FFmpegError, OSError):
+        return 0.0
+
+
+def _prepared(indices: list[int], index: DatasetIndex, cfg, models, cap) -> Iterator[tuple[int, object]]:
+    """Yield ``(i, Prepared | ClipError)`` in order, decoding up to a window of clips ahead."""
+    from .clip import prepare
+
+    def job(i):
+        try:
+            return prepare(i, index.clips[i], cfg, models, cap)
+        except ClipError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 — one bad clip must not stop the run
+            log.debug("unexpected error on %s", index.clips[i].video, exc_info=True)
+            return ClipError(index.clips[i].video, f"{type(e).__name__}: {e}", "prepare")
+
+    ahead = max(1, cfg.runtime.prefetch)
+    window: collections.deque[tuple[int, Future]] = collections.deque()
+    with ThreadPoolExecutor(ahead) as pool:
+        todo = iter(indices)
+        for i in todo:
+            window.append((i, pool.submit(job, i)))
+            if len(window) > ahead * 2:
+                j, fut = window.popleft()
+                yield j, fut.result()
+        while window:
+            j, fut = window.popleft()
+            yield j, fut.result()
+
+
+def extract_indices(indices: list[int], index: DatasetIndex, cfg: ExtractConfig, writer: CacheWriter,
+                    cap: Capacity, models=None, progress: bool = True) -> Summary:
+    """Process clips ``indices`` in this process and commit each one. Never raises for a bad clip."""
+    from tqdm import tqdm
+
+    from .clip import compute_group
+    from .models import models_for
+
+    models = models or models_for(cfg)
+    summary = Summary(total=len(indices))
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(indices), unit="clip", disable=not progress, dynamic_ncols=True)
+    group: list = []
+
+    def flush():
+        for p, outcome in _compute(group, cfg, models, cap, compute_group):
+            cid = p.record.clip_id
+            if isinstance(outcome, ClipError):
+                writer.write_failure(p.index, str(outcome))
+                summary.failed += 1
+                summary.failures[cid] = str(outcome)
+            else:
+                writer.write_clip(p.index, outcome)
+                summary.done += 1
+                summary.frames += p.n_frames
+        bar.update(len(group))
+        bar.set_postfix(frames_s=f"{summary.frames / max(time.perf_counter() - t0, 1e-9):.1f}", failed=summary.failed)
+        group.clear()
+
+    for i, item in _prepared(indices, index, cfg, models, cap):
+        if isinstance(item, ClipError):
+            writer.write_failure(i, str(item))
+            summary.failed += 1
+            summary.failures[index.clips[i].clip_id] = str(item)
+            bar.update(1)
+            continue
+        group.append(item)
+        if sum(p.n_frames for p in group) >= cfg.runtime.group_frames:
+            flush()
+    if group:
+        flush()
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _compute(group, cfg, models, cap, compute_group):
+    """Run a packed group; if it fails as a whole, rerun clip by clip so only the culprit fails."""
+    try:
+        return list(zip(group, compute_group(group, cfg, models, cap), strict=True))
+    except Exception as e:  # noqa: BLE001
+        if len(group) == 1:
+            err = e if isinstance(e, ClipError) else ClipError(group[0].record.video, f"{type(e).__name__}: {e}", "encode")
+            return [(group[0], err)]
+        log.warning("a group of %d clips failed (%s); retrying clip by clip", len(group), e)
+        out = []
+        for p in group:
+            out.extend(_compute([p], cfg, models, cap, compute_group))
+        return out
+
+
+def run_shard(cfg_dict: dict, index: DatasetIndex, indices: list[int], url: str, storage_options: dict | None,
+              cap: tuple[int, int]) -> Summary:
+    """Entry point of a Dask task: process ``indices`` and write them into the store at ``url``."""
+    import torch
+
+    torch.set_num_threads(1) if cfg_dict["runtime"]["device"] == "cpu" else None
+    cfg = ExtractConfig.from_dict(cfg_dict)
+    writer = CacheWriter(url, storage_options)
+    return extract_indices(indices, index, cfg, writer, Capacity(*cap), progress=False)
+
+
+def run_extraction(cfg: ExtractConfig, index: DatasetIndex, url: str, *, overwrite: bool = False,
+                   retry_failed: bool = False, limit: int | None = None, storage_options: dict | None = None,
+                   client=None, progress: bool = True) -> Summary:
+    """Extract every pending clip of ``index`` into the store at ``url`` and return a summary.
+
+    Idempotent and resumable: committed clips are skipped; failed ones are retried only with
+    ``retry_failed``. ``client`` is a Dask ``Client`` (or anything with ``submit``); by default
+    ``runtime.workers``/``runtime.scheduler`` decide, and 0 workers means this process.
+    """
+    from . import __version__
+    from .models import Models, cache_hash
+
+    driver_device = "cpu" if (client or cfg.runtime.workers or cfg.runtime.scheduler) else cfg.runtime.device
+    models = Models.build(cfg, device=driver_device)
+    prov = models.provenance(cfg)
+    dims = models.dims(cfg)
+    attrs = {
+        "dataset": index.name, "preset": cfg.preset, "tiny": cfg.preset == "tiny",
+        "config": cfg.hashed_dict(), "config_hash": cache_hash(cfg, prov), "models": prov, "dims": dims,
+        "classes": index.classes, "targets": index.targets, "folds_source": index.folds_source,
+        "split_codes": {"train": 0, "validation": 1, "test": 2, "unused": -1},
+        "code_version": _code_version(__version__), "libraries": _library_versions(), "notes": index.notes,
+    }
+    fresh = overwrite or not store_exists(url, storage_options)
+    cap = plan_capacity(index, cfg, dims["audio_rate_hz"]) if fresh else None
+    if cap is None:
+        from .store import open_root
+
+        c = open_root(url, "r", storage_options).attrs["aver"]["capacity"]
+        cap = Capacity(c["frames"], c["audio"])
+    writer = CacheWriter.create_or_open(url, index, attrs, cap, dims, overwrite=overwrite,
+                                        storage_options=storage_options)
+    status = writer.status()
+    wanted = (status == PENDING) | ((status == FAILED) if retry_failed else False)
+    todo = [int(i) for i in np.flatnonzero(wanted)][: limit if limit is not None else None]
+    summary = Summary(total=len(index.clips), skipped=int((status == DONE).sum()))
+    writer.log_run({"event": "start", "pending": len(todo), "runtime": cfg.to_dict()["runtime"]})
+    t0 = time.perf_counter()
+    if todo:
+        if client is None and not (cfg.runtime.workers or cfg.runtime.scheduler):
+            summary.merge(extract_indices(todo, index, cfg, writer, cap, models=models, progress=progress))
+        else:
+            summary.merge(_run_distributed(todo, index, cfg, url, storage_options, cap, client, progress))
+    summary.seconds = time.perf_counter() - t0
+    writer.log_run({"event": "end", "done": summary.done, "failed": summary.failed, "seconds": round(summary.seconds, 2)})
+    return summary
+
+
+def _run_distributed(todo, index, cfg, url, storage_options, cap, client, progress) -> Summary:
+    from tqdm import tqdm
+
+    own = None
+    if client is None:
+        from dask.distributed import Client, LocalCluster
+
+        if cfg.runtime.scheduler:
+            client = own = Client(cfg.runtime.scheduler)
+        else:
+            cluster = LocalCluster(n_workers=cfg.runtime.workers, threads_per_worker=1, processes=True)
+            client = own = Client(cluster)
+    try:
+        n_shards = max(1, min(len(todo), 4 * max(1, cfg.runtime.workers or len(client.scheduler_info()["workers"]))))
+        shards = [list(s) for s in np.array_split(np.asarray(todo), n_shards) if len(s)]
+        cfg_dict = cfg.to_dict()
+        futures = [client.submit(run_shard, cfg_dict, index, [int(i) for i in s], url, storage_options,
+                                 (cap.frames, cap.audio), pure=False) for s in shards]
+        total = Summary(total=len(todo))
+        with tqdm(total=len(todo), unit="clip", disable=not progress) as bar:
+            for fut, shard in zip(futures, shards, strict=True):
+                total.merge(fut.result())
+                bar.update(len(shard))
+        return total
+    finally:
+        if own is not None:
+            cluster = getattr(own, "cluster", None)
+            own.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _code_version(version: str) -> str:
+    import subprocess
+    from pathlib import Path
+
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return f"aver {version}" + (f" ({rev})" if rev else "")
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "torchvision", "timm", "transformers", "facenet-pytorch", "av", "opencv-python-headless",
+                 "zarr", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

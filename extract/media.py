@@ -4,10 +4,11 @@ Every per-clip failure is a ``ClipError`` naming the file and the cause (``stage
 video, ``stage="audio"`` for audio), so a run records it and goes on with the next clip.
 
 Truncated / corrupt video policy (``iter_video_frames``): decoding stops at the first decoder
-error. If no frame decoded, or fewer than ``min_decoded_ratio`` of the frames the container
-announces, the clip fails with ``ClipError`` (raised after the batches already yielded, so a
-caller must drop what it received). Otherwise the frames decoded so far are kept and a warning is
-logged: a clip that lost a few frames at its very end is still worth its features.
+error, or ends quietly where a cut-off file runs out of packets. If no frame decoded, or fewer
+than ``min_decoded_ratio`` (default 0.5) of the frames the container announces, the clip fails
+with ``ClipError`` (raised after the batches already yielded, so a caller must drop what it
+received). Otherwise the frames decoded so far are kept and a warning is logged: a clip that lost
+a few frames at its end is still worth its features. Lost frames show as gaps in the timestamps.
 """
 
 from __future__ import annotations
@@ -188,6 +189,10 @@ def iter_video_frames(
             yield frames[:k].copy(), timestamps[:k].copy()
         if n == 0:
             raise ClipError(path, "no video frame could be decoded", "decode")
+        # A cut-off file can also end quietly, short of the frames its header announces.
+        if expected and n < min_decoded_ratio * expected:
+            raise ClipError(path, f"video stream ended after {n} of {expected} announced frames "
+                            "(truncated file?)", "decode")
         if expected and n < expected - 1:
             log.warning("%s: decoded %d frames, the container announced %d", path, n, expected)
 

@@ -190,13 +190,24 @@ def test_crop_matches_numpy_crop_and_resize() -> None:
 
 
 def test_crop_subpixel_box_matches_analytic_gradient() -> None:
-    h, w = 240, 320
-    img = np.round(np.fromfunction(lambda y, x, c: 0.5 * x + 0.25 * y + 20, (h, w, 3))).astype(np.uint8)
-    x1, y1, side, size = 50.5, 40.25, 96.0, 48
+    # Integer slopes keep the image exact in uint8, so only the output rounding (<= 0.5) remains and
+    # a half-pixel misalignment (aligned=False) would be off by 1.5.
+    h, w = 60, 80
+    img = np.fromfunction(lambda y, x, c: 2 * x + y + 10, (h, w, 3)).astype(np.uint8)
+    x1, y1, side, size = 10.5, 5.25, 32.0, 16
     out = crop_faces(torch.from_numpy(img)[None], torch.tensor([[x1, y1, x1 + side, y1 + side]]), size)
     centres = (np.arange(size) + 0.5) * side / size - 0.5  # pixel i is centred at i + 0.5
-    expected = 0.5 * (x1 + centres)[None, :] + 0.25 * (y1 + centres)[:, None] + 20
-    assert np.abs(out[0, 0].numpy() - expected).max() <= 1.0
+    expected = 2 * (x1 + centres)[None, :] + (y1 + centres)[:, None] + 10
+    assert np.abs(out[0, 0].numpy() - expected).max() <= 0.5 + 1e-3
+
+
+def test_crop_downscale_is_area_averaged() -> None:
+    # A 1-pixel checkerboard shrunk 3x: point sampling would give 0/255 stripes (aliasing).
+    board = ((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)
+    img = np.repeat(board[:, :, None], 3, axis=2)
+    out = crop_faces(img[None], np.array([[0, 0, 96, 96]], np.float32), 32)
+    ref = cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA)
+    assert np.abs(out[0].permute(1, 2, 0).numpy().astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_crop_batch_uses_each_frames_own_box_and_pads_black() -> None:

@@ -1,0 +1,149 @@
+"""Dataset adapters and folds: parsing, speaker independence, VAVL CSV import."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from extract.datasets import DatasetOptions, load_dataset
+from extract.datasets.base import TEST, TRAIN, UNUSED, VALIDATION
+from extract.datasets.folds import round_robin_groups, speaker_folds, vavl_folds
+from extract.datasets.ravdess import RAVDESS_GROUPS, parse_name
+from extract.errors import ConfigError
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _assert_speaker_independent(folds, speakers):
+    speakers = np.asarray(speakers)
+    for row in folds:
+        sets = [set(speakers[row == code]) for code in (TRAIN, VALIDATION, TEST)]
+        assert all(sets), "every split has speakers"
+        assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+
+
+def test_ravdess_takes_speech_av_only_and_uses_the_published_split(tmp_path):
+    for actor in range(1, 25):
+        for emo in (1, 5):
+            _touch(tmp_path / f"Actor_{actor:02d}" / f"01-01-{emo:02d}-01-01-01-{actor:02d}.mp4")
+            _touch(tmp_path / f"Actor_{actor:02d}" / f"02-01-{emo:02d}-01-01-01-{actor:02d}.mp4")  # silent copy
+    _touch(tmp_path / "Actor_01" / "03-01-01-01-01-01-01.wav")
+    index = load_dataset("ravdess", DatasetOptions(data=tmp_path))
+    assert len(index.clips) == 48
+    assert all(c.clip_id.startswith("01-01-") for c in index.clips)
+    assert index.classes[index.clips[1].label] == "angry"
+    assert index.folds_source == "ravdess-mmer-5fold"
+    assert index.folds.shape == (5, 48)
+    speakers = [c.speaker for c in index.clips]
+    _assert_speaker_independent(index.folds, speakers)
+    test_actors = {int(s) for s, code in zip(speakers, index.folds[0], strict=True) if code == TEST}
+    assert test_actors == set(RAVDESS_GROUPS[0])
+    assert "skipped" in index.notes[0]
+
+
+def test_parse_name():
+    assert parse_name("01-01-03-02-01-02-12")["actor"] == 12
+    assert parse_name("not-a-ravdess-name") is None
+
+
+def test_round_robin_folds_are_deterministic_and_disjoint():
+    speakers = [f"{1000 + i % 17}" for i in range(200)]
+    groups = round_robin_groups(speakers, 5)
+    folds = speaker_folds(speakers, groups)
+    assert np.array_equal(folds, speaker_folds(speakers, round_robin_groups(speakers, 5)))
+    _assert_speaker_independent(folds, speakers)
+    # every speaker is tested exactly once across folds
+    for s in set(speakers):
+        col = folds[:, speakers.index(s)]
+        assert (col == TEST).sum() == 1 and (col == VALIDATION).sum() == 1
+
+
+def test_too_few_speakers_is_a_clear_error():
+    with pytest.raises(ConfigError, match="at least 3 speakers"):
+        round_robin_groups(["a", "b"], 5)
+
+
+def test_cremad_pairs_flv_with_wav(tmp_path):
+    for actor in (1001, 1002, 1003, 1004, 1005):
+        for code in ("ANG", "SAD"):
+            _touch(tmp_path / "VideoFlash" / f"{actor}_DFA_{code}_XX.flv")
+            if actor != 1005:
+                _touch(tmp_path / "AudioWAV" / f"{actor}_DFA_{code}_XX.wav")
+    index = load_dataset("cremad", DatasetOptions(data=tmp_path))
+    assert len(index.clips) == 10
+    assert index.clips[0].audio.endswith("1001_DFA_ANG_XX.wav")
+    assert index.clips[-1].audio is None
+    assert index.classes[index.clips[1].label] == "sad"
+    _assert_speaker_independent(index.folds, [c.speaker for c in index.clips])
+
+
+def _vavl_csv(path, rows, label_cols=("angry", "sad")):
+    header = ["FileName", *label_cols, "SpkrID", "Gender", "Split_Set"]
+    lines = [",".join(header)] + [",".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_vavl_fold_import(tmp_path):
+    ids = ["1001_DFA_ANG_XX", "1002_DFA_ANG_XX", "1003_DFA_ANG_XX", "1004_DFA_ANG_XX"]
+    speakers = ["1001", "1002", "1003", "1004"]
+    for k in (1, 2):
+        splits = ["Train", "Train", "Development", "Test"] if k == 1 else ["Test", "Train", "Train", "Development"]
+        rows = [(f"{cid}.wav", 0.5, 0.5, spk, "F", s) for cid, spk, s in zip(ids[:3], speakers, splits, strict=False)]
+        rows.append(("9999_XXX_ANG_XX.wav", 1, 0, "9999", "M", "Train"))  # not in the dataset: ignored
+        _vavl_csv(tmp_path / f"label_consensus_{k}.csv", rows)
+    folds, source = vavl_folds(str(tmp_path / "label_consensus_{fold}.csv"), ids, speakers)
+    assert folds.shape == (2, 4)
+    assert folds[0].tolist() == [TRAIN, TRAIN, VALIDATION, UNUSED]
+    assert folds[1].tolist() == [TEST, TRAIN, TRAIN, UNUSED]
+    assert source.startswith("csv:")
+
+
+def test_vavl_fold_file_with_bad_split_names_line(tmp_path):
+    _vavl_csv(tmp_path / "f1.csv", [("a.wav", 1, 0, "1", "F", "Holdout")])
+    with pytest.raises(ConfigError, match="line 2"):
+        vavl_folds(str(tmp_path / "f1.csv"), ["a"], ["1"])
+
+
+def test_mspimprov_reads_vavl_labels(tmp_path):
+    names = [f"MSP-IMPROV-S0{s}A-F0{s}-P-FM01" for s in range(1, 5)]
+    for n in names:
+        _touch(tmp_path / "Video" / f"{n}.avi")
+        _touch(tmp_path / "Audio" / f"{n}.wav")
+    csv = tmp_path / "labels_consensus_1.csv"
+    rows = [(f"{n}.wav", 3.2, 2.5, 4.0, f"S{i + 1}", "F", "Train") for i, n in enumerate(names)]
+    csv.write_text("FileName,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
+                   + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    index = load_dataset("mspimprov", DatasetOptions(data=tmp_path, labels=csv, folds=str(csv)))
+    assert index.targets == ["arousal", "valence", "dominance"]
+    assert index.clips[0].targets == (3.2, 2.5, 4.0)
+    assert index.clips[0].audio.endswith(".wav")
+    assert (index.folds == TRAIN).all()
+
+
+def test_folder_adapter_csv(tmp_path):
+    rows = ["video,speaker,label,valence"]
+    for i in range(6):
+        _touch(tmp_path / "media" / f"clip{i}.mp4")
+        rows.append(f"media/clip{i}.mp4,spk{i % 3},{'happy' if i % 2 else 'sad'},{i / 10}")
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    index = load_dataset("folder", DatasetOptions(labels=tmp_path / "clips.csv", targets=("valence",)))
+    assert index.classes == ["happy", "sad"]
+    assert [c.clip_id for c in index.clips][:2] == ["clip0", "clip1"]
+    assert index.clips[1].targets == (0.1,)
+    assert index.clips[0].video == str(tmp_path / "media" / "clip0.mp4")
+
+
+def test_folder_adapter_missing_column_names_the_file(tmp_path):
+    (tmp_path / "clips.csv").write_text("video,label\nx.mp4,a\n")
+    with pytest.raises(ConfigError, match="speaker"):
+        load_dataset("folder", DatasetOptions(labels=tmp_path / "clips.csv"))
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(ValueError, match="ravdess"):
+        load_dataset("nope", DatasetOptions())

@@ -1,0 +1,91 @@
+"""Store writer: template, commit protocol, failures, config mismatch, fsspec URLs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from extract.datasets.base import ClipRecord, DatasetIndex
+from extract.datasets.folds import round_robin_groups, speaker_folds
+from extract.errors import CacheMismatchError
+from extract.store import DONE, FAILED, PENDING, Capacity, CacheWriter, ClipResult, open_root
+
+DIMS = {"image": 8, "audio": 4, "audio_layers": 2, "audio_rate_hz": 50.0}
+
+
+def _index(n=6):
+    clips = [ClipRecord(clip_id=f"c{i}", video=f"/data/c{i}.mp4", speaker=f"s{i % 3}", label=i % 2) for i in range(n)]
+    speakers = [c.speaker for c in clips]
+    return DatasetIndex("toy", "/data", clips, classes=["a", "b"],
+                        folds=speaker_folds(speakers, round_robin_groups(speakers, 5)), folds_source="speaker-round-robin")
+
+
+def _attrs(h="h1"):
+    return {"config_hash": h, "config": {"x": h}, "preset": "tiny", "dataset": "toy"}
+
+
+def _result(t=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return ClipResult(
+        frame_features=rng.standard_normal((t, 8)).astype(np.float16),
+        flow_features=rng.standard_normal((t - 1, 8)).astype(np.float16),
+        audio_features=rng.standard_normal((t * 2, 2, 4)).astype(np.float16),
+        timestamps=np.arange(t, dtype=np.float32) / 25, face_box=np.ones((t, 4), np.float32),
+        face_prob=np.full(t, 0.99, np.float32), face_mask=np.ones(t, bool), fps=25.0)
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_template_commit_and_failure(tmp_path, scheme):
+    url = str(tmp_path / "toy.zarr") if scheme == "file" else f"memory://{tmp_path.name}/toy.zarr"
+    index = _index()
+    w = CacheWriter.create_or_open(url, index, _attrs(), Capacity(frames=7, audio=16), DIMS)
+    assert (w.status() == PENDING).all()
+    r = _result()
+    w.write_clip(2, r)
+    w.write_failure(3, "c3.mp4: [faces] no face")
+    g = open_root(url, "r")
+    assert g["clips/status"][:].tolist() == [PENDING, PENDING, DONE, FAILED, PENDING, PENDING]
+    assert g["clips/error"][3] == "c3.mp4: [faces] no face"
+    np.testing.assert_array_equal(g["frames/features"][2, :5], r.frame_features)
+    assert not g["frames/features"][2, 5:].any()
+    assert g["clips/n_flow"][2] == 4 and g["clips/n_audio"][2] == 10
+    assert g["clips/id"][:].tolist() == [f"c{i}" for i in range(6)]
+    assert g["clips/video"][0] == "c0.mp4"
+    assert g["folds/split"].shape == (3, 6)  # 3 speakers -> 3 folds
+    assert g.attrs["aver"]["capacity"] == {"frames": 7, "audio": 16}
+
+
+def test_rewriting_a_clip_is_idempotent(tmp_path):
+    url = str(tmp_path / "toy.zarr")
+    w = CacheWriter.create_or_open(url, _index(), _attrs(), Capacity(7, 16), DIMS)
+    w.write_clip(0, _result(seed=1))
+    first = open_root(url, "r")["audio/features"][0]
+    w.write_clip(0, _result(seed=1))
+    np.testing.assert_array_equal(open_root(url, "r")["audio/features"][0], first)
+
+
+def test_failure_after_partial_write_resets_data(tmp_path):
+    url = str(tmp_path / "toy.zarr")
+    w = CacheWriter.create_or_open(url, _index(), _attrs(), Capacity(7, 16), DIMS)
+    w.write_clip(1, _result())
+    w.write_failure(1, "boom")
+    g = open_root(url, "r")
+    assert not g["frames/features"][1].any() and g["clips/n_frames"][1] == 0
+
+
+def test_reopen_with_other_config_is_refused(tmp_path):
+    url = str(tmp_path / "toy.zarr")
+    CacheWriter.create_or_open(url, _index(), _attrs("h1"), Capacity(7, 16), DIMS)
+    CacheWriter.create_or_open(url, _index(), _attrs("h1"), Capacity(7, 16), DIMS)  # same: fine
+    with pytest.raises(CacheMismatchError, match="--overwrite"):
+        CacheWriter.create_or_open(url, _index(), _attrs("h2"), Capacity(7, 16), DIMS)
+    with pytest.raises(CacheMismatchError, match="clips"):
+        CacheWriter.create_or_open(url, _index(5), _attrs("h1"), Capacity(7, 16), DIMS)
+    w = CacheWriter.create_or_open(url, _index(), _attrs("h2"), Capacity(7, 16), DIMS, overwrite=True)
+    assert w.group.attrs["aver"]["config_hash"] == "h2"
+
+
+def test_capacity_is_enforced(tmp_path):
+    w = CacheWriter.create_or_open(str(tmp_path / "t.zarr"), _index(), _attrs(), Capacity(3, 16), DIMS)
+    with pytest.raises(ValueError, match="capacity"):
+        w.write_clip(0, _result(t=5))

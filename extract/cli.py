@@ -39,6 +39,8 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--labels", type=Path, help="labels CSV (mspimprov: VAVL labels; folder: the clip table)")
     p.add_argument("--folds", help="fold files: a pattern with {fold} or comma-separated VAVL partition CSVs")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="adapter-specific option, e.g. synthetic n_actors=3 (repeatable)")
     p.add_argument("--targets", default="", help="folder: comma-separated continuous target columns")
     p.add_argument("--face-weights", help="EfficientNet-B2 face weights file (.safetensors, .pt state_dict, ...)")
     p.add_argument("--allow-pickle", action="store_true", help="permit unpickling weight files (executes code)")
@@ -92,7 +94,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     opts = DatasetOptions(data=args.data, labels=args.labels, folds=args.folds,
-                          targets=tuple(t for t in args.targets.split(",") if t))
+                          targets=tuple(t for t in args.targets.split(",") if t),
+                          options=_kv(args.dataset_option))
     index = load_dataset(args.dataset, opts)
     for note in index.notes:
         log.info("%s: %s", args.dataset, note)

@@ -15,13 +15,8 @@ spans ``[x1, x2) x [y1, y2)`` in that continuous space (what MTCNN returns, up t
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-import importlib.util
 import logging
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -35,32 +30,19 @@ log = logging.getLogger(__name__)
 # Below this IoU with the previously tracked box a detection is another person or a false positive.
 TRACK_MIN_IOU = 0.2
 
-_PRIVATE_FACENET = "_aver_facenet_models"
-
 
 def _facenet_mtcnn() -> ModuleType:
-    """facenet-pytorch's ``models.mtcnn`` module (MTCNN class; ``detect_face`` as an attribute).
+    """facenet-pytorch's ``models.mtcnn`` module (the MTCNN class; ``detect_face`` as an attribute).
 
-    ``import facenet_pytorch`` also imports InceptionResnetV1, which needs ``requests`` only to
-    download its (unused here) weights. Where ``requests`` is absent, the MTCNN files are loaded from
-    the installed package under a private name, so the real ``facenet_pytorch`` entry in
-    ``sys.modules`` is never touched.
+    facenet-pytorch is installed with ``--no-deps`` (its metadata pins old torch/numpy); its
+    ``__init__`` still needs ``requests``, which aver's ``extract`` extra provides.
     """
-    # Checked up front: a failed ``import facenet_pytorch`` leaves a half-registered subpackage behind.
-    if importlib.util.find_spec("requests") is not None:
+    try:
         from facenet_pytorch.models import mtcnn
-
-        return mtcnn
-    if _PRIVATE_FACENET + ".mtcnn" in sys.modules:
-        return sys.modules[_PRIVATE_FACENET + ".mtcnn"]
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)")
-    pkg = importlib.machinery.ModuleSpec(_PRIVATE_FACENET, None, is_package=True)
-    pkg.submodule_search_locations = [str(Path(spec.submodule_search_locations[0]) / "models")]
-    sys.modules[_PRIVATE_FACENET] = importlib.util.module_from_spec(pkg)
-    log.debug("facenet_pytorch needs 'requests'; loaded its MTCNN files directly")
-    return importlib.import_module(_PRIVATE_FACENET + ".mtcnn")
+    except ImportError as e:
+        raise ImportError(f"facenet-pytorch is needed for face detection ({e}); install it with "
+                          "`pip install --no-deps facenet-pytorch==2.6.0` and `pip install requests`") from e
+    return mtcnn
 
 
 def _empty_dets() -> np.ndarray:
@@ -274,7 +256,7 @@ def crop_faces(
 ) -> torch.Tensor:
     """Crop and resize one box per frame in a single ``torchvision.ops.roi_align`` call.
 
-    Sampling: ``aligned=False`` (pixel ``i`` is centred at ``i + 0.5``, matching the box convention)
+    Sampling: ``aligned=True`` (pixel ``i`` is centred at ``i + 0.5``, matching the box convention)
     and an adaptive sampling ratio (``ceil(box_side / size)`` bilinear samples per output pixel and
     axis), so large faces are area-averaged rather than aliased and small ones bilinearly upsampled.
     Parts of the box outside the frame come out black (exactly 0 beyond half a source pixel outside;
@@ -307,6 +289,6 @@ def crop_faces(
         output_size=(size, size),
         spatial_scale=1.0,
         sampling_ratio=-1,
-        aligned=False,
+        aligned=True,
     )
     return crops.round_().clamp_(0, 255).to(torch.uint8)

@@ -35,10 +35,18 @@ def tiny_wav2vec2_config() -> Any:
     from transformers import Wav2Vec2Config
 
     return Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
-        feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, vocab_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32,) * 7,
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=32,
     )
 
 
@@ -51,8 +59,14 @@ def tiny_perceiver_config() -> Any:
     from transformers import PerceiverConfig
 
     return PerceiverConfig(
-        num_latents=32, d_latents=64, d_model=322, num_blocks=1, num_self_attends_per_block=1,
-        num_self_attention_heads=2, num_cross_attention_heads=1, train_size=[32, 32],
+        num_latents=32,
+        d_latents=64,
+        d_model=322,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=1,
+        train_size=[32, 32],
         attention_probs_dropout_prob=0.0,
     )
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,9 @@ def _timm(arch: str = "test_efficientnet", num_classes: int = 0, seed: int = 0) 
 
 
 def _encoder(weights: Path | str | None = None, arch: str = "test_efficientnet", **kw) -> ImageEncoder:
-    cfg = ImageEncoderConfig(arch=arch, weights=None if weights is None else str(weights), input_size=SIZE, **kw)
+    cfg = ImageEncoderConfig(
+        arch=arch, weights=None if weights is None else str(weights), input_size=SIZE, **kw
+    )
     return ImageEncoder(cfg)
 
 
@@ -78,14 +81,17 @@ def test_random_init_provenance_hash_follows_the_weights() -> None:
     assert a == b != c
 
 
+@pytest.mark.slow
 def test_real_arch_efficientnet_b2_dim() -> None:
     torch.manual_seed(0)
     enc = ImageEncoder(ImageEncoderConfig(arch="tf_efficientnet_b2"))
     assert enc.dim == 1408
     out = enc(torch.rand(1, 3, 224, 224))
     assert out.shape == (1, 1408) and torch.isfinite(out).all()
-    # The name Savchenko's files were made with still resolves (timm maps it to tf_efficientnet_b2).
-    with pytest.warns(UserWarning, match="deprecated"):
+    # The name Savchenko's files were made with still resolves (timm maps it to tf_efficientnet_b2,
+    # with a deprecation warning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         assert ImageEncoder(ImageEncoderConfig(arch="tf_efficientnet_b2_ns")).dim == 1408
 
 
@@ -101,7 +107,9 @@ def _write(fmt: str, model: torch.nn.Module, path: Path) -> None:
         save_safetensors(sd, path)
 
 
-@pytest.mark.parametrize("fmt", ["state_dict.pt", "nested_module_prefix.pth", "model_key.bin", "file.safetensors"])
+@pytest.mark.parametrize(
+    "fmt", ["state_dict.pt", "nested_module_prefix.pth", "model_key.bin", "file.safetensors"]
+)
 def test_weights_round_trip_formats(tmp_path: Path, images: torch.Tensor, fmt: str) -> None:
     model = _timm(seed=7)
     path = tmp_path / fmt
@@ -189,6 +197,14 @@ def test_encode_batched_is_independent_of_n(images: torch.Tensor) -> None:
     assert torch.equal(five[:3], three)
     assert torch.equal(five[4:], last)
     assert enc.encode_batched(images[:0], batch_size=4).shape == (0, enc.dim)
+    # CPU kernels happen to be batch-invariant; on GPU the algorithm depends on the batch shape, which
+    # is why every forward must have exactly batch_size images.
+    shapes: list[tuple[int, ...]] = []
+    hook = enc.model.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+    enc.encode_batched(images, batch_size=4)
+    enc.encode_batched(images[:1], batch_size=3)
+    hook.remove()
+    assert shapes == [(4, 3, SIZE, SIZE)] * 2 + [(3, 3, SIZE, SIZE)]
     assert torch.equal(enc.encode_batched(images.numpy(), batch_size=4), five)
 
 
@@ -274,8 +290,9 @@ def test_audio_hub_id_offline_raises_missing_weights(monkeypatch: pytest.MonkeyP
         AudioEncoder(AudioEncoderConfig(model=str(tmp_path / "no" / "such" / "folder")))
 
 
-def test_audio_from_hub_cache_records_revision(tiny: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-                                               tmp_path: Path) -> None:
+def test_audio_from_hub_cache_records_revision(
+    tiny: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # The layout huggingface_hub writes: blobs named by sha256, snapshots/<commit>/ symlinks, refs/main.
     repo = tmp_path / "hub" / "models--aver-test--w2v-tiny"
     revision = "0123456789abcdef0123456789abcdef01234567"
@@ -322,10 +339,20 @@ def test_tiny_models_deterministic_and_idempotent(tiny: dict[str, str], tmp_path
 @pytest.mark.slow
 def test_tiny_models_concurrent_processes(tiny: dict[str, str], tmp_path: Path) -> None:
     root = tmp_path / "shared"
-    code = "import sys; from extract.tiny import materialise_tiny_models; materialise_tiny_models(sys.argv[1])"
+    code = (
+        "import sys; from extract.tiny import materialise_tiny_models; materialise_tiny_models(sys.argv[1])"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(root)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()[-2000:]

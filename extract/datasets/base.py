@@ -40,6 +40,7 @@ class DatasetOptions:
     folds: str | None = None  # fold files: a pattern with {fold}, or comma-separated paths
     targets: tuple[str, ...] = ()  # folder: names of continuous target columns
     n_folds: int = 5
+    options: dict = field(default_factory=dict)  # adapter-specific (--dataset-option key=value)
 
 
 @dataclass

@@ -76,10 +76,19 @@ def ravdess(opts: DatasetOptions) -> DatasetIndex:
 
 @DATASETS.register("synthetic")
 def synthetic(opts: DatasetOptions) -> DatasetIndex:
-    """The embedded corpus: generated on first use into ``--data`` (default ``data/synthetic``)."""
+    """The embedded corpus: generated on first use into ``--data`` (default ``data/synthetic``).
+
+    ``options`` may override fields of ``SyntheticSpec`` (e.g. ``n_actors=3``, ``seconds=0.8``).
+    """
+    import dataclasses
+
     from ..synthetic import SyntheticSpec, generate_corpus
 
-    spec = SyntheticSpec()
+    known = {f.name for f in dataclasses.fields(SyntheticSpec)}
+    unknown = set(opts.options) - known
+    if unknown:
+        raise ConfigError(f"synthetic: unknown options {sorted(unknown)}; known: {sorted(known)}")
+    spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.options.items()})
     root = Path(opts.data or "data/synthetic").expanduser().resolve()
     generate_corpus(root, spec)
     classes = list(spec.emotions)

@@ -155,8 +155,10 @@ class AudioEncoder:
         if w.ndim != 1:
             raise ValueError(f"wave must be 1-D [S] samples; got shape {w.shape}")
         if self.num_frames(w.shape[0]) < 1:
-            raise ValueError(f"audio too short for wav2vec2: {w.shape[0]} samples "
-                             f"({w.shape[0] / self.cfg.sample_rate:.4f} s) give no output frame")
+            raise ValueError(
+                f"audio too short for wav2vec2: {w.shape[0]} samples "
+                f"({w.shape[0] / self.cfg.sample_rate:.4f} s) give no output frame"
+            )
         if not np.isfinite(w).all():
             raise ValueError("wave contains NaN or infinite samples")
         inputs = self.feature_extractor(w, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
@@ -184,9 +186,12 @@ class AudioEncoder:
                 prov.update(_hub_provenance(self.cfg.model))
             config = self.model.config
             prov.update(
-                layers=list(self.cfg.layers), hidden_size=int(config.hidden_size),
-                num_hidden_layers=int(config.num_hidden_layers), frame_rate_hz=self.frame_rate_hz,
-                do_normalize=self.do_normalize, sample_rate=self.cfg.sample_rate,
+                layers=list(self.cfg.layers),
+                hidden_size=int(config.hidden_size),
+                num_hidden_layers=int(config.num_hidden_layers),
+                frame_rate_hz=self.frame_rate_hz,
+                do_normalize=self.do_normalize,
+                sample_rate=self.cfg.sample_rate,
                 n_params=sum(p.numel() for p in self.model.parameters()),
             )
             self._provenance = prov

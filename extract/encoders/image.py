@@ -18,9 +18,20 @@ from .weights import load_state_dict, sha256_file, state_dict_sha256
 _HEAD_PREFIXES = ("classifier.", "fc.", "head.", "head_dist.", "last_linear.")
 # Architectures tried, on the meta device, to tell the user what a non-matching file was made for.
 _GUESS_ARCHS = (
-    "test_efficientnet", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
-    "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "mobilenetv3_large_100",
-    "resnet18", "resnet34", "resnet50", "convnext_tiny",
+    "test_efficientnet",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "mobilenetv3_large_100",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "convnext_tiny",
 )
 
 
@@ -54,8 +65,9 @@ def guess_arch(state_dict: dict[str, torch.Tensor]) -> list[str]:
     return found
 
 
-def _check_and_filter(model: torch.nn.Module, sd: dict[str, torch.Tensor], cfg: ImageEncoderConfig
-                      ) -> dict[str, torch.Tensor]:
+def _check_and_filter(
+    model: torch.nn.Module, sd: dict[str, torch.Tensor], cfg: ImageEncoderConfig
+) -> dict[str, torch.Tensor]:
     """Drop classifier tensors that cannot fit a headless model; raise if the backbone does not match."""
     expected = model.state_dict()
 
@@ -65,16 +77,22 @@ def _check_and_filter(model: torch.nn.Module, sd: dict[str, torch.Tensor], cfg: 
     sd = {k: v for k, v in sd.items() if not (k.startswith(_HEAD_PREFIXES) and not fits(k))}
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in expected]
-    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in sd
-                  if k in expected and not fits(k)]
+    mismatched = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in sd if k in expected and not fits(k)
+    ]
     if not (missing or unexpected or mismatched):
         return sd
     guesses = guess_arch(sd)
-    seems = (f"it seems to be for {', '.join(guesses)}" if guesses
-             else "it matches none of the common timm backbones checked")
-    parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
-             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
-             f"{len(mismatched)} with other shapes (e.g. {mismatched[:3]})" if mismatched else ""]
+    seems = (
+        f"it seems to be for {', '.join(guesses)}"
+        if guesses
+        else "it matches none of the common timm backbones checked"
+    )
+    parts = [
+        f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+        f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+        f"{len(mismatched)} with other shapes (e.g. {mismatched[:3]})" if mismatched else "",
+    ]
     raise ConfigError(
         f"{cfg.weights}: weights do not fit image.arch={cfg.arch!r}: "
         f"{'; '.join(p for p in parts if p)}; {seems}. Set image.arch to the model the file was saved from."
@@ -161,7 +179,7 @@ class ImageEncoder:
         n = images.shape[0]
         out = []
         for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             real = chunk.shape[0]
             if real < batch_size:
                 pad = chunk[-1:].expand(batch_size - real, *chunk.shape[1:])
@@ -180,8 +198,11 @@ class ImageEncoder:
                 prov["weights_sha256"] = state_dict_sha256(self.model.state_dict())
                 prov["random_init"] = True
             prov.update(
-                input_size=self.cfg.input_size, mean=list(self.cfg.mean), std=list(self.cfg.std),
-                dim=self.dim, n_params=sum(p.numel() for p in self.model.parameters()),
+                input_size=self.cfg.input_size,
+                mean=list(self.cfg.mean),
+                std=list(self.cfg.std),
+                dim=self.dim,
+                n_params=sum(p.numel() for p in self.model.parameters()),
             )
             self._provenance = prov
         return dict(self._provenance)

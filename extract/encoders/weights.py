@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,13 +50,14 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def _pickled_module_error(path: Path, cause: Exception) -> ConfigError:
-    detail = str(cause).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:300]
+    found = re.search(r"GLOBAL (\S+)", str(cause))
+    stored = f"it stores {found.group(1)}" if found else str(cause).splitlines()[0][:200]
     return ConfigError(
-        f"{path}: the file is a pickled Python object (for example a whole module saved with "
-        f"torch.save(model), as the EmotiEffLib enet_b2_*.pt releases are), not a plain state_dict "
-        f"({detail}). Unpickling it executes code stored in the file. If you trust its source, opt in "
-        f"with image.allow_pickle=true (CLI --allow-pickle), or better re-save it once as safetensors "
-        f"with `aver convert-weights {path.name} OUT.safetensors --allow-pickle` and use that file."
+        f"{path}: the file is a pickled Python object, not a plain state_dict ({stored}); for example a "
+        f"whole module saved with torch.save(model), as the EmotiEffLib enet_b2_*.pt releases are. "
+        f"Unpickling it executes code stored in the file. If you trust its source, opt in with "
+        f"image.allow_pickle=true (CLI --allow-pickle); better, re-save it once as safetensors with "
+        f"`aver convert-weights` (which takes the same opt-in) and point image.weights at that file."
     )
 
 
@@ -78,7 +80,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{path}: no tensors found; top-level keys: {sorted(map(str, obj))[:8]}")
     for prefix in _STRIP_PREFIXES:
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 

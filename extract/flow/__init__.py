@@ -13,8 +13,14 @@ from . import classical, perceiver, raft  # noqa: F401  (registration side effec
 from .base import FLOW_BACKENDS, FlowBackend
 from .normalise import flow_pairs, flow_to_image, normalise_flow
 
-__all__ = ["FLOW_BACKENDS", "FlowBackend", "build_flow_backend", "flow_pairs", "flow_to_image",
-           "normalise_flow"]
+__all__ = [
+    "FLOW_BACKENDS",
+    "FlowBackend",
+    "build_flow_backend",
+    "flow_pairs",
+    "flow_to_image",
+    "normalise_flow",
+]
 
 
 def build_flow_backend(cfg: FlowConfig, device: str, **options: Any) -> FlowBackend:

@@ -52,8 +52,10 @@ def pick_variant(cfg: FlowConfig, allowed: tuple[str, ...], default: str) -> str
     """``cfg.variant`` checked against ``allowed``; an empty variant means ``default``."""
     variant = cfg.variant or default
     if variant not in allowed:
-        raise ConfigError(f"flow.variant {cfg.variant!r} is not valid for flow.backend={cfg.backend!r}; "
-                          f"choose one of: {', '.join(allowed)}")
+        raise ConfigError(
+            f"flow.variant {cfg.variant!r} is not valid for flow.backend={cfg.backend!r}; "
+            f"choose one of: {', '.join(allowed)}"
+        )
     return variant
 
 
@@ -101,8 +103,14 @@ class FlowBackend:
 
     def provenance(self) -> dict[str, Any]:
         """What made the numbers: backend, variant, weights, weights_sha256, n_params, notes."""
-        return {"backend": self.name, "variant": self.variant, "weights": None,
-                "weights_sha256": None, "n_params": 0, "notes": ""}
+        return {
+            "backend": self.name,
+            "variant": self.variant,
+            "weights": None,
+            "weights_sha256": None,
+            "n_params": 0,
+            "notes": "",
+        }
 
 
 def iter_chunks(n: int, size: int) -> Iterator[slice]:

@@ -55,9 +55,11 @@ class DISFlow(_ClassicalBackend):
 
         super().__init__(cfg, device, amp)
         self.variant = pick_variant(cfg, ("ultrafast", "fast", "medium"), "medium")
-        preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-                  "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                  "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.variant]
+        preset = {
+            "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+            "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+        }[self.variant]
         # One instance reused for every pair: creating it per call costs more than a 224x224 solve.
         self._dis = cv2.DISOpticalFlow_create(preset)
 
@@ -68,7 +70,9 @@ class DISFlow(_ClassicalBackend):
         import cv2
 
         prov = super().provenance()
-        prov["notes"] = f"cv2.DISOpticalFlow preset {self.variant} on BT.601 grayscale, OpenCV {cv2.__version__}"
+        prov["notes"] = (
+            f"cv2.DISOpticalFlow preset {self.variant} on BT.601 grayscale, OpenCV {cv2.__version__}"
+        )
         return prov
 
 
@@ -77,8 +81,15 @@ class FarnebackFlow(_ClassicalBackend):
     """OpenCV Farneback polynomial-expansion flow with OpenCV's documented example parameters."""
 
     name = "farneback"
-    params = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5,
-              "poly_sigma": 1.2, "flags": 0}
+    params = {
+        "pyr_scale": 0.5,
+        "levels": 3,
+        "winsize": 15,
+        "iterations": 3,
+        "poly_n": 5,
+        "poly_sigma": 1.2,
+        "flags": 0,
+    }
 
     def __init__(self, cfg: FlowConfig, device: str = "cpu", amp: bool = False) -> None:
         super().__init__(cfg, device, amp)

@@ -86,7 +86,8 @@ def flow_pairs(n_frames: int, window: int, stride: int) -> torch.Tensor:
     Paper Table 4: window 1, stride 1 = every adjacent pair. Returns ``int64 [P, 2]`` (P may be 0).
     """
     if n_frames < 0 or window < 1 or stride < 1:
-        raise ValueError(f"flow_pairs needs n_frames >= 0, window >= 1, stride >= 1; "
-                         f"got {n_frames}, {window}, {stride}")
+        raise ValueError(
+            f"flow_pairs needs n_frames >= 0, window >= 1, stride >= 1; got {n_frames}, {window}, {stride}"
+        )
     i = torch.arange(0, max(n_frames - window, 0), stride, dtype=torch.long)
     return torch.stack([i, i + window], dim=1)

@@ -75,8 +75,13 @@ class TileLayout:
     @classmethod
     def plan(cls, height: int, width: int, window: tuple[int, int], overlap: int) -> TileLayout:
         ph, pw = max(height, window[0]), max(width, window[1])
-        return cls(height, width, tuple(window), tuple(tile_starts(ph, window[0], overlap)),
-                   tuple(tile_starts(pw, window[1], overlap)))
+        return cls(
+            height,
+            width,
+            tuple(window),
+            tuple(tile_starts(ph, window[0], overlap)),
+            tuple(tile_starts(pw, window[1], overlap)),
+        )
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -89,7 +94,7 @@ class TileLayout:
     def cut(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, Hp, Wp]`` (padded size) -> ``[B * n_tiles, C, wh, ww]``, tiles of one image adjacent."""
         wh, ww = self.window
-        tiles = [x[:, :, y:y + wh, x0:x0 + ww] for y in self.ys for x0 in self.xs]
+        tiles = [x[:, :, y : y + wh, x0 : x0 + ww] for y in self.ys for x0 in self.xs]
         return torch.stack(tiles, dim=1).flatten(0, 1)
 
     def blend(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -102,13 +107,14 @@ class TileLayout:
         acc = tiles.new_zeros((b, c, *self.padded))
         norm = tiles.new_zeros(self.padded)
         for k, (y, x0) in enumerate((y, x0) for y in self.ys for x0 in self.xs):
-            acc[:, :, y:y + wh, x0:x0 + ww] += tiles[:, k] * weight
-            norm[y:y + wh, x0:x0 + ww] += weight
-        return (acc / norm)[:, :, :self.height, :self.width]
+            acc[:, :, y : y + wh, x0 : x0 + ww] += tiles[:, k] * weight
+            norm[y : y + wh, x0 : x0 + ww] += weight
+        return (acc / norm)[:, :, : self.height, : self.width]
 
 
-def build_model_inputs(prev: torch.Tensor, nxt: torch.Tensor, window: tuple[int, int],
-                       overlap: int) -> tuple[torch.Tensor, TileLayout]:
+def build_model_inputs(
+    prev: torch.Tensor, nxt: torch.Tensor, window: tuple[int, int], overlap: int
+) -> tuple[torch.Tensor, TileLayout]:
     """Perceiver inputs for all tiles of all pairs.
 
     Args:
@@ -128,8 +134,14 @@ def build_model_inputs(prev: torch.Tensor, nxt: torch.Tensor, window: tuple[int,
     return tiles.unflatten(1, (2, 27)), layout
 
 
-def tiled_flow(run: Callable[[torch.Tensor], torch.Tensor], prev: torch.Tensor, nxt: torch.Tensor,
-               window: tuple[int, int], overlap: int, max_tiles: int) -> torch.Tensor:
+def tiled_flow(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    prev: torch.Tensor,
+    nxt: torch.Tensor,
+    window: tuple[int, int],
+    overlap: int,
+    max_tiles: int,
+) -> torch.Tensor:
     """Flow of whole crops from a model that only sees windows.
 
     ``run`` maps ``float32 [n, 2, 27, wh, ww]`` tile inputs to ``[n, 2, wh, ww]`` flow in pixels; it is
@@ -146,8 +158,10 @@ def _load_model(weights: str, overrides: dict[str, Any]) -> tuple[Any, Path | No
 
     path = Path(weights).expanduser()
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"flow.weights={weights!r} is a file; the perceiver backend needs a folder in "
-                          "save_pretrained layout (config.json + model.safetensors) or a hub id")
+        raise ConfigError(
+            f"flow.weights={weights!r} is a file; the perceiver backend needs a folder in "
+            "save_pretrained layout (config.json + model.safetensors) or a hub id"
+        )
     source = str(path) if path.is_dir() else weights
     try:
         model = PerceiverForOpticalFlow.from_pretrained(source, **overrides)
@@ -156,7 +170,8 @@ def _load_model(weights: str, overrides: dict[str, Any]) -> tuple[Any, Path | No
             f"flow.weights={weights!r}: PerceiverForOpticalFlow could not be loaded: it is not a local folder "
             f"and not in this machine's Hugging Face cache (nothing is downloaded with HF_HUB_OFFLINE=1). "
             f"On a machine with internet run `PerceiverForOpticalFlow.from_pretrained({weights!r})"
-            f".save_pretrained('DIR')`, copy DIR here and set flow.weights=DIR. Cause: {err}") from None
+            f".save_pretrained('DIR')`, copy DIR here and set flow.weights=DIR. Cause: {err}"
+        ) from None
     return model, _weight_file(source, path.is_dir())
 
 
@@ -183,13 +198,22 @@ class PerceiverFlow(FlowBackend):
 
     name = "perceiver"
 
-    def __init__(self, cfg: FlowConfig, device: str = "cpu", amp: bool = False, *,
-                 config: Any = None, max_tiles: int = 8) -> None:
+    def __init__(
+        self,
+        cfg: FlowConfig,
+        device: str = "cpu",
+        amp: bool = False,
+        *,
+        config: Any = None,
+        max_tiles: int = 8,
+    ) -> None:
         from transformers import PerceiverForOpticalFlow
 
         super().__init__(device, amp)
         if cfg.variant:
-            raise ConfigError(f"flow.variant={cfg.variant!r}: the perceiver backend has no variants; leave it empty")
+            raise ConfigError(
+                f"flow.variant={cfg.variant!r}: the perceiver backend has no variants; leave it empty"
+            )
         if max_tiles < 1:
             raise ConfigError("max_tiles must be >= 1")
         # Window other than the training size: Fourier positions have no parameters, so the weights
@@ -206,7 +230,9 @@ class PerceiverFlow(FlowBackend):
             model, self.weights_file = _load_model(self.weights, overrides)
         self.window = tuple(int(v) for v in model.config.train_size)
         if cfg.tile_overlap >= min(self.window):
-            raise ConfigError(f"flow.tile_overlap={cfg.tile_overlap} must be smaller than the window {self.window}")
+            raise ConfigError(
+                f"flow.tile_overlap={cfg.tile_overlap} must be smaller than the window {self.window}"
+            )
         self.overlap = cfg.tile_overlap
         self.scale = cfg.output_scale
         self.max_tiles = max_tiles
@@ -233,9 +259,11 @@ class PerceiverFlow(FlowBackend):
             weights=self.weights,
             weights_sha256=self._sha256,
             n_params=count_params(self.model),
-            notes=(f"transformers PerceiverForOpticalFlow, window {self.window[0]}x{self.window[1]}"
-                   f"{' (overridden by flow.train_size)' if self.window_overridden else ''}, "
-                   f"tile overlap {self.overlap} px, border-tapered blending, logits x {self.scale}"
-                   + ("; RANDOM INITIALISATION (config given, no weights)" if self.weights is None else "")),
+            notes=(
+                f"transformers PerceiverForOpticalFlow, window {self.window[0]}x{self.window[1]}"
+                f"{' (overridden by flow.train_size)' if self.window_overridden else ''}, "
+                f"tile overlap {self.overlap} px, border-tapered blending, logits x {self.scale}"
+                + ("; RANDOM INITIALISATION (config given, no weights)" if self.weights is None else "")
+            ),
         )
         return prov

@@ -48,7 +48,8 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
             raise ConfigError(
                 f"{path}: this weight file is a pickle that can only be read by running code stored in it "
                 f"(unpickling executes code). Only load files you trust: set flow.allow_pickle=true to opt "
-                f"in, or convert it once to .safetensors. Cause: {str(err).splitlines()[0]}") from None
+                f"in, or convert it once to .safetensors. Cause: {str(err).splitlines()[0]}"
+            ) from None
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
@@ -68,13 +69,16 @@ def _enum_weights(name: str, variant: str) -> tuple[Any, str]:
 
     match = _ENUM_RE.match(name)
     if match is None:
-        raise ConfigError(f"flow.weights {name!r} is neither an existing file nor a torchvision enum name "
-                          "like 'Raft_Large_Weights.C_T_SKHT_V2'")
+        raise ConfigError(
+            f"flow.weights {name!r} is neither an existing file nor a torchvision enum name "
+            "like 'Raft_Large_Weights.C_T_SKHT_V2'"
+        )
     enum_cls = getattr(optical_flow, match.group(1))
     member = match.group(3)
     if member not in enum_cls.__members__:
-        raise ConfigError(f"{match.group(1)} has no member {member!r}; "
-                          f"choose one of: {', '.join(enum_cls.__members__)}")
+        raise ConfigError(
+            f"{match.group(1)} has no member {member!r}; choose one of: {', '.join(enum_cls.__members__)}"
+        )
     enum_variant = match.group(2).lower()
     if variant and variant != enum_variant:
         raise ConfigError(f"flow.weights {name!r} are for raft {enum_variant}, but flow.variant={variant!r}")
@@ -86,13 +90,18 @@ def torchvision_cache_path(weights: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
-    """Replicate-pad ``[B, C, H, W]`` at the bottom/right so H and W divide by ``multiple``."""
+# RAFT's 4-level correlation pyramid needs feature maps >= 16 px, i.e. images >= 128 px.
+RAFT_MIN_SIDE = 128
+
+
+def pad_for_raft(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad ``[B, C, H, W]`` at the bottom/right to sides divisible by 8 and >= 128."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
+    th = max(RAFT_MIN_SIDE, h + (-h) % 8)
+    tw = max(RAFT_MIN_SIDE, w + (-w) % 8)
+    if (th, tw) == (h, w):
         return x
-    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return F.pad(x, (0, tw - w, 0, th - h), mode="replicate")
 
 
 @FLOW_BACKENDS.register("raft")
@@ -126,29 +135,33 @@ class RAFTFlow(FlowBackend):
             if not Path(weights).is_file():
                 raise MissingWeightsError(
                     f"flow.weights={weights!r}: no such file; give a .safetensors/.pth/.pt file or a "
-                    "torchvision enum name like 'Raft_Large_Weights.C_T_SKHT_V2'")
+                    "torchvision enum name like 'Raft_Large_Weights.C_T_SKHT_V2'"
+                )
             return Path(weights)
         path = torchvision_cache_path(enum)
         if not path.is_file():
             raise MissingWeightsError(
                 f"flow.weights={weights!r}: torchvision's copy {path} is not on this machine and nothing is "
-                f"downloaded here. On a machine with internet run `python -c \"from torchvision.models."
-                f"optical_flow import {enum.__class__.__name__} as W; W.{enum.name}.get_state_dict()\"` and "
-                f"copy {path.name} into {path.parent} (or set TORCH_HOME), or pass the file path as flow.weights.")
+                f'downloaded here. On a machine with internet run `python -c "from torchvision.models.'
+                f'optical_flow import {enum.__class__.__name__} as W; W.{enum.name}.get_state_dict()"` and '
+                f"copy {path.name} into {path.parent} (or set TORCH_HOME), or pass the file path as flow.weights."
+            )
         return path
 
     def _load(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise ConfigError(f"{self.weights_file}: not a torchvision raft_{self.variant} state_dict "
-                              f"({str(err).splitlines()[0]} ...)") from None
+            raise ConfigError(
+                f"{self.weights_file}: not a torchvision raft_{self.variant} state_dict "
+                f"({str(err).splitlines()[0]} ...)"
+            ) from None
 
     def _flow(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         h, w = prev.shape[-2:]
-        # RAFT was trained on images scaled to [-1, 1]; its feature pyramid needs H, W divisible by 8.
+        # RAFT was trained on images scaled to [-1, 1]; its feature grid is 1/8 of the image.
         pair = torch.cat([prev, nxt]).to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        pair = pad_to_multiple(pair, 8)
+        pair = pad_for_raft(pair)
         a, b = pair.chunk(2)
         with self.autocast():
             preds = self.model(a, b, num_flow_updates=self.iters)
@@ -165,8 +178,10 @@ class RAFTFlow(FlowBackend):
             weights=self.weights,
             weights_sha256=self._weights_sha256(),
             n_params=count_params(self.model),
-            notes=(f"torchvision raft_{self.variant}, num_flow_updates={self.iters}, last prediction; "
-                   "input [-1,1], replicate-padded to a multiple of 8"
-                   + ("; RANDOM INITIALISATION (no weights)" if self.weights is None else "")),
+            notes=(
+                f"torchvision raft_{self.variant}, num_flow_updates={self.iters}, last prediction; "
+                "input [-1,1], replicate-padded to a multiple of 8 and >= 128 px"
+                + ("; RANDOM INITIALISATION (no weights)" if self.weights is None else "")
+            ),
         )
         return prov

@@ -1,0 +1,170 @@
+"""End to end: real synthetic media -> MTCNN -> flow -> encoders -> Zarr, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SMALL_CORPUS, small_index
+
+from extract.errors import CacheMismatchError
+from extract.pipeline import run_extraction
+from extract.store import DONE, FAILED, open_root
+
+PER_CLIP = ["clips/status", "clips/error", "clips/n_frames", "clips/n_flow", "clips/n_audio", "clips/fps",
+            "frames/features", "frames/timestamp", "frames/face_box", "frames/face_prob", "frames/face_mask",
+            "flow/features", "audio/features", "clips/id", "clips/label", "folds/split"]
+
+
+def assert_same_arrays(url_a: str, url_b: str) -> None:
+    a, b = open_root(url_a, "r"), open_root(url_b, "r")
+    for name in PER_CLIP:
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+
+
+@pytest.mark.slow
+def test_end_to_end_extraction(extracted_store):
+    g = open_root(extracted_store, "r")
+    meta = g.attrs["aver"]
+    n = len(g["clips/id"])
+    assert n == 6 and (g["clips/status"][:] == DONE).all()
+    assert meta["tiny"] is True and meta["preset"] == "tiny" and meta["classes"] == ["neutral", "happy"]
+    assert meta["models"]["image"]["sha256"] and meta["models"]["audio"]["sha256"]
+    n_frames, n_flow, n_audio = g["clips/n_frames"][:], g["clips/n_flow"][:], g["clips/n_audio"][:]
+    assert (n_frames == 20).all(), n_frames  # 0.8 s at 25 fps, native rate
+    assert (n_flow == n_frames - 1).all()
+    assert (np.abs(n_audio - 40) <= 1).all(), n_audio  # 50 Hz wav2vec2 frames
+    assert (g["clips/fps"][:] == 25).all()
+    d = meta["dims"]["image"]
+    for i in range(n):
+        frames = g["frames/features"][i, : n_frames[i]].astype(np.float32)
+        flow = g["flow/features"][i, : n_flow[i]].astype(np.float32)
+        audio = g["audio/features"][i, : n_audio[i]].astype(np.float32)
+        assert frames.shape == (20, d) and np.isfinite(frames).all() and frames.std() > 0
+        assert flow.shape == (19, d) and np.isfinite(flow).all() and flow.std() > 0
+        assert audio.shape[1:] == (1, meta["dims"]["audio"]) and np.isfinite(audio).all()
+        assert not g["frames/features"][i, n_frames[i] :].any()  # padding is zeros
+        ts = g["frames/timestamp"][i, : n_frames[i]]
+        np.testing.assert_allclose(np.diff(ts), 1 / 25, atol=1e-3)
+    mask = g["frames/face_mask"][:]
+    assert mask[:, :20].mean() > 0.95  # MTCNN finds the real face in nearly every frame
+    boxes = g["frames/face_box"][0, :20]
+    assert ((boxes[:, 2] - boxes[:, 0]) > 60).all()  # a face-sized square
+    np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], rtol=1e-4)
+    assert g["folds/split"].shape == (3, 6)
+
+
+@pytest.mark.slow
+def test_rerun_skips_and_other_config_is_refused(extracted_store, small_corpus, tiny_config):
+    from extract.config import apply_overrides
+
+    summary = run_extraction(tiny_config, small_index(small_corpus), extracted_store, progress=False)
+    assert summary.skipped == 6 and summary.done == 0
+    other = apply_overrides(tiny_config, ["face.margin=0.3"])
+    with pytest.raises(CacheMismatchError, match="face.margin"):
+        run_extraction(other, small_index(small_corpus), extracted_store, progress=False)
+
+
+def _cli(store: str, corpus: Path, *extra: str) -> list[str]:
+    opts = [f"--dataset-option={k}={json.dumps(v)}" for k, v in SMALL_CORPUS.items()]
+    return [sys.executable, "-m", "extract.cli", "extract", "--dataset", "synthetic", "--data", str(corpus),
+            "--store", store, "--preset", "tiny", "-q", "--set", "runtime.group_frames=30",
+            "--set", "runtime.image_batch=16", *opts, *extra]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_arrays(extracted_store, small_corpus, tmp_path):
+    """SIGKILL a real extraction after its first commit, rerun it, compare with an uninterrupted run."""
+    store = str(tmp_path / "killed.zarr")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(_cli(store, small_corpus), env=env, cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    killed_with = None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            status = open_root(store, "r")["clips/status"][:]
+        except Exception:  # noqa: BLE001 — the template may be half-written while we poll
+            continue
+        if (status == DONE).sum() >= 1:
+            proc.send_signal(signal.SIGKILL)
+            killed_with = int((status == DONE).sum())
+            break
+    proc.wait(timeout=60)
+    if killed_with is None:
+        pytest.fail(f"the run finished before it could be killed: {proc.stdout.read().decode()[-2000:]}")
+    assert killed_with < 6, "killed mid-run"
+    done = subprocess.run(_cli(store, small_corpus), env=env, cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"skipped (already done): {killed_with}" in done.stdout
+    assert_same_arrays(store, extracted_store)
+
+
+@pytest.mark.slow
+def test_bad_inputs_are_recorded_and_good_clips_survive(small_corpus, tiny_config, tmp_path):
+    import media_fixtures as mf
+
+    from extract.datasets import DatasetOptions, load_dataset
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = sorted(small_corpus.rglob("*.mp4"))[:2]
+    made = {
+        "zero": mf.write_zero_byte(bad, "zero.mp4"),
+        "truncated": mf.write_truncated(bad, "truncated.mp4", good[0]),
+        "notvideo": mf.write_not_video(bad, "notvideo.mp4"),
+        "noaudio": mf.write_video_without_audio(bad, "noaudio.mp4"),
+        "noface": mf.write_no_face_clip(bad, "noface.mp4"),
+        "single": mf.write_single_frame_clip(bad, "single.mp4"),
+        "shortaudio": mf.write_short_audio_clip(bad, "shortaudio.mp4"),
+    }
+    rows = ["id,video,speaker,label"] + [f"good{i},{p},s{i},a" for i, p in enumerate(good)]
+    rows += [f"{k},{p},s{i % 3},b" for i, (k, p) in enumerate(made.items())]
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    index = load_dataset("folder", DatasetOptions(labels=tmp_path / "clips.csv"))
+    url = str(tmp_path / "folder.zarr")
+    summary = run_extraction(tiny_config, index, url, progress=False)
+    g = open_root(url, "r")
+    status = dict(zip(g["clips/id"][:], g["clips/status"][:], strict=True))
+    errors = dict(zip(g["clips/id"][:], [g["clips/error"][i] for i in range(len(status))], strict=True))
+    assert status["good0"] == DONE and status["good1"] == DONE, errors
+    expected_cause = {"zero": "empty", "notvideo": "not a readable video", "noaudio": "no audio",
+                      "noface": "no face", "single": "frame", "shortaudio": "audio lasts"}
+    for name, words in expected_cause.items():
+        assert status[name] == FAILED, (name, errors[name])
+        assert words in errors[name] and str(made[name]) in errors[name], (name, errors[name])
+    # a truncated file either fails with a cause or keeps the frames decoded before the damage
+    assert status["truncated"] == FAILED and errors["truncated"] or g["clips/n_frames"][2] > 0
+    assert summary.failed == sum(s == FAILED for s in status.values())
+    assert set(summary.failures) == {k for k, s in status.items() if s == FAILED}
+    # good clips' features are intact and finite
+    for i, cid in enumerate(g["clips/id"][:]):
+        if status[cid] == DONE:
+            n = g["clips/n_frames"][i]
+            assert np.isfinite(g["frames/features"][i, :n].astype(np.float32)).all()
+
+
+@pytest.mark.slow
+def test_vavl_fold_csv_reaches_the_cache(small_corpus, tiny_config, tmp_path):
+    index = small_index(small_corpus)
+    ids = [c.clip_id for c in index.clips]
+    splits = {"01": "Train", "02": "Development", "03": "Test"}
+    lines = ["FileName,neutral,happy,SpkrID,Gender,Split_Set"]
+    lines += [f"{cid}.mp4,1,0,{c.speaker},F,{splits[c.speaker]}" for cid, c in zip(ids, index.clips, strict=True)]
+    (tmp_path / "partition_1.csv").write_text("\n".join(lines) + "\n")
+    index = small_index(small_corpus, folds=str(tmp_path / "partition_{fold}.csv"))
+    url = str(tmp_path / "folds.zarr")
+    run_extraction(tiny_config, index, url, limit=0, progress=False)
+    g = open_root(url, "r")
+    assert g["folds/split"].shape == (1, 6)
+    assert g["folds/split"][0].tolist() == [{"01": 0, "02": 1, "03": 2}[c.speaker] for c in index.clips]
+    assert g.attrs["aver"]["folds_source"].startswith("csv:")

@@ -1,0 +1,35 @@
+"""The trainer's cache reader works on a real extracted cache and never needs extract/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from train.cache import CacheError, FeatureCache
+
+
+@pytest.mark.slow
+def test_reader_on_extracted_cache(extracted_store):
+    cache = FeatureCache(extracted_store)
+    assert cache.classes == ["neutral", "happy"] and cache.n_folds == 3
+    train, val, test = (cache.split_indices(1, s) for s in ("train", "validation", "test"))
+    assert len(train) + len(val) + len(test) == 6
+    assert not (set(cache.speakers[train]) & set(cache.speakers[test]))
+    clip = cache.clip(int(test[0]))
+    assert clip.frames.shape[0] == 20 and clip.flow.shape[0] == 19 and clip.audio.ndim == 3
+    assert clip.frames.dtype == np.float16
+    with pytest.raises(CacheError, match="fold 9"):
+        cache.split_indices(9, "train")
+
+
+def test_missing_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(CacheError, match="aver extract"):
+        FeatureCache(str(tmp_path / "nope.zarr"))
+
+
+def test_train_never_imports_extract():
+    code = "import sys, train.cache; assert not any(m == 'extract' or m.startswith('extract.') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -31,7 +31,7 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
     for key in ("flow", "image", "audio"):
         m = meta["models"][key]
         name = m.get("arch") or m.get("model") or m.get("backend")
-        sha = (m.get("sha256") or "")[:12]
+        sha = (m.get("weights_sha256") or "-")[:12]
         lines.append(f"{key:9} {name}  {m.get('weights') or m.get('variant') or ''}  sha256 {sha}")
     failed = np.flatnonzero(status == 2)
     if len(failed):

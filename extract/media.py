@@ -122,7 +122,9 @@ def _decode_failed(path: str, err: Exception, n: int, expected: int, min_ratio: 
 
 
 def iter_video_frames(
-    path: str | os.PathLike, batch_size: int, max_seconds: float | None = None,
+    path: str | os.PathLike,
+    batch_size: int,
+    max_seconds: float | None = None,
     min_decoded_ratio: float = 0.5,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream a clip's frames at its native rate, ``batch_size`` at a time.
@@ -166,7 +168,9 @@ def iter_video_frames(
             elif fps > 0:
                 t = n / fps  # no pts: assume a constant rate from the stream's declared fps
             else:
-                raise ClipError(path, "frames carry no timestamps and the stream declares no frame rate", "decode")
+                raise ClipError(
+                    path, "frames carry no timestamps and the stream declares no frame rate", "decode"
+                )
             if max_seconds is not None and t >= max_seconds:
                 break
             if frames is None:
@@ -176,7 +180,7 @@ def iter_video_frames(
             if (frame.width, frame.height) != (w, h):
                 # Mid-stream resolution change (rare): keep one shape per clip.
                 frame = frame.reformat(width=w, height=h)
-            frames[k] = frame.to_ndarray(format="rgb24")
+            frames[k] = frame.to_ndarray(format="bgr24")
             timestamps[k] = t
             k, n = k + 1, n + 1
             if k == batch_size:
@@ -191,13 +195,18 @@ def iter_video_frames(
             raise ClipError(path, "no video frame could be decoded", "decode")
         # A cut-off file can also end quietly, short of the frames its header announces.
         if expected and n < min_decoded_ratio * expected:
-            raise ClipError(path, f"video stream ended after {n} of {expected} announced frames "
-                            "(truncated file?)", "decode")
+            raise ClipError(
+                path,
+                f"video stream ended after {n} of {expected} announced frames (truncated file?)",
+                "decode",
+            )
         if expected and n < expected - 1:
             log.warning("%s: decoded %d frames, the container announced %d", path, n, expected)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+def load_audio(
+    path: str | os.PathLike, sample_rate: int = 16000, max_seconds: float | None = None
+) -> np.ndarray:
     """Decode the first audio stream of a video or audio file to mono float32 [S] in [-1, 1].
 
     Resampled to ``sample_rate`` Hz (libswresample); S ~= duration * sample_rate, cut to
@@ -232,7 +241,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, max_seconds: f
         except av.error.FFmpegError as e:
             if total == 0:
                 raise ClipError(path, f"audio decoding failed: {e}", "audio") from e
-            log.warning("%s: audio decoding stopped after %.2f s (%s); keeping it", path, total / sample_rate, e)
+            log.warning(
+                "%s: audio decoding stopped after %.2f s (%s); keeping it", path, total / sample_rate, e
+            )
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)

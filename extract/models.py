@@ -37,7 +37,7 @@ class Models:
         factories = {
             "image": lambda: ImageEncoder(cfg.image, device=device, amp=amp),
             "audio": lambda: AudioEncoder(cfg.audio, device=device, amp=amp),
-            "flow": lambda: build_flow_backend(cfg.flow, device),
+            "flow": lambda: build_flow_backend(cfg.flow, device, amp=amp),
             "detector": lambda: FaceDetector(cfg.face, device=device),
         }
         for name, make in factories.items():
@@ -67,9 +67,15 @@ class Models:
 
 
 def cache_hash(cfg: ExtractConfig, models_prov: dict[str, Any]) -> str:
-    """Identity of a cache: the hashed config plus the sha256 of every weight file used."""
-    shas = {k: v.get("sha256") for k, v in models_prov.items() if isinstance(v, dict)}
-    blob = json.dumps({"config": cfg.hashed_dict(), "weights": shas}, sort_keys=True, separators=(",", ":"))
+    """Identity of a cache: the hashed config, with weight locations replaced by the sha256 of the
+    weights they hold. Moving a weight file (or a teammate's different ``AVER_HOME``) keeps the
+    hash; swapping the weights changes it."""
+    config = json.loads(json.dumps(cfg.hashed_dict()))
+    for section, key in (("image", "weights"), ("audio", "model"), ("flow", "weights")):
+        sha = models_prov.get(section, {}).get("weights_sha256")
+        if sha:
+            config[section][key] = f"sha256:{sha}"
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

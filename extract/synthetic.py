@@ -27,8 +27,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RAVDESS_EMOTIONS: dict[int, str] = {
-    1: "neutral", 2: "calm", 3: "happy", 4: "sad",
-    5: "angry", 6: "fearful", 7: "disgust", 8: "surprised",
+    1: "neutral",
+    2: "calm",
+    3: "happy",
+    4: "sad",
+    5: "angry",
+    6: "fearful",
+    7: "disgust",
+    8: "surprised",
 }
 EMOTION_CODES: dict[str, int] = {name: code for code, name in RAVDESS_EMOTIONS.items()}
 
@@ -58,15 +64,21 @@ class SyntheticSpec:
         object.__setattr__(self, "emotions", tuple(self.emotions))
         unknown = [e for e in self.emotions if e not in EMOTION_CODES]
         if unknown or not self.emotions or len(set(self.emotions)) != len(self.emotions):
-            raise ValueError(f"emotions must be distinct RAVDESS names {sorted(EMOTION_CODES)}; got {self.emotions}")
+            raise ValueError(
+                f"emotions must be distinct RAVDESS names {sorted(EMOTION_CODES)}; got {self.emotions}"
+            )
         if not 1 <= self.n_actors <= 99:
             raise ValueError(f"n_actors must be in 1..99 (two-digit actor ids); got {self.n_actors}")
         if not 1 <= self.clips_per_emotion <= 4:
             raise ValueError("clips_per_emotion must be in 1..4 (2 statements x 2 repetitions)")
         if self.seconds <= 0 or round(self.seconds * self.fps) < 1 or self.fps < 1:
-            raise ValueError(f"seconds * fps must give at least one frame; got {self.seconds} s at {self.fps} fps")
+            raise ValueError(
+                f"seconds * fps must give at least one frame; got {self.seconds} s at {self.fps} fps"
+            )
         if self.width % 2 or self.height % 2 or self.height < 64 or self.width < 64:
-            raise ValueError(f"width and height must be even and >= 64 (yuv420p); got {self.width}x{self.height}")
+            raise ValueError(
+                f"width and height must be even and >= 64 (yuv420p); got {self.width}x{self.height}"
+            )
         if self.sample_rate < 8000:
             raise ValueError(f"sample_rate must be >= 8000 Hz; got {self.sample_rate}")
 
@@ -148,7 +160,11 @@ def _background(actor: int, width: int, height: int, seed: int) -> np.ndarray:
 def _actor_look(actor: int, seed: int) -> tuple[float, np.ndarray, float]:
     """Per-actor face scale (relative), RGB tint and horizontal offset (fraction of width)."""
     rng = _actor_rng(seed, actor + 1000)
-    return float(rng.uniform(0.90, 1.0)), rng.uniform(0.88, 1.08, size=3).astype(np.float32), float(rng.uniform(-0.06, 0.06))
+    return (
+        float(rng.uniform(0.90, 1.0)),
+        rng.uniform(0.88, 1.08, size=3).astype(np.float32),
+        float(rng.uniform(-0.06, 0.06)),
+    )
 
 
 Motion = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -169,7 +185,12 @@ _MOTIONS: dict[str, Motion] = {
     "calm": lambda t, r: (3 * _wave(t, 0.4, r), _jitter(len(t), 0.3, r), 1 + 0 * t, 0 * t),
     "happy": lambda t, r: (_jitter(len(t), 0.5, r), 9 * _wave(t, 3.0, r), 1 + 0 * t, 0 * t),
     "sad": lambda t, r: (2 * _wave(t, 0.5, r), -8 + 14 * np.clip(t / 1.2, 0, 1), 1 + 0 * t, 0 * t),
-    "angry": lambda t, r: (11 * _wave(t, 5.0, r), _jitter(len(t), 0.5, r), 1 + 0.05 * _wave(t, 2.5, r), 0 * t),
+    "angry": lambda t, r: (
+        11 * _wave(t, 5.0, r),
+        _jitter(len(t), 0.5, r),
+        1 + 0.05 * _wave(t, 2.5, r),
+        0 * t,
+    ),
     "fearful": lambda t, r: (3 * _wave(t, 8.0, r), 3 * _wave(t, 7.0, r), 1 - 0.06 * np.clip(t, 0, 1), 0 * t),
     "disgust": lambda t, r: (4 * _wave(t, 1.2, r), 0 * t, 1 + 0 * t, 7 * _wave(t, 1.2, r)),
     "surprised": lambda t, r: (0 * t, -6 * np.clip(t / 0.3, 0, 1), 1 + 0.07 * np.clip(t / 0.3, 0, 1), 0 * t),
@@ -177,8 +198,14 @@ _MOTIONS: dict[str, Motion] = {
 
 
 def render_frames(
-    n_frames: int, fps: float, width: int = 320, height: int = 240, actor: int = 1,
-    emotion: str = "neutral", index: int = 0, seed: int = 0,
+    n_frames: int,
+    fps: float,
+    width: int = 320,
+    height: int = 240,
+    actor: int = 1,
+    emotion: str = "neutral",
+    index: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """Render the face clip of ``(actor, emotion, index)``: uint8 [T, H, W, 3] RGB, T = ``n_frames``.
 
@@ -197,7 +224,9 @@ def render_frames(
     a_src = np.repeat(np.clip(face[..., 3:] * 255 + 0.5, 0, 255).astype(np.uint8), 3, axis=-1)
     rng = np.random.default_rng([seed, actor, EMOTION_CODES[emotion], index])
     t = np.arange(n_frames, dtype=np.float64) / fps
-    dx, dy, zoom, angle = (np.asarray(v, dtype=np.float64) * np.ones_like(t) for v in _MOTIONS[emotion](t, rng))
+    dx, dy, zoom, angle = (
+        np.asarray(v, dtype=np.float64) * np.ones_like(t) for v in _MOTIONS[emotion](t, rng)
+    )
     px = height / _REF_HEIGHT
     bg = _background(actor, width, height, seed)
     out = np.empty((n_frames, height, width, 3), dtype=np.uint8)
@@ -205,7 +234,11 @@ def render_frames(
     for i in range(n_frames):
         m = cv2.getRotationMatrix2D((pw / 2, ph / 2), float(angle[i]), base * float(zoom[i]))
         # Move the patch centre to the frame centre plus the motion, then pull it back inside.
-        m[:, 2] += np.array([width * (0.5 + x_off) + dx[i] * px, height * 0.5 + dy[i] * px]) - m @ [pw / 2, ph / 2, 1]
+        m[:, 2] += np.array([width * (0.5 + x_off) + dx[i] * px, height * 0.5 + dy[i] * px]) - m @ [
+            pw / 2,
+            ph / 2,
+            1,
+        ]
         box = m @ corners
         m[0, 2] -= min(box[0].min(), 0) + max(box[0].max() - width, 0)
         m[1, 2] -= min(box[1].min(), 0) + max(box[1].max() - height, 0)
@@ -219,14 +252,24 @@ def render_frames(
 
 # (fundamental Hz, amplitude-modulation Hz, peak amplitude) per emotion.
 _VOICES: dict[str, tuple[float, float, float]] = {
-    "neutral": (150.0, 2.0, 0.25), "calm": (130.0, 1.0, 0.2), "happy": (260.0, 6.0, 0.45),
-    "sad": (110.0, 1.5, 0.15), "angry": (220.0, 9.0, 0.6), "fearful": (320.0, 11.0, 0.35),
-    "disgust": (170.0, 3.0, 0.3), "surprised": (380.0, 4.0, 0.5),
+    "neutral": (150.0, 2.0, 0.25),
+    "calm": (130.0, 1.0, 0.2),
+    "happy": (260.0, 6.0, 0.45),
+    "sad": (110.0, 1.5, 0.15),
+    "angry": (220.0, 9.0, 0.6),
+    "fearful": (320.0, 11.0, 0.35),
+    "disgust": (170.0, 3.0, 0.3),
+    "surprised": (380.0, 4.0, 0.5),
 }
 
 
 def render_audio(
-    seconds: float, sample_rate: int, actor: int = 1, emotion: str = "neutral", index: int = 0, seed: int = 0,
+    seconds: float,
+    sample_rate: int,
+    actor: int = 1,
+    emotion: str = "neutral",
+    index: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """The clip's "voice": float32 [round(seconds * sample_rate)] mono in [-1, 1].
 
@@ -250,8 +293,13 @@ def render_audio(
 
 
 def write_av_clip(
-    path: str | os.PathLike, frames: np.ndarray, fps: int, audio: np.ndarray | None,
-    sample_rate: int = 48000, faststart: bool = False, crf: int = 20,
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: int,
+    audio: np.ndarray | None,
+    sample_rate: int = 48000,
+    faststart: bool = False,
+    crf: int = 20,
 ) -> Path:
     """Encode an MP4: H.264 (libx264, yuv420p) video and, unless ``audio`` is None, AAC audio.
 
@@ -266,7 +314,9 @@ def write_av_clip(
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"{path}: frames must be uint8 [T>0, H, W, 3]; got {frames.dtype} {frames.shape}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"{path}: yuv420p needs even width and height; got {frames.shape[2]}x{frames.shape[1]}")
+        raise ValueError(
+            f"{path}: yuv420p needs even width and height; got {frames.shape[2]}x{frames.shape[1]}"
+        )
     planar = None
     if audio is not None:
         audio = np.asarray(audio, dtype=np.float32)
@@ -330,8 +380,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def render_clip(spec: SyntheticSpec, clip: ClipPlan) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 [T, H, W, 3] and audio float32 [S] of one planned clip."""
-    frames = render_frames(spec.n_frames, spec.fps, spec.width, spec.height, clip.actor, clip.emotion,
-                           clip.index, spec.seed)
+    frames = render_frames(
+        spec.n_frames, spec.fps, spec.width, spec.height, clip.actor, clip.emotion, clip.index, spec.seed
+    )
     audio = render_audio(spec.seconds, spec.sample_rate, clip.actor, clip.emotion, clip.index, spec.seed)
     return frames, audio
 

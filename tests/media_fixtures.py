@@ -60,7 +60,9 @@ def write_no_face_clip(directory: str | Path, name: str, seconds: float = 1.0) -
     frames = np.empty((n, H, W, 3), dtype=np.uint8)
     for i in range(n):
         phase = i * 0.3
-        rgb = np.stack([np.sin(xx / 23 + phase), np.cos(yy / 17 - phase), np.sin((xx + yy) / 31 + 2 * phase)], -1)
+        rgb = np.stack(
+            [np.sin(xx / 23 + phase), np.cos(yy / 17 - phase), np.sin((xx + yy) / 31 + 2 * phase)], -1
+        )
         rgb = 0.5 + 0.35 * rgb + rng.normal(0, 0.08, size=rgb.shape)
         frames[i] = np.clip(rgb * 255, 0, 255).astype(np.uint8)
     return write_av_clip(Path(directory) / name, frames, FPS, render_audio(seconds, SR), SR)

@@ -173,6 +173,10 @@ def test_raft_wrong_architecture_and_missing_file(tmp_path):
     torch.save(small.model.state_dict(), path)
     with pytest.raises(ConfigError, match="not a torchvision raft_large state_dict"):
         RAFTFlow(FlowConfig(backend="raft", variant="large", weights=str(path)), "cpu")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a weight file" * 8)
+    with pytest.raises(ConfigError, match="cannot be unpickled"):
+        RAFTFlow(FlowConfig(backend="raft", weights=str(garbage), allow_pickle=True), "cpu")
     with pytest.raises(MissingWeightsError, match="no such file"):
         RAFTFlow(FlowConfig(backend="raft", weights=str(tmp_path / "absent.pth")), "cpu")
 

@@ -224,3 +224,24 @@ def test_single_frame_no_face_and_short_audio_clips_decode(tmp_path):
     assert info.duration_s == pytest.approx(2.0, abs=0.05)
     assert info.audio_duration_s == pytest.approx(0.3, abs=AAC_SLACK_S)
     assert abs(len(load_audio(short)) - 0.3 * 16000) <= AAC_SLACK_S * 16000 + 1
+
+
+def test_flv_container_without_frame_count(tmp_path):
+    # CREMA-D ships FLV (Sorenson/FLV1) video, whose header carries no frame count.
+    import av
+
+    frames = render_frames(10, FPS, 480, 360)
+    path = tmp_path / "1001_DFA_ANG_XX.flv"
+    with av.open(str(path), "w", format="flv") as c:
+        s = c.add_stream("flv", rate=FPS)
+        s.width, s.height, s.pix_fmt = 480, 360, "yuv420p"
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    info = probe_video(path)
+    assert (info.width, info.height, info.n_frames, info.has_audio) == (480, 360, 10, False)
+    decoded, ts, _ = _decode_all(path, 4)
+    assert decoded.shape == (10, 360, 480, 3)
+    np.testing.assert_allclose(ts, np.arange(10) / FPS, atol=1e-3)

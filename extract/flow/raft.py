@@ -37,20 +37,23 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"flow weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not allow_pickle:
             raise ConfigError(
-                f"{path}: this weight file is a pickle that can only be read by running code stored in it "
-                f"(unpickling executes code). Only load files you trust: set flow.allow_pickle=true to opt "
-                f"in, or convert it once to .safetensors. Cause: {str(err).splitlines()[0]}"
+                f"{path}: torch.load(weights_only=True) refused this file: it is a pickle that can only be "
+                f"read by running code stored in it (unpickling executes code), or not a weight file at all. "
+                f"If you trust it, set flow.allow_pickle=true to opt in, or convert it once to .safetensors. "
+                f"Cause: {str(err).splitlines()[0]}"
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = _unpickle(path)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot be read as a weight file ({err})") from None
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
@@ -61,6 +64,16 @@ def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"{path}: expected a state_dict of tensors, found {type(obj).__name__}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _unpickle(path: Path) -> object:
+    """Full unpickling, only after the user opted in with ``flow.allow_pickle``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ModuleNotFoundError) as err:
+        raise ConfigError(
+            f"{path}: cannot be unpickled as a weight file ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _enum_weights(name: str, variant: str) -> tuple[Any, str]:

@@ -31,19 +31,32 @@ def _kv(items: list[str]) -> dict:
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="dataset adapter: ravdess, cremad, mspimprov, folder, synthetic")
+    p.add_argument(
+        "--dataset", required=True, help="dataset adapter: ravdess, cremad, mspimprov, folder, synthetic"
+    )
     p.add_argument("--data", type=Path, help="raw dataset folder (synthetic: where the corpus is generated)")
-    p.add_argument("--cache", default="caches", help="cache folder or fsspec URL; the store is <cache>/<dataset>.zarr")
+    p.add_argument(
+        "--cache", default="caches", help="cache folder or fsspec URL; the store is <cache>/<dataset>.zarr"
+    )
     p.add_argument("--store", help="explicit store path/URL (overrides --cache)")
     p.add_argument("--preset", default="tiny", help="paper (real models) or tiny (small random models)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--labels", type=Path, help="labels CSV (mspimprov: VAVL labels; folder: the clip table)")
     p.add_argument("--folds", help="fold files: a pattern with {fold} or comma-separated VAVL partition CSVs")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="adapter-specific option, e.g. synthetic n_actors=3 (repeatable)")
+    p.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter-specific option, e.g. synthetic n_actors=3 (repeatable)",
+    )
     p.add_argument("--targets", default="", help="folder: comma-separated continuous target columns")
-    p.add_argument("--face-weights", help="EfficientNet-B2 face weights file (.safetensors, .pt state_dict, ...)")
-    p.add_argument("--allow-pickle", action="store_true", help="permit unpickling weight files (executes code)")
+    p.add_argument(
+        "--face-weights", help="EfficientNet-B2 face weights file (.safetensors, .pt state_dict, ...)"
+    )
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="permit unpickling weight files (executes code)"
+    )
     p.add_argument("--audio-model", help="wav2vec2 hub id or local folder")
     p.add_argument("--audio-layers", help="comma-separated hidden-state indices, e.g. -1 or 12,18,24")
     p.add_argument("--flow", help="flow backend: dis, raft, perceiver")
@@ -53,10 +66,20 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="cut clips to this many seconds")
     p.add_argument("--workers", type=int, default=0, help="local Dask workers (0: this process)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec storage option for the cache URL (repeatable)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config field, e.g. face.min_face_size=60 (repeatable)")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for the cache URL (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config field, e.g. face.min_face_size=60 (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store and start over")
     p.add_argument("--retry-failed", action="store_true", help="retry clips recorded as failed")
     p.add_argument("--limit", type=int, help="process at most this many pending clips")
@@ -72,9 +95,15 @@ def build_config(args: argparse.Namespace):
     sets = [f"runtime.device={json.dumps(args.device)}", f"runtime.workers={args.workers}"]
     if args.scheduler:
         sets.append(f"runtime.scheduler={json.dumps(args.scheduler)}")
-    flag_map = {"face_weights": "image.weights", "audio_model": "audio.model", "flow": "flow.backend",
-                "flow_variant": "flow.variant", "flow_weights": "flow.weights", "image_size": "image.input_size",
-                "max_seconds": "max_seconds"}
+    flag_map = {
+        "face_weights": "image.weights",
+        "audio_model": "audio.model",
+        "flow": "flow.backend",
+        "flow_variant": "flow.variant",
+        "flow_weights": "flow.weights",
+        "image_size": "image.input_size",
+        "max_seconds": "max_seconds",
+    }
     for attr, key in flag_map.items():
         value = getattr(args, attr)
         if value is not None:
@@ -93,17 +122,35 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .pipeline import run_extraction
 
     cfg = build_config(args)
-    opts = DatasetOptions(data=args.data, labels=args.labels, folds=args.folds,
-                          targets=tuple(t for t in args.targets.split(",") if t),
-                          options=_kv(args.dataset_option))
+    opts = DatasetOptions(
+        data=args.data,
+        labels=args.labels,
+        folds=args.folds,
+        targets=tuple(t for t in args.targets.split(",") if t),
+        options=_kv(args.dataset_option),
+    )
     index = load_dataset(args.dataset, opts)
     for note in index.notes:
         log.info("%s: %s", args.dataset, note)
     url = args.store or store_url(args.cache, args.dataset)
-    log.info("extracting %d clips of %s into %s (preset %s, device %s)", len(index.clips), args.dataset, url,
-             cfg.preset, cfg.runtime.device)
-    summary = run_extraction(cfg, index, url, overwrite=args.overwrite, retry_failed=args.retry_failed,
-                             limit=args.limit, storage_options=_kv(args.storage_option), progress=not args.quiet)
+    log.info(
+        "extracting %d clips of %s into %s (preset %s, device %s)",
+        len(index.clips),
+        args.dataset,
+        url,
+        cfg.preset,
+        cfg.runtime.device,
+    )
+    summary = run_extraction(
+        cfg,
+        index,
+        url,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        storage_options=_kv(args.storage_option),
+        progress=not args.quiet,
+    )
     print(summary.report())
     print(f"cache: {url}")
     return 0
@@ -111,8 +158,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Extract the embedded synthetic corpus with the tiny preset and describe the cache."""
-    ns = argparse.Namespace(**{**vars(_extract_defaults()), "dataset": "synthetic", "cache": args.cache,
-                               "device": args.device, "data": args.data, "quiet": args.quiet})
+    ns = argparse.Namespace(
+        **{
+            **vars(_extract_defaults()),
+            "dataset": "synthetic",
+            "cache": args.cache,
+            "device": args.device,
+            "data": args.data,
+            "quiet": args.quiet,
+        }
+    )
     cmd_extract(ns)
     return cmd_info(argparse.Namespace(store=store_url(args.cache, "synthetic")))
 
@@ -159,7 +214,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert-weights", help="re-save a weight file as safetensors")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--allow-pickle", action="store_true", help="the source is a pickled module (executes code)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="the source is a pickled module (executes code)"
+    )
     p.set_defaults(func=cmd_convert_weights)
     return parser
 
@@ -168,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ConfigError
 
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except ConfigError as e:

@@ -62,7 +62,9 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
             break
     n = len(stamps)
     if n < cfg.flow.window + 1:
-        raise ClipError(rec.video, f"only {n} frame(s); optical flow needs at least {cfg.flow.window + 1}", "decode")
+        raise ClipError(
+            rec.video, f"only {n} frame(s); optical flow needs at least {cfg.flow.window + 1}", "decode"
+        )
     track = track_face(dets, hw, rec.video)
     boxes = smooth_boxes(track.boxes, cfg.face.smooth_window, cfg.face.margin, hw)
     crops = _crop_pass(rec.video, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames)
@@ -70,10 +72,23 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
     audio = load_audio(rec.audio or rec.video, cfg.audio.sample_rate, max_seconds)
     video_s = n / fps
     if len(audio) / cfg.audio.sample_rate < cfg.min_audio_ratio * video_s:
-        raise ClipError(rec.audio or rec.video, f"audio lasts {len(audio) / cfg.audio.sample_rate:.2f} s but the video "
-                        f"{video_s:.2f} s (below min_audio_ratio={cfg.min_audio_ratio})", "audio")
-    return Prepared(i, rec, crops, np.asarray(stamps, np.float32), boxes.astype(np.float32),
-                    track.prob.astype(np.float32), track.mask.astype(bool), float(fps), audio)
+        raise ClipError(
+            rec.audio or rec.video,
+            f"audio lasts {len(audio) / cfg.audio.sample_rate:.2f} s but the video "
+            f"{video_s:.2f} s (below min_audio_ratio={cfg.min_audio_ratio})",
+            "audio",
+        )
+    return Prepared(
+        i,
+        rec,
+        crops,
+        np.asarray(stamps, np.float32),
+        boxes.astype(np.float32),
+        track.prob.astype(np.float32),
+        track.mask.astype(bool),
+        float(fps),
+        audio,
+    )
 
 
 def _crop_pass(path, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames):
@@ -92,7 +107,9 @@ def _crop_pass(path, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames):
     return torch.cat(out)
 
 
-def compute_group(group: list[Prepared], cfg: ExtractConfig, models: Models, cap: Capacity) -> list[ClipResult]:
+def compute_group(
+    group: list[Prepared], cfg: ExtractConfig, models: Models, cap: Capacity
+) -> list[ClipResult]:
     """Flow and features for every clip of ``group``, batched across clip boundaries."""
     import torch
 
@@ -104,22 +121,38 @@ def compute_group(group: list[Prepared], cfg: ExtractConfig, models: Models, cap
     frame_feats = models.image.encode_batched(crops, rt.image_batch).split(lengths)
 
     offsets = np.cumsum([0, *lengths[:-1]])
-    pairs = [flow_pairs(n, cfg.flow.window, cfg.flow.stride) + int(o) for n, o in zip(lengths, offsets, strict=True)]
+    pairs = [
+        flow_pairs(n, cfg.flow.window, cfg.flow.stride) + int(o)
+        for n, o in zip(lengths, offsets, strict=True)
+    ]
     n_pairs = [len(p) for p in pairs]
     idx = torch.cat(pairs).to(crops.device)
-    flows = torch.cat([models.flow(crops[idx[k : k + rt.flow_batch, 0]], crops[idx[k : k + rt.flow_batch, 1]])
-                       for k in range(0, len(idx), rt.flow_batch)])  # float32 [sum P, 2, S, S]
-    images = torch.cat([flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip)
-                        for f in flows.split(n_pairs)])
+    flows = torch.cat(
+        [
+            models.flow(crops[idx[k : k + rt.flow_batch, 0]], crops[idx[k : k + rt.flow_batch, 1]])
+            for k in range(0, len(idx), rt.flow_batch)
+        ]
+    )  # float32 [sum P, 2, S, S]
+    images = torch.cat(
+        [flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip) for f in flows.split(n_pairs)]
+    )
     flow_feats = models.image.encode_batched(images, rt.image_batch).split(n_pairs)
 
     results = []
     for p, ff, of in zip(group, frame_feats, flow_feats, strict=True):
         audio = models.audio(p.audio)[: cap.audio]
-        results.append(ClipResult(
-            frame_features=_f16(ff, p.record.video, "frame"), flow_features=_f16(of, p.record.video, "flow"),
-            audio_features=_f16(audio, p.record.audio or p.record.video, "audio"), timestamps=p.timestamps,
-            face_box=p.boxes, face_prob=p.probs, face_mask=p.mask, fps=p.fps))
+        results.append(
+            ClipResult(
+                frame_features=_f16(ff, p.record.video, "frame"),
+                flow_features=_f16(of, p.record.video, "flow"),
+                audio_features=_f16(audio, p.record.audio or p.record.video, "audio"),
+                timestamps=p.timestamps,
+                face_box=p.boxes,
+                face_prob=p.probs,
+                face_mask=p.mask,
+                fps=p.fps,
+            )
+        )
     return results
 
 

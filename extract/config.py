@@ -127,7 +127,9 @@ class RuntimeConfig:
     scheduler: str | None = None  # address of a running Dask scheduler (one worker per GPU)
 
     def __post_init__(self) -> None:
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "runtime.device must be cpu or cuda[:N]")
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"), "runtime.device must be cpu or cuda[:N]"
+        )
         for name in ("image_batch", "flow_batch", "detect_batch", "decode_batch", "group_frames"):
             _check(getattr(self, name) >= 1, f"runtime.{name} must be >= 1")
         _check(self.prefetch >= 0 and self.workers >= 0, "runtime.prefetch/workers must be >= 0")
@@ -166,8 +168,13 @@ class ExtractConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
         d = dict(d)
-        subs = {"face": FaceConfig, "flow": FlowConfig, "image": ImageEncoderConfig,
-                "audio": AudioEncoderConfig, "runtime": RuntimeConfig}
+        subs = {
+            "face": FaceConfig,
+            "flow": FlowConfig,
+            "image": ImageEncoderConfig,
+            "audio": AudioEncoderConfig,
+            "runtime": RuntimeConfig,
+        }
         for key, typ in subs.items():
             if key in d and isinstance(d[key], dict):
                 d[key] = typ(**d[key])

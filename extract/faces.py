@@ -40,8 +40,10 @@ def _facenet_mtcnn() -> ModuleType:
     try:
         from facenet_pytorch.models import mtcnn
     except ImportError as e:
-        raise ImportError(f"facenet-pytorch is needed for face detection ({e}); install it with "
-                          "`pip install --no-deps facenet-pytorch==2.6.0` and `pip install requests`") from e
+        raise ImportError(
+            f"facenet-pytorch is needed for face detection ({e}); install it with "
+            "`pip install --no-deps facenet-pytorch==2.6.0` and `pip install requests`"
+        ) from e
     return mtcnn
 
 

@@ -27,7 +27,9 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         f"at {meta['dims']['audio_rate_hz']:g} Hz  capacity {meta['capacity']}",
     ]
     if done.any():
-        lines.append(f"frames:   {int(n_frames[done].sum())} in done clips (mean {n_frames[done].mean():.1f} per clip)")
+        lines.append(
+            f"frames:   {int(n_frames[done].sum())} in done clips (mean {n_frames[done].mean():.1f} per clip)"
+        )
     for key in ("flow", "image", "audio"):
         m = meta["models"][key]
         name = m.get("arch") or m.get("model") or m.get("backend")
@@ -38,5 +40,5 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         ids, errors = g["clips/id"][:], g["clips/error"]
         lines.append(f"failures ({len(failed)}):")
         for i in failed[:max_failures]:
-            lines.append(f"  {ids[i]}: {errors[int(i)]}")
+            lines.append(f"  {ids[i]}: {str(errors[int(i)])}")
     return "\n".join(lines)

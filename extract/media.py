@@ -121,6 +121,41 @@ def _decode_failed(path: str, err: Exception, n: int, expected: int, min_ratio: 
     log.warning("%s: video decoding stopped after %d%s frames (%s); keeping them", path, n, of, err)
 
 
+def _frames_with_times(container, stream, path: str, expected: int, min_ratio: float, max_seconds):
+    """Yield ``(rgb uint8 [H, W, 3], t seconds)`` per decoded frame; applies the truncation policy."""
+    import av
+
+    fps = _stream_fps(stream)
+    tb = stream.time_base
+    origin = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    size, n = None, 0
+    decoder = container.decode(stream)
+    while True:
+        try:
+            frame = next(decoder)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as e:
+            _decode_failed(path, e, n, expected, min_ratio)
+            return
+        if frame.time is not None:
+            t = frame.time - origin
+        elif fps > 0:
+            t = n / fps  # no pts: assume a constant rate from the stream's declared fps
+        else:
+            raise ClipError(
+                path, "frames carry no timestamps and the stream declares no frame rate", "decode"
+            )
+        if max_seconds is not None and t >= max_seconds:
+            return
+        size = size or (frame.width, frame.height)
+        if (frame.width, frame.height) != size:
+            # Mid-stream resolution change (rare): keep one shape per clip.
+            frame = frame.reformat(width=size[0], height=size[1])
+        n += 1
+        yield frame.to_ndarray(format="rgb24"), t
+
+
 def iter_video_frames(
     path: str | os.PathLike,
     batch_size: int,
@@ -134,10 +169,8 @@ def iter_video_frames(
     stream's start. Frames at or after ``max_seconds`` are not decoded. Memory is bounded by one
     batch. Deterministic: two iterations give identical frames, whatever the batch size.
     Raises ``ClipError(stage="decode")`` as ``probe_video`` does, when no frame decodes, and on a
-    truncated/corrupt stream as the module docstring describes.
+    truncated/corrupt stream as the module docstring describes (``min_decoded_ratio``).
     """
-    import av
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if max_seconds is not None and max_seconds <= 0:
@@ -147,61 +180,32 @@ def iter_video_frames(
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"  # frame + slice threads; output is still deterministic
         fps = _stream_fps(stream)
-        tb = stream.time_base
-        origin = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
         expected = int(stream.frames or 0)
         if expected and max_seconds is not None and fps > 0:
             expected = min(expected, math.ceil(max_seconds * fps - 1e-6))
         frames = timestamps = None
         k = n = 0
-        decoder = container.decode(stream)
-        while True:
-            try:
-                frame = next(decoder)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as e:
-                _decode_failed(path, e, n, expected, min_decoded_ratio)
-                break
-            if frame.time is not None:
-                t = frame.time - origin
-            elif fps > 0:
-                t = n / fps  # no pts: assume a constant rate from the stream's declared fps
-            else:
-                raise ClipError(
-                    path, "frames carry no timestamps and the stream declares no frame rate", "decode"
-                )
-            if max_seconds is not None and t >= max_seconds:
-                break
+        for rgb, t in _frames_with_times(container, stream, path, expected, min_decoded_ratio, max_seconds):
             if frames is None:
-                w, h = frame.width, frame.height
-                frames = np.empty((batch_size, h, w, 3), dtype=np.uint8)
+                frames = np.empty((batch_size, *rgb.shape), dtype=np.uint8)
                 timestamps = np.empty(batch_size, dtype=np.float64)
-            if (frame.width, frame.height) != (w, h):
-                # Mid-stream resolution change (rare): keep one shape per clip.
-                frame = frame.reformat(width=w, height=h)
-            frames[k] = frame.to_ndarray(format="bgr24")
-            timestamps[k] = t
+            frames[k], timestamps[k] = rgb, t
             k, n = k + 1, n + 1
             if k == batch_size:
                 yield frames, timestamps
                 # Fresh buffers: the caller may keep the batch it was given.
-                frames = np.empty_like(frames)
-                timestamps = np.empty_like(timestamps)
-                k = 0
+                frames, timestamps, k = np.empty_like(frames), np.empty_like(timestamps), 0
         if k:
             yield frames[:k].copy(), timestamps[:k].copy()
-        if n == 0:
-            raise ClipError(path, "no video frame could be decoded", "decode")
-        # A cut-off file can also end quietly, short of the frames its header announces.
-        if expected and n < min_decoded_ratio * expected:
-            raise ClipError(
-                path,
-                f"video stream ended after {n} of {expected} announced frames (truncated file?)",
-                "decode",
-            )
-        if expected and n < expected - 1:
-            log.warning("%s: decoded %d frames, the container announced %d", path, n, expected)
+    if n == 0:
+        raise ClipError(path, "no video frame could be decoded", "decode")
+    # A cut-off file can also end quietly, short of the frames its header announces.
+    if expected and n < min_decoded_ratio * expected:
+        raise ClipError(
+            path, f"video stream ended after {n} of {expected} announced frames (truncated file?)", "decode"
+        )
+    if expected and n < expected - 1:
+        log.warning("%s: decoded %d frames, the container announced %d", path, n, expected)
 
 
 def load_audio(

@@ -47,19 +47,27 @@ class Models:
                 missing.append(f"- {name}: {e}")
         if missing:
             raise MissingWeightsError(
-                f"preset {cfg.preset!r} cannot run on this machine; missing weights:\n" + "\n".join(missing))
+                f"preset {cfg.preset!r} cannot run on this machine; missing weights:\n" + "\n".join(missing)
+            )
         return cls(**built)
 
     def dims(self, cfg: ExtractConfig) -> dict[str, int]:
-        return {"image": int(self.image.dim), "audio": int(self.audio.dim), "audio_layers": len(cfg.audio.layers),
-                "audio_rate_hz": float(self.audio.frame_rate_hz)}
+        return {
+            "image": int(self.image.dim),
+            "audio": int(self.audio.dim),
+            "audio_layers": len(cfg.audio.layers),
+            "audio_rate_hz": float(self.audio.frame_rate_hz),
+        }
 
     def provenance(self, cfg: ExtractConfig) -> dict[str, Any]:
         import facenet_pytorch
 
         return {
-            "face": {"detector": "facenet-pytorch MTCNN", "version": getattr(facenet_pytorch, "__version__", "2.6.0"),
-                     "weights": "bundled with facenet-pytorch"},
+            "face": {
+                "detector": "facenet-pytorch MTCNN",
+                "version": getattr(facenet_pytorch, "__version__", "2.6.0"),
+                "weights": "bundled with facenet-pytorch",
+            },
             "flow": self.flow.provenance(),
             "image": self.image.provenance(),
             "audio": self.audio.provenance(),

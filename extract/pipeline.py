@@ -25,7 +25,7 @@ import numpy as np
 from .config import ExtractConfig
 from .datasets.base import DatasetIndex
 from .errors import ClipError
-from .store import DONE, FAILED, PENDING, Capacity, CacheWriter, store_exists
+from .store import DONE, FAILED, PENDING, CacheWriter, Capacity, store_exists
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,10 @@ class Summary:
 
     def report(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"clips: {self.total} | done now: {self.done} | skipped (already done): {self.skipped} | "
-                 f"failed: {self.failed} | {self.frames} frames in {self.seconds:.1f} s ({fps:.1f} frames/s)"]
+        lines = [
+            f"clips: {self.total} | done now: {self.done} | skipped (already done): {self.skipped} | "
+            f"failed: {self.failed} | {self.frames} frames in {self.seconds:.1f} s ({fps:.1f} frames/s)"
+        ]
         for cid, cause in sorted(self.failures.items()):
             lines.append(f"  FAILED {cid}: {cause}")
         return "\n".join(lines)
@@ -119,8 +121,15 @@ def _prepared(indices: list[int], index: DatasetIndex, cfg, models, cap) -> Iter
             yield j, fut.result()
 
 
-def extract_indices(indices: list[int], index: DatasetIndex, cfg: ExtractConfig, writer: CacheWriter,
-                    cap: Capacity, models=None, progress: bool = True) -> Summary:
+def extract_indices(
+    indices: list[int],
+    index: DatasetIndex,
+    cfg: ExtractConfig,
+    writer: CacheWriter,
+    cap: Capacity,
+    models=None,
+    progress: bool = True,
+) -> Summary:
     """Process clips ``indices`` in this process and commit each one. Never raises for a bad clip."""
     from tqdm import tqdm
 
@@ -145,7 +154,9 @@ def extract_indices(indices: list[int], index: DatasetIndex, cfg: ExtractConfig,
                 summary.done += 1
                 summary.frames += p.n_frames
         bar.update(len(group))
-        bar.set_postfix(frames_s=f"{summary.frames / max(time.perf_counter() - t0, 1e-9):.1f}", failed=summary.failed)
+        bar.set_postfix(
+            frames_s=f"{summary.frames / max(time.perf_counter() - t0, 1e-9):.1f}", failed=summary.failed
+        )
         group.clear()
 
     for i, item in _prepared(indices, index, cfg, models, cap):
@@ -171,7 +182,11 @@ def _compute(group, cfg, models, cap, compute_group):
         return list(zip(group, compute_group(group, cfg, models, cap), strict=True))
     except Exception as e:  # noqa: BLE001
         if len(group) == 1:
-            err = e if isinstance(e, ClipError) else ClipError(group[0].record.video, f"{type(e).__name__}: {e}", "encode")
+            err = (
+                e
+                if isinstance(e, ClipError)
+                else ClipError(group[0].record.video, f"{type(e).__name__}: {e}", "encode")
+            )
             return [(group[0], err)]
         log.warning("a group of %d clips failed (%s); retrying clip by clip", len(group), e)
         out = []
@@ -180,8 +195,14 @@ def _compute(group, cfg, models, cap, compute_group):
         return out
 
 
-def run_shard(cfg_dict: dict, index: DatasetIndex, indices: list[int], url: str, storage_options: dict | None,
-              cap: tuple[int, int]) -> Summary:
+def run_shard(
+    cfg_dict: dict,
+    index: DatasetIndex,
+    indices: list[int],
+    url: str,
+    storage_options: dict | None,
+    cap: tuple[int, int],
+) -> Summary:
     """Entry point of a Dask task: process ``indices`` and write them into the store at ``url``."""
     import torch
 
@@ -191,9 +212,18 @@ def run_shard(cfg_dict: dict, index: DatasetIndex, indices: list[int], url: str,
     return extract_indices(indices, index, cfg, writer, Capacity(*cap), progress=False)
 
 
-def run_extraction(cfg: ExtractConfig, index: DatasetIndex, url: str, *, overwrite: bool = False,
-                   retry_failed: bool = False, limit: int | None = None, storage_options: dict | None = None,
-                   client=None, progress: bool = True) -> Summary:
+def run_extraction(
+    cfg: ExtractConfig,
+    index: DatasetIndex,
+    url: str,
+    *,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    storage_options: dict | None = None,
+    client=None,
+    progress: bool = True,
+) -> Summary:
     """Extract every pending clip of ``index`` into the store at ``url`` and return a summary.
 
     Idempotent and resumable: committed clips are skipped; failed ones are retried only with
@@ -208,11 +238,20 @@ def run_extraction(cfg: ExtractConfig, index: DatasetIndex, url: str, *, overwri
     prov = models.provenance(cfg)
     dims = models.dims(cfg)
     attrs = {
-        "dataset": index.name, "preset": cfg.preset, "tiny": cfg.preset == "tiny",
-        "config": cfg.hashed_dict(), "config_hash": cache_hash(cfg, prov), "models": prov, "dims": dims,
-        "classes": index.classes, "targets": index.targets, "folds_source": index.folds_source,
+        "dataset": index.name,
+        "preset": cfg.preset,
+        "tiny": cfg.preset == "tiny",
+        "config": cfg.hashed_dict(),
+        "config_hash": cache_hash(cfg, prov),
+        "models": prov,
+        "dims": dims,
+        "classes": index.classes,
+        "targets": index.targets,
+        "folds_source": index.folds_source,
         "split_codes": {"train": 0, "validation": 1, "test": 2, "unused": -1},
-        "code_version": _code_version(__version__), "libraries": _library_versions(), "notes": index.notes,
+        "code_version": _code_version(__version__),
+        "libraries": _library_versions(),
+        "notes": index.notes,
     }
     fresh = overwrite or not store_exists(url, storage_options)
     cap = plan_capacity(index, cfg, dims["audio_rate_hz"]) if fresh else None
@@ -221,8 +260,9 @@ def run_extraction(cfg: ExtractConfig, index: DatasetIndex, url: str, *, overwri
 
         c = open_root(url, "r", storage_options).attrs["aver"]["capacity"]
         cap = Capacity(c["frames"], c["audio"])
-    writer = CacheWriter.create_or_open(url, index, attrs, cap, dims, overwrite=overwrite,
-                                        storage_options=storage_options)
+    writer = CacheWriter.create_or_open(
+        url, index, attrs, cap, dims, overwrite=overwrite, storage_options=storage_options
+    )
     status = writer.status()
     wanted = (status == PENDING) | ((status == FAILED) if retry_failed else False)
     todo = [int(i) for i in np.flatnonzero(wanted)][: limit if limit is not None else None]
@@ -235,7 +275,9 @@ def run_extraction(cfg: ExtractConfig, index: DatasetIndex, url: str, *, overwri
         else:
             summary.merge(_run_distributed(todo, index, cfg, url, storage_options, cap, client, progress))
     summary.seconds = time.perf_counter() - t0
-    writer.log_run({"event": "end", "done": summary.done, "failed": summary.failed, "seconds": round(summary.seconds, 2)})
+    writer.log_run(
+        {"event": "end", "done": summary.done, "failed": summary.failed, "seconds": round(summary.seconds, 2)}
+    )
     return summary
 
 
@@ -252,11 +294,24 @@ def _run_distributed(todo, index, cfg, url, storage_options, cap, client, progre
             cluster = LocalCluster(n_workers=cfg.runtime.workers, threads_per_worker=1, processes=True)
             client = own = Client(cluster)
     try:
-        n_shards = max(1, min(len(todo), 4 * max(1, cfg.runtime.workers or len(client.scheduler_info()["workers"]))))
+        n_shards = max(
+            1, min(len(todo), 4 * max(1, cfg.runtime.workers or len(client.scheduler_info()["workers"])))
+        )
         shards = [list(s) for s in np.array_split(np.asarray(todo), n_shards) if len(s)]
         cfg_dict = cfg.to_dict()
-        futures = [client.submit(run_shard, cfg_dict, index, [int(i) for i in s], url, storage_options,
-                                 (cap.frames, cap.audio), pure=False) for s in shards]
+        futures = [
+            client.submit(
+                run_shard,
+                cfg_dict,
+                index,
+                [int(i) for i in s],
+                url,
+                storage_options,
+                (cap.frames, cap.audio),
+                pure=False,
+            )
+            for s in shards
+        ]
         total = Summary(total=len(todo))
         with tqdm(total=len(todo), unit="clip", disable=not progress) as bar:
             for fut, shard in zip(futures, shards, strict=True):
@@ -276,8 +331,13 @@ def _code_version(version: str) -> str:
     from pathlib import Path
 
     try:
-        rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
     return f"aver {version}" + (f" ({rev})" if rev else "")
@@ -287,8 +347,17 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "torchvision", "timm", "transformers", "facenet-pytorch", "av", "opencv-python-headless",
-                 "zarr", "numpy"):
+    for name in (
+        "torch",
+        "torchvision",
+        "timm",
+        "transformers",
+        "facenet-pytorch",
+        "av",
+        "opencv-python-headless",
+        "zarr",
+        "numpy",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -35,8 +35,9 @@ def paper(dataset: str) -> ExtractConfig:
         dataset=dataset,
         preset="paper",
         flow=FlowConfig(backend="perceiver", weights="deepmind/optical-flow-perceiver"),
-        image=ImageEncoderConfig(arch="tf_efficientnet_b2", weights=os.environ.get("AVER_FACE_WEIGHTS"),
-                                 input_size=224),
+        image=ImageEncoderConfig(
+            arch="tf_efficientnet_b2", weights=os.environ.get("AVER_FACE_WEIGHTS"), input_size=224
+        ),
         audio=AudioEncoderConfig(model="facebook/wav2vec2-large-robust", layers=(-1,)),
     )
 

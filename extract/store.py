@@ -69,21 +69,37 @@ def store_exists(url: str, storage_options: dict | None = None) -> bool:
 def _table_arrays(g, index, n: int) -> None:
     """The clip table columns known before extraction (one chunk each)."""
     clips = index.clips
-    g.create_array("clips/id", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.array([c.clip_id for c in clips])
+    g.create_array("clips/id", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.array(
+        [c.clip_id for c in clips]
+    )
     g.create_array("clips/speaker", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.array(
-        [c.speaker for c in clips])
+        [c.speaker for c in clips]
+    )
     g.create_array("clips/video", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.array(
-        [_relative(c.video, index.root) for c in clips])
-    g.create_array("clips/label", shape=(n,), dtype="int16", chunks=(max(n, 1),), fill_value=-1)[:] = np.array(
-        [c.label for c in clips], dtype=np.int16)
+        [_relative(c.video, index.root) for c in clips]
+    )
+    g.create_array("clips/label", shape=(n,), dtype="int16", chunks=(max(n, 1),), fill_value=-1)[:] = (
+        np.array([c.label for c in clips], dtype=np.int16)
+    )
     if index.targets:
-        t = g.create_array("clips/targets", shape=(n, len(index.targets)), dtype="float32",
-                           chunks=(max(n, 1), len(index.targets)), fill_value=float("nan"),
-                           dimension_names=("clip", "target"))
+        t = g.create_array(
+            "clips/targets",
+            shape=(n, len(index.targets)),
+            dtype="float32",
+            chunks=(max(n, 1), len(index.targets)),
+            fill_value=float("nan"),
+            dimension_names=("clip", "target"),
+        )
         t[:] = np.array([c.targets for c in clips], dtype=np.float32)
     if index.folds.size:
-        f = g.create_array("folds/split", shape=index.folds.shape, dtype="int8", chunks=index.folds.shape,
-                           fill_value=-1, dimension_names=("fold", "clip"))
+        f = g.create_array(
+            "folds/split",
+            shape=index.folds.shape,
+            dtype="int8",
+            chunks=index.folds.shape,
+            fill_value=-1,
+            dimension_names=("fold", "clip"),
+        )
         f[:] = index.folds
 
 
@@ -113,16 +129,32 @@ def _per_clip_arrays(g, n: int, cap: Capacity, dims: dict[str, int]) -> None:
         "frames/face_prob": ((n, T), "float32", 0.0, ("clip", "frame")),
         "frames/face_mask": ((n, T), "bool", False, ("clip", "frame")),
         "flow/features": ((n, T, d_img), "float16", 0.0, ("clip", "flow_frame", "feature")),
-        "audio/features": ((n, A, n_layers, d_aud), "float16", 0.0, ("clip", "audio_frame", "layer", "feature")),
+        "audio/features": (
+            (n, A, n_layers, d_aud),
+            "float16",
+            0.0,
+            ("clip", "audio_frame", "layer", "feature"),
+        ),
     }
     from zarr.codecs import BloscCodec
 
     for name, (shape, dtype, fill, dim_names) in spec.items():
         chunks = (1, *shape[1:])
-        compressors = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle" if dtype == "float16" else "shuffle")
-        g.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill,
-                       dimension_names=dim_names, compressors=compressors)
-    g.create_array("clips/error", shape=(n,), dtype=str, chunks=(1,), fill_value="", dimension_names=("clip",))
+        compressors = BloscCodec(
+            cname="zstd", clevel=3, shuffle="bitshuffle" if dtype == "float16" else "shuffle"
+        )
+        g.create_array(
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            fill_value=fill,
+            dimension_names=dim_names,
+            compressors=compressors,
+        )
+    g.create_array(
+        "clips/error", shape=(n,), dtype=str, chunks=(1,), fill_value="", dimension_names=("clip",)
+    )
 
 
 class CacheWriter:
@@ -141,8 +173,16 @@ class CacheWriter:
         return self._g
 
     @classmethod
-    def create_or_open(cls, url: str, index, attrs: dict[str, Any], cap: Capacity, dims: dict[str, int],
-                       overwrite: bool = False, storage_options: dict | None = None) -> CacheWriter:
+    def create_or_open(
+        cls,
+        url: str,
+        index,
+        attrs: dict[str, Any],
+        cap: Capacity,
+        dims: dict[str, int],
+        overwrite: bool = False,
+        storage_options: dict | None = None,
+    ) -> CacheWriter:
         """Write the template, or check that an existing store was made with the same config.
 
         Idempotent: opening an existing matching store changes nothing but the run log.
@@ -157,8 +197,13 @@ class CacheWriter:
         _table_arrays(g, index, n)
         _per_clip_arrays(g, n, cap, dims)
         meta = dict(attrs)
-        meta.update(layout_version=LAYOUT_VERSION, n_clips=n, capacity={"frames": cap.frames, "audio": cap.audio},
-                    created=_now(), runs=[])
+        meta.update(
+            layout_version=LAYOUT_VERSION,
+            n_clips=n,
+            capacity={"frames": cap.frames, "audio": cap.audio},
+            created=_now(),
+            runs=[],
+        )
         g.attrs["aver"] = meta
         writer._g = g
         return writer
@@ -167,19 +212,23 @@ class CacheWriter:
         g = self.group
         meta = g.attrs.get("aver")
         if not meta:
-            raise ConfigError(f"{self.url} exists but is not an aver cache (no 'aver' attributes); "
-                              "choose another --cache or pass --overwrite")
+            raise ConfigError(
+                f"{self.url} exists but is not an aver cache (no 'aver' attributes); "
+                "choose another --cache or pass --overwrite"
+            )
         if meta.get("config_hash") != attrs["config_hash"]:
             raise CacheMismatchError(
                 f"{self.url} was made with config {meta.get('config_hash')} (preset {meta.get('preset')!r}); this run "
                 f"has config {attrs['config_hash']} (preset {attrs.get('preset')!r}). Differences: "
                 f"{_diff(meta.get('config', {}), attrs['config'])}. Refusing to mix results: pass --overwrite "
-                "to start over, or write to another --cache.")
+                "to start over, or write to another --cache."
+            )
         ids = list(g["clips/id"][:])
         if ids != [c.clip_id for c in index.clips]:
             raise CacheMismatchError(
                 f"{self.url} holds {len(ids)} clips but the dataset now lists {len(index.clips)} (or another "
-                "order); the clip table would not match. Pass --overwrite to start over.")
+                "order); the clip table would not match. Pass --overwrite to start over."
+            )
 
     # -- run bookkeeping (driver only) -------------------------------------------------------
     def log_run(self, entry: dict[str, Any]) -> None:
@@ -199,7 +248,9 @@ class CacheWriter:
         cap_t, cap_a = g["frames/features"].shape[1], g["audio/features"].shape[1]
         t, p, a = len(r.frame_features), len(r.flow_features), len(r.audio_features)
         if t > cap_t or p > cap_t or a > cap_a:
-            raise ValueError(f"clip {i}: {t} frames / {a} audio frames exceed the store capacity {cap_t}/{cap_a}")
+            raise ValueError(
+                f"clip {i}: {t} frames / {a} audio frames exceed the store capacity {cap_t}/{cap_a}"
+            )
         g["frames/features"][i] = _pad(r.frame_features, cap_t)
         g["flow/features"][i] = _pad(r.flow_features, cap_t)
         g["audio/features"][i] = _pad(r.audio_features, cap_a)
@@ -218,8 +269,15 @@ class CacheWriter:
         """Record clip ``i`` as failed with ``cause``; its data chunks are reset to the fill value
         (zarr drops all-fill chunks), so a failed clip looks the same whatever was half-written."""
         g = self.group
-        for name in ("frames/features", "flow/features", "audio/features", "frames/timestamp",
-                     "frames/face_box", "frames/face_prob", "frames/face_mask"):
+        for name in (
+            "frames/features",
+            "flow/features",
+            "audio/features",
+            "frames/timestamp",
+            "frames/face_box",
+            "frames/face_prob",
+            "frames/face_mask",
+        ):
             arr = g[name]
             arr[i] = np.zeros(arr.shape[1:], dtype=arr.dtype)
         for name in ("clips/n_frames", "clips/n_flow", "clips/n_audio", "clips/fps"):
@@ -242,7 +300,9 @@ def _diff(old: dict, new: dict, prefix: str = "") -> str:
             sub = _diff(a, b, f"{prefix}{key}.")
             if sub != "none":
                 changes.append(sub)
-        elif a != b and not (isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)):
+        elif a != b and not (
+            isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)
+        ):
             changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return "; ".join(changes) if changes else "none"
 

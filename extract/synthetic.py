@@ -26,16 +26,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RAVDESS_EMOTIONS: dict[int, str] = {
-    1: "neutral",
-    2: "calm",
-    3: "happy",
-    4: "sad",
-    5: "angry",
-    6: "fearful",
-    7: "disgust",
-    8: "surprised",
-}
+_NAMES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+RAVDESS_EMOTIONS: dict[int, str] = dict(enumerate(_NAMES, start=1))  # RAVDESS emotion code -> name
 EMOTION_CODES: dict[str, int] = {name: code for code, name in RAVDESS_EMOTIONS.items()}
 
 MANIFEST = "manifest.json"

@@ -47,7 +47,9 @@ def tiny_config():
     from extract.presets import preset_config
 
     # small groups so clips commit one by one (exercises the group packing boundaries too)
-    return apply_overrides(preset_config("tiny", "synthetic"), ["runtime.group_frames=30", "runtime.image_batch=16"])
+    return apply_overrides(
+        preset_config("tiny", "synthetic"), ["runtime.group_frames=30", "runtime.image_batch=16"]
+    )
 
 
 @pytest.fixture(scope="session")

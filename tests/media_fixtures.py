@@ -5,11 +5,7 @@ Real encodes through ``extract.synthetic.write_av_clip``; the face comes from it
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -76,27 +72,6 @@ def write_single_frame_clip(directory: str | Path, name: str) -> Path:
 def write_short_audio_clip(directory: str | Path, name: str) -> Path:
     """2 s of face video with only 0.3 s of audio."""
     return write_av_clip(Path(directory) / name, _face(2 * FPS, "happy"), FPS, render_audio(0.3, SR), SR)
-
-
-def load_mtcnn_class() -> type:
-    """facenet_pytorch.MTCNN, even where the optional ``requests`` package is missing.
-
-    The package ``__init__`` imports InceptionResnetV1, which imports ``requests`` only to download
-    its weights; MTCNN's weights ship in the wheel. Without ``requests`` the MTCNN module is loaded
-    on its own, under a bare package object that skips that ``__init__``.
-    """
-    try:
-        from facenet_pytorch import MTCNN
-
-        return MTCNN
-    except ModuleNotFoundError as e:
-        if e.name != "requests":
-            raise
-    spec = importlib.util.find_spec("facenet_pytorch")
-    pkg = types.ModuleType("facenet_pytorch")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules["facenet_pytorch"] = pkg
-    return importlib.import_module("facenet_pytorch.models.mtcnn").MTCNN
 
 
 def copy_clip(source: str | Path, directory: str | Path, name: str) -> Path:

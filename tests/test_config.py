@@ -10,7 +10,7 @@ from extract.errors import ConfigError
 
 def test_hash_ignores_runtime_but_not_models():
     a = ExtractConfig(dataset="ravdess")
-    b = apply_overrides(a, ["runtime.image_batch=8", "runtime.device=\"cuda\""])
+    b = apply_overrides(a, ["runtime.image_batch=8", 'runtime.device="cuda"'])
     c = apply_overrides(a, ["face.margin=0.3"])
     assert a.config_hash() == b.config_hash()
     assert a.config_hash() != c.config_hash()
@@ -22,14 +22,17 @@ def test_round_trip_through_dict():
     assert b == a and b.audio.layers == (6, 12) and b.flow.train_size == (32, 40)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("face.smooth_window=4", "odd"),
-    ("flow.window=0", "window"),
-    ("runtime.device=\"tpu\"", "device"),
-    ("face.nope=1", "unknown key"),
-    ("nosection.x=1", "no config section"),
-    ("max_seconds=-1", "max_seconds"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("face.smooth_window=4", "odd"),
+        ("flow.window=0", "window"),
+        ('runtime.device="tpu"', "device"),
+        ("face.nope=1", "unknown key"),
+        ("nosection.x=1", "no config section"),
+        ("max_seconds=-1", "max_seconds"),
+    ],
+)
 def test_bad_values_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(ExtractConfig(dataset="x"), [override])

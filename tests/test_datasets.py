@@ -30,7 +30,9 @@ def test_ravdess_takes_speech_av_only_and_uses_the_published_split(tmp_path):
     for actor in range(1, 25):
         for emo in (1, 5):
             _touch(tmp_path / f"Actor_{actor:02d}" / f"01-01-{emo:02d}-01-01-01-{actor:02d}.mp4")
-            _touch(tmp_path / f"Actor_{actor:02d}" / f"02-01-{emo:02d}-01-01-01-{actor:02d}.mp4")  # silent copy
+            _touch(
+                tmp_path / f"Actor_{actor:02d}" / f"02-01-{emo:02d}-01-01-01-{actor:02d}.mp4"
+            )  # silent copy
     _touch(tmp_path / "Actor_01" / "03-01-01-01-01-01-01.wav")
     index = load_dataset("ravdess", DatasetOptions(data=tmp_path))
     assert len(index.clips) == 48
@@ -92,8 +94,13 @@ def test_vavl_fold_import(tmp_path):
     ids = ["1001_DFA_ANG_XX", "1002_DFA_ANG_XX", "1003_DFA_ANG_XX", "1004_DFA_ANG_XX"]
     speakers = ["1001", "1002", "1003", "1004"]
     for k in (1, 2):
-        splits = ["Train", "Train", "Development", "Test"] if k == 1 else ["Test", "Train", "Train", "Development"]
-        rows = [(f"{cid}.wav", 0.5, 0.5, spk, "F", s) for cid, spk, s in zip(ids[:3], speakers, splits, strict=False)]
+        splits = (
+            ["Train", "Train", "Development", "Test"] if k == 1 else ["Test", "Train", "Train", "Development"]
+        )
+        rows = [
+            (f"{cid}.wav", 0.5, 0.5, spk, "F", s)
+            for cid, spk, s in zip(ids[:3], speakers, splits, strict=False)
+        ]
         rows.append(("9999_XXX_ANG_XX.wav", 1, 0, "9999", "M", "Train"))  # not in the dataset: ignored
         _vavl_csv(tmp_path / f"label_consensus_{k}.csv", rows)
     folds, source = vavl_folds(str(tmp_path / "label_consensus_{fold}.csv"), ids, speakers)
@@ -116,8 +123,11 @@ def test_mspimprov_reads_vavl_labels(tmp_path):
         _touch(tmp_path / "Audio" / f"{n}.wav")
     csv = tmp_path / "labels_consensus_1.csv"
     rows = [(f"{n}.wav", 3.2, 2.5, 4.0, f"S{i + 1}", "F", "Train") for i, n in enumerate(names)]
-    csv.write_text("FileName,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
-                   + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    csv.write_text(
+        "FileName,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"
+        + "\n".join(",".join(map(str, r)) for r in rows)
+        + "\n"
+    )
     index = load_dataset("mspimprov", DatasetOptions(data=tmp_path, labels=csv, folds=str(csv)))
     assert index.targets == ["arousal", "valence", "dominance"]
     assert index.clips[0].targets == (3.2, 2.5, 4.0)

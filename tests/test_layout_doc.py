@@ -24,10 +24,14 @@ def test_doc_has_examples():
 @pytest.mark.parametrize("block", range(2))
 def test_layout_example_runs_with_plain_libraries(extracted_store, block, tmp_path):
     code = f"STORE = {extracted_store!r}\n" + _python_blocks()[block]
-    assert not re.search(r"^\s*(from|import)\s+(extract|train)\b", code, flags=re.M), "the doc needs no aver code"
+    assert not re.search(r"^\s*(from|import)\s+(extract|train)\b", code, flags=re.M), (
+        "the doc needs no aver code"
+    )
     script = tmp_path / "example.py"
     script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     if block == 0:
         assert "(20, " in out.stdout  # frames of the first done clip

@@ -18,9 +18,24 @@ from extract.errors import CacheMismatchError
 from extract.pipeline import run_extraction
 from extract.store import DONE, FAILED, open_root
 
-PER_CLIP = ["clips/status", "clips/error", "clips/n_frames", "clips/n_flow", "clips/n_audio", "clips/fps",
-            "frames/features", "frames/timestamp", "frames/face_box", "frames/face_prob", "frames/face_mask",
-            "flow/features", "audio/features", "clips/id", "clips/label", "folds/split"]
+PER_CLIP = [
+    "clips/status",
+    "clips/error",
+    "clips/n_frames",
+    "clips/n_flow",
+    "clips/n_audio",
+    "clips/fps",
+    "frames/features",
+    "frames/timestamp",
+    "frames/face_box",
+    "frames/face_prob",
+    "frames/face_mask",
+    "flow/features",
+    "audio/features",
+    "clips/id",
+    "clips/label",
+    "folds/split",
+]
 
 
 def assert_same_arrays(url_a: str, url_b: str) -> None:
@@ -74,9 +89,27 @@ def test_rerun_skips_and_other_config_is_refused(extracted_store, small_corpus, 
 
 def _cli(store: str, corpus: Path, *extra: str) -> list[str]:
     opts = [f"--dataset-option={k}={json.dumps(v)}" for k, v in SMALL_CORPUS.items()]
-    return [sys.executable, "-m", "extract.cli", "extract", "--dataset", "synthetic", "--data", str(corpus),
-            "--store", store, "--preset", "tiny", "-q", "--set", "runtime.group_frames=30",
-            "--set", "runtime.image_batch=16", *opts, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "extract.cli",
+        "extract",
+        "--dataset",
+        "synthetic",
+        "--data",
+        str(corpus),
+        "--store",
+        store,
+        "--preset",
+        "tiny",
+        "-q",
+        "--set",
+        "runtime.group_frames=30",
+        "--set",
+        "runtime.image_batch=16",
+        *opts,
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -84,8 +117,13 @@ def test_kill_and_resume_gives_the_same_arrays(extracted_store, small_corpus, tm
     """SIGKILL a real extraction after its first commit, rerun it, compare with an uninterrupted run."""
     store = str(tmp_path / "killed.zarr")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(_cli(store, small_corpus), env=env, cwd=Path(__file__).parents[1],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _cli(store, small_corpus),
+        env=env,
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 300
     killed_with = None
     while time.time() < deadline and proc.poll() is None:
@@ -102,8 +140,14 @@ def test_kill_and_resume_gives_the_same_arrays(extracted_store, small_corpus, tm
     if killed_with is None:
         pytest.fail(f"the run finished before it could be killed: {proc.stdout.read().decode()[-2000:]}")
     assert killed_with < 6, "killed mid-run"
-    done = subprocess.run(_cli(store, small_corpus), env=env, cwd=Path(__file__).parents[1], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        _cli(store, small_corpus),
+        env=env,
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"skipped (already done): {killed_with}" in done.stdout
     assert_same_arrays(store, extracted_store)
@@ -135,10 +179,16 @@ def test_bad_inputs_are_recorded_and_good_clips_survive(small_corpus, tiny_confi
     summary = run_extraction(tiny_config, index, url, progress=False)
     g = open_root(url, "r")
     status = dict(zip(g["clips/id"][:], g["clips/status"][:], strict=True))
-    errors = dict(zip(g["clips/id"][:], [g["clips/error"][i] for i in range(len(status))], strict=True))
+    errors = dict(zip(g["clips/id"][:], [str(g["clips/error"][i]) for i in range(len(status))], strict=True))
     assert status["good0"] == DONE and status["good1"] == DONE, errors
-    expected_cause = {"zero": "empty", "notvideo": "not a readable video", "noaudio": "no audio",
-                      "noface": "no face", "single": "frame", "shortaudio": "audio lasts"}
+    expected_cause = {
+        "zero": "empty",
+        "notvideo": "not a readable video",
+        "noaudio": "no audio",
+        "noface": "no face",
+        "single": "frame",
+        "shortaudio": "audio lasts",
+    }
     for name, words in expected_cause.items():
         assert status[name] == FAILED, (name, errors[name])
         assert words in errors[name] and str(made[name]) in errors[name], (name, errors[name])
@@ -159,7 +209,9 @@ def test_vavl_fold_csv_reaches_the_cache(small_corpus, tiny_config, tmp_path):
     ids = [c.clip_id for c in index.clips]
     splits = {"01": "Train", "02": "Development", "03": "Test"}
     lines = ["FileName,neutral,happy,SpkrID,Gender,Split_Set"]
-    lines += [f"{cid}.mp4,1,0,{c.speaker},F,{splits[c.speaker]}" for cid, c in zip(ids, index.clips, strict=True)]
+    lines += [
+        f"{cid}.mp4,1,0,{c.speaker},F,{splits[c.speaker]}" for cid, c in zip(ids, index.clips, strict=True)
+    ]
     (tmp_path / "partition_1.csv").write_text("\n".join(lines) + "\n")
     index = small_index(small_corpus, folds=str(tmp_path / "partition_{fold}.csv"))
     url = str(tmp_path / "folds.zarr")

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-from media_fixtures import load_mtcnn_class
 
 from extract.media import iter_video_frames, load_audio, probe_video
 from extract.synthetic import (
@@ -131,7 +130,9 @@ def test_rendering_is_deterministic():
 @pytest.mark.slow
 def test_mtcnn_finds_one_large_face(corpus):
     _, paths = corpus
-    mtcnn = load_mtcnn_class()(keep_all=True, device="cpu")
+    from facenet_pytorch import MTCNN
+
+    mtcnn = MTCNN(keep_all=True, device="cpu")
     frames = [f for p in paths for f in _frames(p)[::7]]
     boxes, probs = mtcnn.detect(frames)
     for box, prob in zip(boxes, probs, strict=True):

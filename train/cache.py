@@ -37,22 +37,27 @@ class FeatureCache:
         import zarr
 
         try:
-            self.group = zarr.open_group(url, mode="r", storage_options=storage_options or None, zarr_format=3)
+            self.group = zarr.open_group(
+                url, mode="r", storage_options=storage_options or None, zarr_format=3
+            )
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise CacheError(f"no cache at {url}: run `aver extract` first, or check the path/URL") from None
         meta = self.group.attrs.get("aver")
         if not meta:
             raise CacheError(f"{url} is a Zarr store but not an aver cache (no 'aver' attributes)")
         if meta.get("layout_version") != SUPPORTED_LAYOUT:
-            raise CacheError(f"{url} has cache layout v{meta.get('layout_version')}; this aver reads "
-                             f"v{SUPPORTED_LAYOUT}")
+            raise CacheError(
+                f"{url} has cache layout v{meta.get('layout_version')}; this aver reads v{SUPPORTED_LAYOUT}"
+            )
         self.url = url
         self.meta: dict[str, Any] = meta
         g = self.group
         self.ids = np.asarray(g["clips/id"][:])
         self.speakers = np.asarray(g["clips/speaker"][:])
         self.labels = g["clips/label"][:].astype(np.int64)
-        self.targets = g["clips/targets"][:] if "targets" in g["clips"] else np.zeros((len(self.ids), 0), np.float32)
+        self.targets = (
+            g["clips/targets"][:] if "targets" in g["clips"] else np.zeros((len(self.ids), 0), np.float32)
+        )
         self.status = g["clips/status"][:]
         self.lengths = {k: g[f"clips/n_{k}"][:] for k in ("frames", "flow", "audio")}
         self.folds = g["folds/split"][:] if "folds" in g else np.zeros((0, len(self.ids)), np.int8)
@@ -80,7 +85,9 @@ class FeatureCache:
     def clip(self, i: int) -> ClipFeatures:
         """The valid rows of clip ``i`` (a committed clip; others raise ``CacheError``)."""
         if self.status[i] != 1:
-            raise CacheError(f"clip {self.ids[i]} of {self.url} is not extracted (status {int(self.status[i])})")
+            raise CacheError(
+                f"clip {self.ids[i]} of {self.url} is not extracted (status {int(self.status[i])})"
+            )
         g, n = self.group, {k: int(v[i]) for k, v in self.lengths.items()}
         return ClipFeatures(
             clip_id=str(self.ids[i]),

@@ -62,7 +62,9 @@ class DatasetIndex:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ValueError(f"dataset {self.name!r}: clip ids must be unique; duplicated: {dup}")
         if self.folds.size and self.folds.shape[1] != len(self.clips):
-            raise ValueError(f"dataset {self.name!r}: folds cover {self.folds.shape[1]} clips, not {len(self.clips)}")
+            raise ValueError(
+                f"dataset {self.name!r}: folds cover {self.folds.shape[1]} clips, not {len(self.clips)}"
+            )
 
 
 DATASETS: Registry = Registry("dataset")
@@ -73,7 +75,9 @@ def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:
     from ..errors import ConfigError
 
     if path is None:
-        raise ConfigError(f"dataset {dataset!r} needs its raw data folder: pass --data DIR (make: {what}=DIR)")
+        raise ConfigError(
+            f"dataset {dataset!r} needs its raw data folder: pass --data DIR (make: {what}=DIR)"
+        )
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise ConfigError(f"dataset {dataset!r}: data folder {path} does not exist or is not a folder")

@@ -31,9 +31,15 @@ def cremad(opts: DatasetOptions) -> DatasetIndex:
             notes.append(f"skipped {path.name}: not an <actor>_<sentence>_<emotion>_<level> name")
             continue
         wav = audio_dir / f"{path.stem}.wav"
-        clips.append(ClipRecord(clip_id=path.stem, video=str(path), speaker=parts[0],
-                                audio=str(wav) if wav.exists() else None,
-                                label=CREMAD_CODES.index(parts[2])))
+        clips.append(
+            ClipRecord(
+                clip_id=path.stem,
+                video=str(path),
+                speaker=parts[0],
+                audio=str(wav) if wav.exists() else None,
+                label=CREMAD_CODES.index(parts[2]),
+            )
+        )
     if not clips:
         raise ConfigError(f"cremad: no <id>.flv files in {video_dir}")
     no_wav = sum(c.audio is None for c in clips)
@@ -43,6 +49,16 @@ def cremad(opts: DatasetOptions) -> DatasetIndex:
     if opts.folds:
         folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
     else:
-        folds, source = speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)), "speaker-round-robin"
-    return DatasetIndex("cremad", str(root), clips, classes=list(CREMAD_CLASSES), folds=folds,
-                        folds_source=source, notes=notes)
+        folds, source = (
+            speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)),
+            "speaker-round-robin",
+        )
+    return DatasetIndex(
+        "cremad",
+        str(root),
+        clips,
+        classes=list(CREMAD_CLASSES),
+        folds=folds,
+        folds_source=source,
+        notes=notes,
+    )

@@ -48,16 +48,32 @@ def folder(opts: DatasetOptions) -> DatasetIndex:
             raise ConfigError(f"{csv_path}, line {line}: target value is not a number ({e})") from None
         label = r["label"].strip() if has_label else ""
         video = _resolve(base, r["video"])
-        clips.append(ClipRecord(
-            clip_id=(r.get("id") or "").strip() or Path(video).stem, video=video, speaker=r["speaker"].strip(),
-            audio=_resolve(base, r["audio"]) if (r.get("audio") or "").strip() else None,
-            label=classes.index(label) if label else -1, targets=targets))
+        clips.append(
+            ClipRecord(
+                clip_id=(r.get("id") or "").strip() or Path(video).stem,
+                video=video,
+                speaker=r["speaker"].strip(),
+                audio=_resolve(base, r["audio"]) if (r.get("audio") or "").strip() else None,
+                label=classes.index(label) if label else -1,
+                targets=targets,
+            )
+        )
     if not clips:
         raise ConfigError(f"{csv_path}: the clip table has no rows")
     speakers = [c.speaker for c in clips]
     if opts.folds:
         folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
     else:
-        folds, source = speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)), "speaker-round-robin"
-    return DatasetIndex("folder", str(base), clips, classes=classes, targets=list(opts.targets), folds=folds,
-                        folds_source=source)
+        folds, source = (
+            speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)),
+            "speaker-round-robin",
+        )
+    return DatasetIndex(
+        "folder",
+        str(base),
+        clips,
+        classes=classes,
+        targets=list(opts.targets),
+        folds=folds,
+        folds_source=source,
+    )

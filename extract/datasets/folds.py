@@ -23,8 +23,13 @@ from .base import TEST, TRAIN, UNUSED, VALIDATION
 
 log = logging.getLogger(__name__)
 
-_SPLITS = {"train": TRAIN, "development": VALIDATION, "dev": VALIDATION, "validation": VALIDATION,
-           "test": TEST}
+_SPLITS = {
+    "train": TRAIN,
+    "development": VALIDATION,
+    "dev": VALIDATION,
+    "validation": VALIDATION,
+    "test": TEST,
+}
 
 
 def round_robin_groups(speakers: list[str], n_folds: int) -> list[list[str]]:
@@ -61,9 +66,15 @@ def expand_fold_files(spec: str) -> list[Path]:
                 break
             files.append(p)
         if not files:
-            raise ConfigError(f"fold pattern {spec!r}: no file found for fold 1 ({spec.replace('{fold}', '1')})")
+            raise ConfigError(
+                f"fold pattern {spec!r}: no file found for fold 1 ({spec.replace('{fold}', '1')})"
+            )
         return files
-    files = [Path(p).expanduser() for part in spec.split(",") for p in sorted(glob.glob(part.strip())) or [part.strip()]]
+    files = [
+        Path(p).expanduser()
+        for part in spec.split(",")
+        for p in sorted(glob.glob(part.strip())) or [part.strip()]
+    ]
     for p in files:
         if not p.is_file():
             raise ConfigError(f"fold file {p} does not exist")
@@ -86,8 +97,10 @@ def read_vavl_csv(path: Path) -> dict[str, int]:
         for line, row in enumerate(reader, start=2):
             split = _SPLITS.get(row["Split_Set"].strip().lower())
             if split is None:
-                raise ConfigError(f"fold file {path}, line {line}: Split_Set {row['Split_Set']!r} is not "
-                                  "Train, Development or Test")
+                raise ConfigError(
+                    f"fold file {path}, line {line}: Split_Set {row['Split_Set']!r} is not "
+                    "Train, Development or Test"
+                )
             out[_stem(row["FileName"])] = split
     return out
 
@@ -104,10 +117,14 @@ def vavl_folds(spec: str, clip_ids: list[str], speakers: list[str]) -> tuple[np.
         rows = read_vavl_csv(path)
         unknown = [name for name in rows if name not in index]
         if len(unknown) == len(rows):
-            raise ConfigError(f"fold file {path}: none of its {len(rows)} FileName values matches a clip id "
-                              f"(e.g. {unknown[:3]} vs {clip_ids[:3]})")
+            raise ConfigError(
+                f"fold file {path}: none of its {len(rows)} FileName values matches a clip id "
+                f"(e.g. {unknown[:3]} vs {clip_ids[:3]})"
+            )
         if unknown:
-            log.warning("fold file %s: %d files are not in the dataset (e.g. %s)", path, len(unknown), unknown[:3])
+            log.warning(
+                "fold file %s: %d files are not in the dataset (e.g. %s)", path, len(unknown), unknown[:3]
+            )
         for name, split in rows.items():
             if name in index:
                 table[k, index[name]] = split
@@ -122,4 +139,6 @@ def _warn_speaker_overlap(path: Path, row: np.ndarray, speakers: list[str]) -> N
             seen.setdefault(spk, set()).add(split)
     mixed = sorted(s for s, splits in seen.items() if len(splits) > 1)
     if mixed:
-        log.warning("fold file %s puts speakers %s in more than one split (not speaker-independent)", path, mixed[:5])
+        log.warning(
+            "fold file %s puts speakers %s in more than one split (not speaker-independent)", path, mixed[:5]
+        )

@@ -40,7 +40,9 @@ def index_media(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 def mspimprov(opts: DatasetOptions) -> DatasetIndex:
     root = require_dir(opts.data, "mspimprov")
     if opts.labels is None:
-        raise ConfigError("mspimprov needs its labels CSV: --labels labels_consensus_1.csv (make: LABELS=...)")
+        raise ConfigError(
+            "mspimprov needs its labels CSV: --labels labels_consensus_1.csv (make: LABELS=...)"
+        )
     videos, wavs = index_media(root)
     clips, missing = [], []
     with open(opts.labels, newline="", encoding="utf-8-sig") as f:
@@ -54,18 +56,35 @@ def mspimprov(opts: DatasetOptions) -> DatasetIndex:
             if stem not in videos:
                 missing.append(stem)
                 continue
-            clips.append(ClipRecord(
-                clip_id=stem, video=str(videos[stem]), speaker=row["SpkrID"].strip(),
-                audio=str(wavs[stem]) if stem in wavs else None,
-                targets=tuple(float(row[c]) for c in TARGET_COLUMNS.values())))
+            clips.append(
+                ClipRecord(
+                    clip_id=stem,
+                    video=str(videos[stem]),
+                    speaker=row["SpkrID"].strip(),
+                    audio=str(wavs[stem]) if stem in wavs else None,
+                    targets=tuple(float(row[c]) for c in TARGET_COLUMNS.values()),
+                )
+            )
     if not clips:
         raise ConfigError(f"mspimprov: no video under {root} matches a FileName of {opts.labels}")
     clips.sort(key=lambda c: c.clip_id)
-    notes = [f"{len(missing)} labelled files have no video under {root} (e.g. {missing[:3]})"] if missing else []
+    notes = (
+        [f"{len(missing)} labelled files have no video under {root} (e.g. {missing[:3]})"] if missing else []
+    )
     speakers = [c.speaker for c in clips]
     if opts.folds:
         folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
     else:
-        folds, source = speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)), "speaker-round-robin"
-    return DatasetIndex("mspimprov", str(root), clips, targets=list(TARGET_COLUMNS), folds=folds,
-                        folds_source=source, notes=notes)
+        folds, source = (
+            speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)),
+            "speaker-round-robin",
+        )
+    return DatasetIndex(
+        "mspimprov",
+        str(root),
+        clips,
+        targets=list(TARGET_COLUMNS),
+        folds=folds,
+        folds_source=source,
+        notes=notes,
+    )

@@ -20,7 +20,13 @@ from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_di
 from .folds import round_robin_groups, speaker_folds, vavl_folds
 
 RAVDESS_CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-RAVDESS_GROUPS = [[2, 5, 14, 15, 16], [3, 6, 7, 13, 18], [10, 11, 12, 19, 20], [8, 17, 21, 23, 24], [1, 4, 9, 22]]
+RAVDESS_GROUPS = [
+    [2, 5, 14, 15, 16],
+    [3, 6, 7, 13, 18],
+    [10, 11, 12, 19, 20],
+    [8, 17, 21, 23, 24],
+    [1, 4, 9, 22],
+]
 _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 
@@ -44,8 +50,11 @@ def scan_ravdess(root: Path, classes: list[str]) -> tuple[list[ClipRecord], list
         name = RAVDESS_CLASSES[codes["emotion"] - 1] if 1 <= codes["emotion"] <= 8 else None
         if name not in classes:
             raise ConfigError(f"{path}: emotion code {codes['emotion']:02d} is not one of {classes}")
-        clips.append(ClipRecord(clip_id=path.stem, video=str(path), speaker=f"{codes['actor']:02d}",
-                                label=classes.index(name)))
+        clips.append(
+            ClipRecord(
+                clip_id=path.stem, video=str(path), speaker=f"{codes['actor']:02d}", label=classes.index(name)
+            )
+        )
     notes = [f"skipped {skipped} files that are not 01-01-* (speech, audio-visual)"] if skipped else []
     return clips, notes
 
@@ -64,14 +73,23 @@ def ravdess(opts: DatasetOptions) -> DatasetIndex:
     root = require_dir(opts.data, "ravdess")
     clips, notes = scan_ravdess(root, RAVDESS_CLASSES)
     if not clips:
-        raise ConfigError(f"ravdess: no 01-01-*.mp4 files under {root} (extract the Video_Speech_Actor_XX zips there)")
+        raise ConfigError(
+            f"ravdess: no 01-01-*.mp4 files under {root} (extract the Video_Speech_Actor_XX zips there)"
+        )
     actors = {c.speaker for c in clips}
     groups = [[f"{a:02d}" for a in g] for g in RAVDESS_GROUPS]
     if not actors <= {s for g in groups for s in g}:
         groups = None  # actors outside 1..24: fall back to a generated split
     folds, source = _folds(clips, opts, groups)
-    return DatasetIndex("ravdess", str(root), clips, classes=list(RAVDESS_CLASSES), folds=folds,
-                        folds_source=source, notes=notes)
+    return DatasetIndex(
+        "ravdess",
+        str(root),
+        clips,
+        classes=list(RAVDESS_CLASSES),
+        folds=folds,
+        folds_source=source,
+        notes=notes,
+    )
 
 
 @DATASETS.register("synthetic")
@@ -94,5 +112,6 @@ def synthetic(opts: DatasetOptions) -> DatasetIndex:
     classes = list(spec.emotions)
     clips, notes = scan_ravdess(root, classes)
     folds, source = _folds(clips, opts, None)
-    return DatasetIndex("synthetic", str(root), clips, classes=classes, folds=folds, folds_source=source,
-                        notes=notes)
+    return DatasetIndex(
+        "synthetic", str(root), clips, classes=classes, folds=folds, folds_source=source, notes=notes
+    )

@@ -206,7 +206,8 @@ def run_shard(
     """Entry point of a Dask task: process ``indices`` and write them into the store at ``url``."""
     import torch
 
-    torch.set_num_threads(1) if cfg_dict["runtime"]["device"] == "cpu" else None
+    if cfg_dict["runtime"]["device"] == "cpu":
+        torch.set_num_threads(1)  # one worker process per core: avoid oversubscribing the CPU
     cfg = ExtractConfig.from_dict(cfg_dict)
     writer = CacheWriter(url, storage_options)
     return extract_indices(indices, index, cfg, writer, Capacity(*cap), progress=False)
@@ -221,19 +222,20 @@ def run_extraction(
     retry_failed: bool = False,
     limit: int | None = None,
     storage_options: dict | None = None,
-    client=None,
+    executor=None,
     progress: bool = True,
 ) -> Summary:
     """Extract every pending clip of ``index`` into the store at ``url`` and return a summary.
 
     Idempotent and resumable: committed clips are skipped; failed ones are retried only with
-    ``retry_failed``. ``client`` is a Dask ``Client`` (or anything with ``submit``); by default
-    ``runtime.workers``/``runtime.scheduler`` decide, and 0 workers means this process.
+    ``retry_failed``. ``executor`` is a Dask ``Client`` or a ``concurrent.futures`` executor; without
+    one, ``runtime.workers``/``runtime.scheduler`` decide, and 0 workers means this process.
     """
     from . import __version__
     from .models import Models, cache_hash
 
-    driver_device = "cpu" if (client or cfg.runtime.workers or cfg.runtime.scheduler) else cfg.runtime.device
+    distributed = executor is not None or bool(cfg.runtime.workers or cfg.runtime.scheduler)
+    driver_device = "cpu" if distributed else cfg.runtime.device
     models = Models.build(cfg, device=driver_device)
     prov = models.provenance(cfg)
     dims = models.dims(cfg)
@@ -270,10 +272,10 @@ def run_extraction(
     writer.log_run({"event": "start", "pending": len(todo), "runtime": cfg.to_dict()["runtime"]})
     t0 = time.perf_counter()
     if todo:
-        if client is None and not (cfg.runtime.workers or cfg.runtime.scheduler):
+        if not distributed:
             summary.merge(extract_indices(todo, index, cfg, writer, cap, models=models, progress=progress))
         else:
-            summary.merge(_run_distributed(todo, index, cfg, url, storage_options, cap, client, progress))
+            summary.merge(_run_distributed(todo, index, cfg, url, storage_options, cap, executor, progress))
     summary.seconds = time.perf_counter() - t0
     writer.log_run(
         {"event": "end", "done": summary.done, "failed": summary.failed, "seconds": round(summary.seconds, 2)}
@@ -281,35 +283,27 @@ def run_extraction(
     return summary
 
 
-def _run_distributed(todo, index, cfg, url, storage_options, cap, client, progress) -> Summary:
+def _run_distributed(todo, index, cfg, url, storage_options, cap, executor, progress) -> Summary:
+    """Shards of pending clips on ``executor``: a Dask ``Client`` or any ``concurrent.futures``
+    executor (process pools need the ``spawn`` start method: torch does not survive ``fork``)."""
     from tqdm import tqdm
 
     own = None
-    if client is None:
+    if executor is None:
         from dask.distributed import Client, LocalCluster
 
         if cfg.runtime.scheduler:
-            client = own = Client(cfg.runtime.scheduler)
+            executor = own = Client(cfg.runtime.scheduler)
         else:
             cluster = LocalCluster(n_workers=cfg.runtime.workers, threads_per_worker=1, processes=True)
-            client = own = Client(cluster)
+            executor = own = Client(cluster)
     try:
-        n_shards = max(
-            1, min(len(todo), 4 * max(1, cfg.runtime.workers or len(client.scheduler_info()["workers"])))
-        )
-        shards = [list(s) for s in np.array_split(np.asarray(todo), n_shards) if len(s)]
+        # several shards per worker keep workers busy when clip costs differ
+        n_shards = max(1, min(len(todo), 4 * _worker_count(executor)))
+        shards = [[int(i) for i in s] for s in np.array_split(np.asarray(todo), n_shards) if len(s)]
         cfg_dict = cfg.to_dict()
         futures = [
-            client.submit(
-                run_shard,
-                cfg_dict,
-                index,
-                [int(i) for i in s],
-                url,
-                storage_options,
-                (cap.frames, cap.audio),
-                pure=False,
-            )
+            executor.submit(run_shard, cfg_dict, index, s, url, storage_options, (cap.frames, cap.audio))
             for s in shards
         ]
         total = Summary(total=len(todo))
@@ -324,6 +318,12 @@ def _run_distributed(todo, index, cfg, url, storage_options, cap, client, progre
             own.close()
             if cluster is not None:
                 cluster.close()
+
+
+def _worker_count(executor) -> int:
+    if hasattr(executor, "scheduler_info"):  # dask.distributed.Client
+        return max(1, len(executor.scheduler_info().get("workers", {})))
+    return max(1, int(getattr(executor, "_max_workers", 1)))
 
 
 def _code_version(version: str) -> str:

@@ -38,10 +38,18 @@ PER_CLIP = [
 ]
 
 
-def assert_same_arrays(url_a: str, url_b: str) -> None:
+def assert_same_arrays(url_a: str, url_b: str, exact: bool = True) -> None:
+    """Every per-clip array equal. ``exact=False`` allows float rounding in float arrays: another
+    number of CPU threads changes the summation order inside MTCNN and the encoders."""
     a, b = open_root(url_a, "r"), open_root(url_b, "r")
     for name in PER_CLIP:
-        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+        x, y = a[name][:], b[name][:]
+        if exact or x.dtype.kind != "f":
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            np.testing.assert_allclose(
+                x.astype(np.float32), y.astype(np.float32), rtol=2e-3, atol=1e-4, err_msg=name
+            )
 
 
 @pytest.mark.slow

@@ -1,0 +1,89 @@
+"""The same extraction serially, on a process pool, on a Dask cluster and into S3 (moto)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+from conftest import small_index
+from test_pipeline import assert_same_arrays
+
+from extract.pipeline import run_extraction
+from extract.store import open_root
+
+
+@pytest.mark.slow
+def test_process_pool_matches_serial(extracted_store, small_corpus, tiny_config, tmp_path):
+    url = str(tmp_path / "pool.zarr")
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        summary = run_extraction(tiny_config, small_index(small_corpus), url, executor=pool, progress=False)
+    assert summary.done == 6 and summary.failed == 0
+    assert_same_arrays(url, extracted_store, exact=False)  # 1 thread per worker
+
+
+@pytest.mark.slow
+def test_dask_cluster_matches_serial(extracted_store, small_corpus, tiny_config, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    url = str(tmp_path / "dask.zarr")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            summary = run_extraction(
+                tiny_config, small_index(small_corpus), url, executor=client, progress=False
+            )
+    assert summary.done == 6
+    assert_same_arrays(url, extracted_store, exact=False)  # 1 thread per worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_endpoint():
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    opts = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    boto3 = pytest.importorskip("boto3")
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket="aver-caches")
+    yield opts
+    server.stop()
+
+
+@pytest.mark.slow
+def test_extract_into_s3_and_read_back(extracted_store, small_corpus, tiny_config, s3_endpoint):
+    from train.cache import FeatureCache
+
+    url = "s3://aver-caches/team/synthetic.zarr"
+    summary = run_extraction(
+        tiny_config, small_index(small_corpus), url, storage_options=s3_endpoint, limit=3, progress=False
+    )
+    assert summary.done == 3
+    # a second run resumes in the bucket
+    summary = run_extraction(
+        tiny_config, small_index(small_corpus), url, storage_options=s3_endpoint, progress=False
+    )
+    assert summary.skipped == 3 and summary.done == 3
+    remote, local = open_root(url, "r", s3_endpoint), open_root(extracted_store, "r")
+    for name in ("frames/features", "flow/features", "audio/features", "clips/status", "folds/split"):
+        assert (remote[name][:] == local[name][:]).all(), name
+    cache = FeatureCache(url, storage_options=s3_endpoint)
+    assert cache.clip(0).frames.shape[0] == 20

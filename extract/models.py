@@ -34,6 +34,12 @@ class Models:
         device = device or cfg.runtime.device
         amp = cfg.runtime.amp and device.startswith("cuda")
         built, missing = {}, []
+        # the paper preset never falls back to a random-init face model
+        no_face_weights = cfg.preset == "paper" and not cfg.image.weights
+        if no_face_weights:
+            from .presets import FACE_WEIGHTS_HELP
+
+            missing.append(f"- image: no face weights given. {FACE_WEIGHTS_HELP}")
         factories = {
             "image": lambda: ImageEncoder(cfg.image, device=device, amp=amp),
             "audio": lambda: AudioEncoder(cfg.audio, device=device, amp=amp),
@@ -41,6 +47,8 @@ class Models:
             "detector": lambda: FaceDetector(cfg.face, device=device),
         }
         for name, make in factories.items():
+            if name == "image" and no_face_weights:
+                continue
             try:
                 built[name] = make()
             except MissingWeightsError as e:

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 from .config import AudioEncoderConfig, ExtractConfig, FlowConfig, ImageEncoderConfig
-from .errors import ConfigError
 from .registry import Registry
 
 PRESETS: Registry = Registry("preset")
@@ -59,9 +58,3 @@ def tiny(dataset: str) -> ExtractConfig:
 
 def preset_config(name: str, dataset: str) -> ExtractConfig:
     return PRESETS.get(name)(dataset)
-
-
-def check_paper_weights(cfg: ExtractConfig) -> None:
-    """Fail early, naming the missing face weights, before any model is built."""
-    if cfg.preset == "paper" and not cfg.image.weights:
-        raise ConfigError("preset 'paper' needs face weights. " + FACE_WEIGHTS_HELP)

@@ -228,3 +228,33 @@ def test_vavl_fold_csv_reaches_the_cache(small_corpus, tiny_config, tmp_path):
     assert g["folds/split"].shape == (1, 6)
     assert g["folds/split"][0].tolist() == [{"01": 0, "02": 1, "03": 2}[c.speaker] for c in index.clips]
     assert g.attrs["aver"]["folds_source"].startswith("csv:")
+
+
+def test_paper_preset_offline_names_every_missing_weight(tmp_path):
+    """No weights on this machine: one clear error listing each model and how to supply it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AVER_FACE_WEIGHTS": "", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "extract.cli",
+            "extract",
+            "--dataset",
+            "synthetic",
+            "--data",
+            str(tmp_path / "data"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--preset",
+            "paper",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    for words in ("--face-weights", "facebook/wav2vec2-large-robust", "deepmind/optical-flow-perceiver"):
+        assert words in out.stderr, out.stderr
+    assert not (tmp_path / "c" / "synthetic.zarr").exists()  # nothing written before the models exist

@@ -47,7 +47,8 @@ def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
     if flow.shape[0] == 1:
         log.warning("normalise_flow: one flow map only; no temporal std, dividing by 1 + eps instead")
         return flow / (1.0 + eps)
-    magnitude = torch.linalg.vector_norm(flow, dim=1)  # [T, H, W]
+    # hypot, not linalg.vector_norm(dim=1): the strided 2-element reduction is ~50x slower on CPU
+    magnitude = torch.hypot(flow[:, 0], flow[:, 1])  # [T, H, W]
     sigma = magnitude.std(dim=0, correction=0)  # [H, W]
     return flow / (sigma + eps)
 

@@ -170,7 +170,7 @@ def _load_model(weights: str, overrides: dict[str, Any]) -> tuple[Any, Path | No
             f"flow.weights={weights!r}: PerceiverForOpticalFlow could not be loaded: it is not a local folder "
             f"and not in this machine's Hugging Face cache (nothing is downloaded with HF_HUB_OFFLINE=1). "
             f"On a machine with internet run `PerceiverForOpticalFlow.from_pretrained({weights!r})"
-            f".save_pretrained('DIR')`, copy DIR here and set flow.weights=DIR. Cause: {err}"
+            f".save_pretrained('DIR')`, copy DIR here and pass --flow-weights DIR (flow.weights=DIR). Cause: {err}"
         ) from None
     return model, _weight_file(source, path.is_dir())
 

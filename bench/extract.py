@@ -1,0 +1,207 @@
+"""Extraction throughput: each stage alone, then end to end, on the synthetic corpus.
+
+    python bench/extract.py [--preset tiny] [--device cpu] [--flow dis] [--actors 3] [--seconds 2]
+
+Prints one table: frames/s of every stage run alone over the same clips (decode, MTCNN, crop,
+flow, frame encoder, flow image + encoder, audio, store write), end-to-end frames/s of a real
+``run_extraction`` into a fresh store, and the ratio of end-to-end to the slowest stage alone
+(1.0 = the pipeline runs as fast as its bottleneck allows). The pipeline decodes every clip twice
+(detection pass, crop pass), so "decode" is listed per pass. Never asserted on in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from extract.config import apply_overrides  # noqa: E402
+from extract.datasets import DatasetOptions, load_dataset  # noqa: E402
+from extract.models import Models  # noqa: E402
+from extract.presets import preset_config  # noqa: E402
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(device: str, fn):
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def stage_times(cfg, index, models: Models) -> tuple[dict[str, float], int]:
+    """Seconds per stage, each run alone over all clips; returns (times, total frames)."""
+    from extract.faces import crop_faces, smooth_boxes, track_face
+    from extract.flow import flow_pairs, flow_to_image, normalise_flow
+    from extract.media import iter_video_frames, load_audio
+
+    rt, dev = cfg.runtime, cfg.runtime.device
+    t = dict.fromkeys(
+        [
+            "decode (per pass)",
+            "MTCNN detect",
+            "crop (roi_align)",
+            "optical flow",
+            "encode frames",
+            "flow images + encode",
+            "audio load + wav2vec2",
+        ],
+        0.0,
+    )
+    decoded, total = [], 0
+    for rec in index.clips:
+        batches, s = timed(dev, lambda rec=rec: list(iter_video_frames(rec.video, rt.decode_batch)))
+        t["decode (per pass)"] += s
+        frames = np.concatenate([b for b, _ in batches])
+        decoded.append(frames)
+        total += len(frames)
+    crops_all = []
+    for frames in decoded:
+        dets, s = timed(
+            dev,
+            lambda f=frames: [
+                d
+                for k in range(0, len(f), rt.detect_batch)
+                for d in models.detector.detect(f[k : k + rt.detect_batch])
+            ],
+        )
+        t["MTCNN detect"] += s
+        track = track_face(dets, frames.shape[1:3], "bench")
+        boxes = smooth_boxes(track.boxes, cfg.face.smooth_window, cfg.face.margin, frames.shape[1:3])
+        gpu_frames = torch.from_numpy(frames).to(dev)
+        crops, s = timed(dev, lambda g=gpu_frames, b=boxes: crop_faces(g, b, cfg.face.crop_size))
+        t["crop (roi_align)"] += s
+        crops_all.append(crops)
+    crops = torch.cat(crops_all)
+    _, s = timed(dev, lambda: models.image.encode_batched(crops, rt.image_batch))
+    t["encode frames"] += s
+    flows = []
+    for c in crops_all:
+        idx = flow_pairs(len(c), cfg.flow.window, cfg.flow.stride).to(c.device)
+        f, s = timed(
+            dev,
+            lambda c=c, idx=idx: torch.cat(
+                [
+                    models.flow(c[idx[k : k + rt.flow_batch, 0]], c[idx[k : k + rt.flow_batch, 1]])
+                    for k in range(0, len(idx), rt.flow_batch)
+                ]
+            ),
+        )
+        t["optical flow"] += s
+        flows.append(f)
+    _, s = timed(
+        dev,
+        lambda: models.image.encode_batched(
+            torch.cat([flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip) for f in flows]),
+            rt.image_batch,
+        ),
+    )
+    t["flow images + encode"] += s
+    for rec in index.clips:
+        _, s = timed(dev, lambda rec=rec: models.audio(load_audio(rec.audio or rec.video, 16000)))
+        t["audio load + wav2vec2"] += s
+    return t, total
+
+
+def write_time(cfg, index, models: Models, tmp: Path) -> float:
+    """Seconds to commit every clip (random features of the real shapes) into a fresh store."""
+    from extract.store import CacheWriter, Capacity, ClipResult
+
+    dims = models.dims(cfg)
+    cap = Capacity(frames=64, audio=128)
+    w = CacheWriter.create_or_open(
+        str(tmp / "write.zarr"), index, {"config_hash": "bench", "config": {}}, cap, dims
+    )
+    rng = np.random.default_rng(0)
+    n = 50
+    r = ClipResult(
+        rng.standard_normal((n, dims["image"])).astype(np.float16),
+        rng.standard_normal((n - 1, dims["image"])).astype(np.float16),
+        rng.standard_normal((100, dims["audio_layers"], dims["audio"])).astype(np.float16),
+        np.arange(n, dtype=np.float32),
+        np.zeros((n, 4), np.float32),
+        np.ones(n, np.float32),
+        np.ones(n, bool),
+        25.0,
+    )
+    t0 = time.perf_counter()
+    for i in range(len(index.clips)):
+        w.write_clip(i, r)
+    return (time.perf_counter() - t0) * 1.0, n * len(index.clips)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--flow", help="flow backend override (dis, raft, perceiver)")
+    ap.add_argument("--actors", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--set", action="append", default=[], help="config overrides, section.key=value")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import json
+
+    sets = [f"runtime.device={json.dumps(args.device)}", *args.set]
+    if args.flow:
+        sets.append(f"flow.backend={json.dumps(args.flow)}")
+    cfg = apply_overrides(preset_config(args.preset, "synthetic"), sets)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        options = {"n_actors": args.actors, "clips_per_emotion": 1, "seconds": args.seconds}
+        index = load_dataset("synthetic", DatasetOptions(data=tmp / "corpus", options=options))
+        models = Models.build(cfg)
+        stage_times(cfg, index, models)  # warm-up: first calls pay for allocator and kernel set-up
+        times, frames = stage_times(cfg, index, models)
+        w_s, w_frames = write_time(cfg, index, models, tmp)
+        from extract.pipeline import run_extraction
+
+        summary = run_extraction(cfg, index, str(tmp / "e2e.zarr"), progress=False)
+        e2e = summary.frames / summary.seconds
+    rows = [(name, frames / s) for name, s in times.items()] + [("store write", w_frames / w_s)]
+    slowest = min(rows, key=lambda r: r[1])
+    print(f"machine: {machine()}")
+    print(
+        f"preset {cfg.preset}, flow {cfg.flow.backend}, image {cfg.image.arch}@{cfg.image.input_size}, "
+        f"device {cfg.runtime.device}; {len(index.clips)} clips, {frames} frames"
+    )
+    print(f"| {'stage':24} | {'frames/s':>10} |")
+    print(f"| {'-' * 24} | {'-' * 10} |")
+    for name, fps in rows:
+        print(f"| {name:24} | {fps:10.1f} |")
+    print(f"| {'END TO END':24} | {e2e:10.1f} |")
+    print(
+        f"slowest stage alone: {slowest[0]} ({slowest[1]:.1f} frames/s); "
+        f"end-to-end / slowest = {e2e / slowest[1]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Clips from a cache as padded tensors: audio fragments, length-bucketed batches, collation.
+
+Everything the model sees comes from the cache (``cache_layout.md``); nothing here imports
+``extract``. Clips are read once per process with bulk Zarr reads and kept in memory as float16.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cache import FeatureCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """How cached features become model inputs.
+
+    Audio fragments (paper 3.1: "we split a given audio clip into a sequence of m fragments using
+    a sliding window"): the cached 50 Hz wav2vec2 frames are mean-pooled over windows of
+    ``audio_window`` frames every ``audio_hop`` frames. The paper gives no sizes; the defaults
+    (10 frames = 200 ms, hop 5 = 100 ms) give ~10 fragments per second. ``audio_layer`` picks one
+    stored hidden-state layer by position; ``None`` averages the stored layers.
+    """
+
+    audio_window: int = 10
+    audio_hop: int = 5
+    audio_layer: int | None = None
+    batch_size: int = 16
+    bucket: bool = True  # batches of similar length (less padding); order shuffled per epoch
+
+    def __post_init__(self) -> None:
+        if self.audio_window < 1 or self.audio_hop < 1:
+            raise ValueError("audio_window and audio_hop must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+@dataclass
+class ClipTensors:
+    """One clip ready for batching (valid rows only)."""
+
+    index: int  # row in the cache
+    clip_id: str
+    frames: torch.Tensor  # float16 [T, Dv]
+    flow: torch.Tensor  # float16 [P, Dv]
+    audio: torch.Tensor  # float16 [M, Da] fragments
+    label: int
+    targets: torch.Tensor  # float32 [K]
+
+
+def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None) -> np.ndarray:
+    """``[A, L, D]`` wav2vec2 frames -> ``[M, D]`` fragments: mean over ``window`` frames every ``hop``.
+
+    A clip shorter than one window gives one fragment (the mean of what there is).
+    """
+    x = frames.astype(np.float32)
+    x = x.mean(axis=1) if layer is None else x[:, layer]
+    a = len(x)
+    if a <= window:
+        return x.mean(axis=0, keepdims=True)
+    starts = np.arange(0, a - window + 1, hop)
+    csum = np.concatenate([np.zeros((1, x.shape[1]), np.float64), np.cumsum(x, axis=0, dtype=np.float64)])
+    return ((csum[starts + window] - csum[starts]) / window).astype(np.float32)
+
+
+def load_clips(cache: FeatureCache, indices: np.ndarray, cfg: DataConfig, chunk: int = 64) -> list[ClipTensors]:
+    """Read ``indices`` (committed clips) with bulk reads, ``chunk`` clips at a time."""
+    g = cache.group
+    out: list[ClipTensors] = []
+    order = np.sort(np.asarray(indices, dtype=np.int64))
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        nf, npf, na = (cache.lengths[k][idx] for k in ("frames", "flow", "audio"))
+        sel = (idx.tolist(),)
+        frames = g["frames/features"].get_orthogonal_selection(sel + (slice(0, int(nf.max())),))
+        flow = g["flow/features"].get_orthogonal_selection(sel + (slice(0, max(int(npf.max()), 1)),))
+        audio = g["audio/features"].get_orthogonal_selection(sel + (slice(0, int(na.max())),))
+        for k, i in enumerate(idx):
+            frag = audio_fragments(audio[k, : na[k]], cfg.audio_window, cfg.audio_hop, cfg.audio_layer)
+            out.append(ClipTensors(
+                index=int(i), clip_id=str(cache.ids[i]),
+                frames=torch.from_numpy(np.ascontiguousarray(frames[k, : nf[k]])),
+                flow=torch.from_numpy(np.ascontiguousarray(flow[k, : npf[k]])),
+                audio=torch.from_numpy(frag.astype(np.float16)),
+                label=int(cache.labels[i]), targets=torch.from_numpy(cache.targets[i].astype(np.float32))))
+    return out
+
+
+def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = seqs[0].new_zeros((len(seqs), max(int(lengths.max()), 1), seqs[0].shape[-1]))
+    for k, s in enumerate(seqs):
+        out[k, : len(s)] = s
+    return out, lengths
+
+
+def collate(clips: list[ClipTensors]) -> dict[str, torch.Tensor | list]:
+    """Pad a list of clips into a batch (float32 features, zero padding, lengths)."""
+    frames, frame_lengths = _pad([c.frames for c in clips])
+    flow, flow_lengths = _pad([c.flow for c in clips])
+    audio, audio_lengths = _pad([c.audio for c in clips])
+    return {
+        "frames": frames.float(), "frame_lengths": frame_lengths,
+        "flow": flow.float(), "flow_lengths": flow_lengths,
+        "audio": audio.float(), "audio_lengths": audio_lengths,
+        "labels": torch.tensor([c.label for c in clips], dtype=torch.long),
+        "targets": torch.stack([c.targets for c in clips]),
+        "index": torch.tensor([c.index for c in clips], dtype=torch.long),
+        "clip_id": [c.clip_id for c in clips],
+    }
+
+
+def batches(clips: list[ClipTensors], cfg: DataConfig, shuffle: bool, seed: int) -> list[list[int]]:
+    """Batch index lists. With ``bucket``, clips are sorted by frame count (ties broken at random)
+    and cut into consecutive batches, whose order is then shuffled: little padding, random order."""
+    rng = np.random.default_rng(seed)
+    n = len(clips)
+    if cfg.bucket:
+        lengths = np.array([len(c.frames) for c in clips])
+        order = np.lexsort((rng.random(n) if shuffle else np.arange(n), lengths))
+    else:
+        order = rng.permutation(n) if shuffle else np.arange(n)
+    out = [order[k : k + cfg.batch_size].tolist() for k in range(0, n, cfg.batch_size)]
+    if shuffle:
+        out = [out[k] for k in rng.permutation(len(out))]
+    return out
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

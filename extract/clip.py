@@ -44,7 +44,7 @@ class Prepared:
 
 def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Capacity) -> Prepared:
     """Decode, detect, track, crop and load audio for one clip. Raises ``ClipError`` on bad input."""
-    from .faces import crop_faces, smooth_boxes, track_face
+    from .faces import smooth_boxes, track_face
     from .media import iter_video_frames, load_audio, probe_video
 
     rt = cfg.runtime
@@ -55,7 +55,8 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         frames, ts = frames[: cap.frames - len(stamps)], ts[: cap.frames - len(stamps)]
         hw = frames.shape[1:3]
         for k in range(0, len(frames), rt.detect_batch):
-            dets.extend(models.detector.detect(frames[k : k + rt.detect_batch]))
+            with models.lock:
+                dets.extend(models.detector.detect(frames[k : k + rt.detect_batch]))
         stamps.extend(ts.tolist())
         if len(stamps) >= cap.frames:
             log.warning("%s: longer than the store capacity; cut at %d frames", rec.video, cap.frames)
@@ -67,7 +68,7 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         )
     track = track_face(dets, hw, rec.video)
     boxes = smooth_boxes(track.boxes, cfg.face.smooth_window, cfg.face.margin, hw)
-    crops = _crop_pass(rec.video, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames)
+    crops = _crop_pass(rec.video, boxes, n, cfg, models.lock)
     fps = info.fps if info.fps > 0 else (n - 1) / max(stamps[-1] - stamps[0], 1e-6)
     audio = load_audio(rec.audio or rec.video, cfg.audio.sample_rate, max_seconds)
     video_s = n / fps
@@ -91,16 +92,21 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
     )
 
 
-def _crop_pass(path, boxes, n, cfg, max_seconds, crop_faces, iter_video_frames):
+def _crop_pass(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
+    """Second decoding pass: ``uint8 [n, 3, S, S]`` crops of the smoothed boxes, on the run's device."""
     import torch
 
+    from .faces import crop_faces
+    from .media import iter_video_frames
+
     out, seen = [], 0
-    for frames, _ in iter_video_frames(path, cfg.runtime.decode_batch, max_seconds):
+    for frames, _ in iter_video_frames(path, cfg.runtime.decode_batch, cfg.max_seconds):
         frames = frames[: n - seen]
         if len(frames) == 0:
             break
         t = torch.from_numpy(frames).to(cfg.runtime.device, non_blocking=True)
-        out.append(crop_faces(t, boxes[seen : seen + len(frames)], cfg.face.crop_size))
+        with lock:
+            out.append(crop_faces(t, boxes[seen : seen + len(frames)], cfg.face.crop_size))
         seen += len(frames)
     if seen != n:
         raise ClipError(path, f"second decoding pass gave {seen} frames, the first {n}", "decode")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ExtractConfig
@@ -16,12 +18,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Models:
-    """Face detector, flow backend, image encoder (frames and flow) and audio encoder."""
+    """Face detector, flow backend, image encoder (frames and flow) and audio encoder.
+
+    ``lock`` serialises model compute on the CPU: when two threads run torch ops at once, OpenMP
+    gives each a different share of the cores, the summation order changes and the stored bits
+    differ from run to run. Decoding still overlaps (it runs outside the lock). On CUDA it is a
+    no-op: kernel results do not depend on host threads.
+    """
 
     detector: Any
     flow: Any
     image: Any
     audio: Any
+    lock: Any = field(default_factory=contextlib.nullcontext)
 
     @classmethod
     def build(cls, cfg: ExtractConfig, device: str | None = None) -> Models:
@@ -57,7 +66,7 @@ class Models:
             raise MissingWeightsError(
                 f"preset {cfg.preset!r} cannot run on this machine; missing weights:\n" + "\n".join(missing)
             )
-        return cls(**built)
+        return cls(**built, lock=threading.Lock() if device == "cpu" else contextlib.nullcontext())
 
     def dims(self, cfg: ExtractConfig) -> dict[str, int]:
         return {

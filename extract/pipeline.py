@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -179,7 +180,9 @@ def extract_indices(
 def _compute(group, cfg, models, cap, compute_group):
     """Run a packed group; if it fails as a whole, rerun clip by clip so only the culprit fails."""
     try:
-        return list(zip(group, compute_group(group, cfg, models, cap), strict=True))
+        with models.lock:
+            results = compute_group(group, cfg, models, cap)
+        return list(zip(group, results, strict=True))
     except Exception as e:  # noqa: BLE001
         if len(group) == 1:
             err = (
@@ -288,7 +291,7 @@ def _run_distributed(todo, index, cfg, url, storage_options, cap, executor, prog
     executor (process pools need the ``spawn`` start method: torch does not survive ``fork``)."""
     from tqdm import tqdm
 
-    own = None
+    own, saved_env = None, dict(os.environ)
     if executor is None:
         from dask.distributed import Client, LocalCluster
 
@@ -318,6 +321,17 @@ def _run_distributed(todo, index, cfg, url, storage_options, cap, executor, prog
             own.close()
             if cluster is not None:
                 cluster.close()
+            restore_environ(saved_env)
+
+
+def restore_environ(saved: dict[str, str]) -> None:
+    """Undo what starting a Dask cluster wrote into this process's environment (it sets
+    ``OMP_NUM_THREADS=1`` and friends for its workers, and later subprocesses would inherit them)."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _worker_count(executor) -> int:

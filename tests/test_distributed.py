@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 from concurrent.futures import ProcessPoolExecutor
 
@@ -10,8 +11,20 @@ import pytest
 from conftest import small_index
 from test_pipeline import assert_same_arrays
 
-from extract.pipeline import run_extraction
+from extract.pipeline import restore_environ, run_extraction
 from extract.store import open_root
+
+
+@pytest.mark.slow
+def test_local_dask_cluster_from_runtime_workers(extracted_store, small_corpus, tiny_config, tmp_path):
+    """``runtime.workers=2``: aver starts and stops the cluster itself and leaves the environment as it was."""
+    from extract.config import apply_overrides
+
+    before = dict(os.environ)
+    cfg = apply_overrides(tiny_config, ["runtime.workers=2"])
+    summary = run_extraction(cfg, small_index(small_corpus), str(tmp_path / "w.zarr"), progress=False)
+    assert summary.done == 6 and dict(os.environ) == before
+    assert_same_arrays(str(tmp_path / "w.zarr"), extracted_store, exact=False)
 
 
 @pytest.mark.slow
@@ -28,11 +41,17 @@ def test_dask_cluster_matches_serial(extracted_store, small_corpus, tiny_config,
     from dask.distributed import Client, LocalCluster
 
     url = str(tmp_path / "dask.zarr")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            summary = run_extraction(
-                tiny_config, small_index(small_corpus), url, executor=client, progress=False
-            )
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
+            with Client(cluster) as client:
+                summary = run_extraction(
+                    tiny_config, small_index(small_corpus), url, executor=client, progress=False
+                )
+    finally:
+        restore_environ(saved)  # Dask set OMP_NUM_THREADS=1 here; later subprocesses must not inherit it
     assert summary.done == 6
     assert_same_arrays(url, extracted_store, exact=False)  # 1 thread per worker
 

@@ -69,7 +69,9 @@ def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None
     return ((csum[starts + window] - csum[starts]) / window).astype(np.float32)
 
 
-def load_clips(cache: FeatureCache, indices: np.ndarray, cfg: DataConfig, chunk: int = 64) -> list[ClipTensors]:
+def load_clips(
+    cache: FeatureCache, indices: np.ndarray, cfg: DataConfig, chunk: int = 64
+) -> list[ClipTensors]:
     """Read ``indices`` (committed clips) with bulk reads, ``chunk`` clips at a time."""
     g = cache.group
     out: list[ClipTensors] = []
@@ -83,12 +85,17 @@ def load_clips(cache: FeatureCache, indices: np.ndarray, cfg: DataConfig, chunk:
         audio = g["audio/features"].get_orthogonal_selection(sel + (slice(0, int(na.max())),))
         for k, i in enumerate(idx):
             frag = audio_fragments(audio[k, : na[k]], cfg.audio_window, cfg.audio_hop, cfg.audio_layer)
-            out.append(ClipTensors(
-                index=int(i), clip_id=str(cache.ids[i]),
-                frames=torch.from_numpy(np.ascontiguousarray(frames[k, : nf[k]])),
-                flow=torch.from_numpy(np.ascontiguousarray(flow[k, : npf[k]])),
-                audio=torch.from_numpy(frag.astype(np.float16)),
-                label=int(cache.labels[i]), targets=torch.from_numpy(cache.targets[i].astype(np.float32))))
+            out.append(
+                ClipTensors(
+                    index=int(i),
+                    clip_id=str(cache.ids[i]),
+                    frames=torch.from_numpy(np.ascontiguousarray(frames[k, : nf[k]])),
+                    flow=torch.from_numpy(np.ascontiguousarray(flow[k, : npf[k]])),
+                    audio=torch.from_numpy(frag.astype(np.float16)),
+                    label=int(cache.labels[i]),
+                    targets=torch.from_numpy(cache.targets[i].astype(np.float32)),
+                )
+            )
     return out
 
 
@@ -106,9 +113,12 @@ def collate(clips: list[ClipTensors]) -> dict[str, torch.Tensor | list]:
     flow, flow_lengths = _pad([c.flow for c in clips])
     audio, audio_lengths = _pad([c.audio for c in clips])
     return {
-        "frames": frames.float(), "frame_lengths": frame_lengths,
-        "flow": flow.float(), "flow_lengths": flow_lengths,
-        "audio": audio.float(), "audio_lengths": audio_lengths,
+        "frames": frames.float(),
+        "frame_lengths": frame_lengths,
+        "flow": flow.float(),
+        "flow_lengths": flow_lengths,
+        "audio": audio.float(),
+        "audio_lengths": audio_lengths,
         "labels": torch.tensor([c.label for c in clips], dtype=torch.long),
         "targets": torch.stack([c.targets for c in clips]),
         "index": torch.tensor([c.index for c in clips], dtype=torch.long),
@@ -127,10 +137,14 @@ def batches(clips: list[ClipTensors], cfg: DataConfig, shuffle: bool, seed: int)
     else:
         order = rng.permutation(n) if shuffle else np.arange(n)
     out = [order[k : k + cfg.batch_size].tolist() for k in range(0, n, cfg.batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2].extend(out.pop())  # a batch of one has no CCC (and no batch statistics)
     if shuffle:
         out = [out[k] for k in rng.permutation(len(out))]
     return out
 
 
 def to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }

@@ -18,7 +18,9 @@ TASKS = ("classification", "regression")
 def _ccc_columns(pred: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
     """CCC of each column: pred, target [N, K] -> [K] (float32 or wider)."""
     if pred.shape != target.shape:
-        raise ValueError(f"CCC needs pred and target of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"CCC needs pred and target of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if pred.shape[0] < 2:
         # A CCC over one sample has no variance: its value says nothing about agreement. Batches for
         # a CCC objective must hold at least two clips (use drop_last when the last batch could be 1).

@@ -153,8 +153,8 @@ def regression_metrics(y_true: Any, y_pred: Any, target_names: Sequence[str] | N
     """
     t = _as_numpy(y_true).astype(np.float64)
     p = _as_numpy(y_pred).astype(np.float64)
-    if t.ndim == 1:
-        t, p = t[:, None], p.reshape(-1, 1) if p.ndim == 1 else p
+    if t.ndim == 1 and p.ndim == 1:
+        t, p = t[:, None], p[:, None]
     if t.ndim != 2 or t.shape != p.shape:
         raise ValueError(f"y_true and y_pred must both be [N, K], got {t.shape} and {p.shape}")
     if t.shape[0] < 2:

@@ -1,0 +1,107 @@
+"""The trainer end to end on small caches: outputs, reproducibility, resume, provenance checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from feature_caches import make_feature_cache
+
+from train.checkpoint import CheckpointError
+from train.config import preset_train_config
+from train.run import evaluate_run, summarise_folds, train_fold
+
+TINY_MODEL = {"d_model": 16, "d_hidden": 24, "n_heads": 2, "head_hidden": 16, "conv_kernel": 3}
+
+
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory) -> str:
+    return make_feature_cache(str(tmp_path_factory.mktemp("toy") / "toy.zarr"))
+
+
+def _cfg(cache: str, out: Path, **kw):
+    kw.setdefault("epochs", 3)
+    kw.setdefault("model", TINY_MODEL)
+    return preset_train_config("tiny", cache=cache, out=str(out), **kw)
+
+
+def test_tiny_train_writes_a_complete_run(toy_cache, tmp_path):
+    metrics = train_fold(_cfg(toy_cache, tmp_path / "run", epochs=6))
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "metrics.json",
+        "predictions.csv",
+        "history.json",
+        "train.log",
+        "confusion.png",
+        "learning_curves.png",
+        "attention.png",
+        "checkpoint/model.safetensors",
+        "checkpoint/checkpoint.json",
+        "checkpoint/last.safetensors",
+        "checkpoint/trainer_state.json",
+    ):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert set(saved) >= {"train", "validation", "test", "reported_head", "test_reported"}
+    assert set(saved["test"]) >= {"video", "audio", "fusion", "loss"}
+    assert metrics["reported_head"] in ("video", "audio", "fusion")
+    rows = (run / "predictions.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("clip_id,label,prediction,video_class0")
+    assert len(rows) - 1 == sum(metrics["test"]["video"]["support"].values())
+    # the toy features carry the label: the tiny model must learn them
+    assert metrics["test_reported"]["accuracy"] > 0.6, metrics["test_reported"]
+
+
+def test_same_seed_same_run(toy_cache, tmp_path):
+    a = train_fold(_cfg(toy_cache, tmp_path / "a"))
+    b = train_fold(_cfg(toy_cache, tmp_path / "b"))
+    assert a["test"] == b["test"]
+    assert (tmp_path / "a/predictions.csv").read_text() == (tmp_path / "b/predictions.csv").read_text()
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(toy_cache, tmp_path):
+    full = train_fold(_cfg(toy_cache, tmp_path / "full", epochs=4, patience=10))
+    train_fold(_cfg(toy_cache, tmp_path / "cut", epochs=2, patience=10))
+    resumed = train_fold(_cfg(toy_cache, tmp_path / "cut", epochs=4, patience=10))
+    history = json.loads((tmp_path / "cut/history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    full_hist = json.loads((tmp_path / "full/history.json").read_text())
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in history], [h["train_loss"] for h in full_hist], rtol=1e-5
+    )
+    assert resumed["test"] == full["test"]
+
+
+def test_resume_refuses_another_architecture(toy_cache, tmp_path):
+    train_fold(_cfg(toy_cache, tmp_path / "run", epochs=1))
+    other = {**TINY_MODEL, "d_model": 8}
+    with pytest.raises(CheckpointError, match="architecture"):
+        train_fold(_cfg(toy_cache, tmp_path / "run", epochs=2, model=other))
+
+
+def test_evaluate_refuses_a_cache_with_other_provenance(toy_cache, tmp_path):
+    train_fold(_cfg(toy_cache, tmp_path / "run", epochs=1))
+    again = evaluate_run(str(tmp_path / "run"), toy_cache)
+    assert again["reported_head"] in ("video", "audio", "fusion")
+    other = make_feature_cache(str(tmp_path / "other.zarr"), config_hash="another-extraction")
+    with pytest.raises(CheckpointError, match="config_hash"):
+        evaluate_run(str(tmp_path / "run"), other)
+
+
+def test_regression_with_several_targets(tmp_path):
+    cache = make_feature_cache(str(tmp_path / "reg.zarr"), targets=("arousal", "valence", "dominance"))
+    metrics = train_fold(_cfg(cache, tmp_path / "run", epochs=2))
+    assert metrics["task"] == "regression"
+    assert set(metrics["test_reported"]["ccc"]) == {"arousal", "valence", "dominance"}
+    assert -1 <= metrics["test_reported"]["ccc_mean"] <= 1
+    header = (tmp_path / "run/predictions.csv").read_text().splitlines()[0]
+    assert header.startswith("clip_id,true_arousal,true_valence,true_dominance,pred_arousal")
+
+
+def test_summarise_folds():
+    s = summarise_folds({1: {"accuracy": 0.5, "f1_macro": 0.4}, 2: {"accuracy": 0.7, "f1_macro": 0.6}})
+    assert s["accuracy"] == {"mean": 0.6, "std": pytest.approx(0.1), "n": 2}

@@ -1,0 +1,197 @@
+"""PNG figures for run reports: confusion matrix, learning curves, inter-modal attention (paper Figure 2).
+
+matplotlib is imported inside the functions, with the non-interactive Agg backend, so that importing
+``train`` costs nothing and plotting works on headless machines. Figures are saved at a fixed size
+(``figsize * DPI`` pixels, no tight bounding box) so their dimensions are predictable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DPI = 100
+HEAD_KEYS = {"val_video": "video head", "val_audio": "audio head", "val_fusion": "fusion head"}
+
+
+def _pyplot():
+    """pyplot on the Agg backend (selected before the first pyplot import; safe to repeat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _as_2d(x: Any, what: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, possibly on GPU or tracking gradients
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or 0 in a.shape:
+        raise ValueError(f"{what} must be a non-empty 2-D array, got shape {a.shape}")
+    return a
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI)
+    _pyplot().close(fig)  # figures are not garbage-collected while pyplot tracks them
+    return path
+
+
+def plot_confusion(
+    cm: Any,
+    class_names: Sequence[str],
+    path: str | Path,
+    normalise: bool = True,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Draw a confusion matrix, each cell annotated with its count and its row percentage.
+
+    Args:
+        cm: counts [C, C] (list of lists or array), rows = true class, columns = predicted class.
+        class_names: C labels for both axes.
+        path: output PNG; parent folders are created.
+        normalise: colour cells by row-normalised fraction (recall view; comparable across imbalanced
+            classes) rather than by raw count.
+        title: figure title.
+
+    Returns:
+        ``path``; the image is (0.6 C + 3.5) x (0.6 C + 2.5) inches at 100 dpi (wide for the colorbar).
+    """
+    counts = _as_2d(cm, "cm")
+    c = counts.shape[0]
+    if counts.shape != (c, c):
+        raise ValueError(f"cm must be square [C, C], got {counts.shape}")
+    if len(class_names) != c:
+        raise ValueError(f"{len(class_names)} class names for a {c}x{c} confusion matrix")
+    row_sums = counts.sum(axis=1, keepdims=True)
+    # A class with no true samples has an all-zero row: show 0 %, not NaN.
+    frac = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
+    shown = frac if normalise else counts
+    plt = _pyplot()
+    side = 0.6 * c + 2.5
+    fig, ax = plt.subplots(figsize=(side + 1.0, side), layout="constrained")
+    im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalise else max(float(counts.max()), 1.0))
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class" if normalise else "count")
+    threshold = 0.5 * (1.0 if normalise else max(float(counts.max()), 1.0))
+    fontsize = max(5.0, 10.0 - 0.4 * c)
+    for i in range(c):
+        for j in range(c):
+            colour = "white" if shown[i, j] > threshold else "black"
+            text = f"{int(round(counts[i, j]))}\n{100 * frac[i, j]:.1f}%"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=fontsize)
+    ax.set_xticks(range(c), [str(n) for n in class_names], rotation=45, ha="right")
+    ax.set_yticks(range(c), [str(n) for n in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _column(history: Sequence[dict], key: str) -> np.ndarray:
+    """history[i][key] as floats, NaN where an epoch lacks it (matplotlib leaves a gap)."""
+    return np.array([math.nan if h.get(key) is None else float(h[key]) for h in history])
+
+
+def plot_learning_curves(
+    history: Sequence[dict],
+    path: str | Path,
+    metric_name: str = "validation metric",
+    metric_key: str = "val_metric",
+) -> Path:
+    """Two panels: train/validation loss per epoch, and the validation metric per epoch.
+
+    Args:
+        history: one dict per epoch with ``epoch``, ``train_loss``, ``val_loss`` and ``metric_key``;
+            optional ``val_video`` / ``val_audio`` / ``val_fusion`` (the metric of each head) are drawn in
+            the right panel too. Missing or None values leave gaps.
+        path: output PNG.
+        metric_name: label of the metric (e.g. "F1-macro", "mean CCC").
+        metric_key: key of the metric in each history dict.
+
+    Returns:
+        ``path``; the image is 1100 x 400 pixels.
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    if any("epoch" not in h for h in history):
+        raise ValueError("every history entry needs an 'epoch'")
+    epochs = _column(history, "epoch")
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        if any(h.get(key) is not None for h in history):
+            ax_loss.plot(epochs, _column(history, key), marker="o", markersize=3, label=label)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("loss")
+    for key, label in HEAD_KEYS.items():
+        if any(h.get(key) is not None for h in history):
+            ax_metric.plot(epochs, _column(history, key), marker="o", markersize=3, label=label)
+    if any(h.get(metric_key) is not None for h in history):
+        # Drawn last, dashed and black: it usually coincides with one head's curve and must stay visible.
+        ax_metric.plot(epochs, _column(history, metric_key), "k--", linewidth=1.5, label="selected")
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(metric_name)
+    ax_metric.set_title(f"validation {metric_name}")
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.lines:
+            ax.legend()
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_attention(
+    attn_video: Any,
+    attn_audio: Any,
+    path: str | Path,
+    title: str = "Inter-modal attention",
+) -> Path:
+    """Heatmaps of the IFE attention weights alpha_ij, laid out like the paper's Figure 2.
+
+    Left: IFE-Audio (audio fragments attend to video frames); right: IFE-Video (video frames attend to
+    audio fragments). In each panel the horizontal axis is the time point of the attending modality and the
+    vertical axis that of the attended one, so each column is one softmax distribution (sums to 1).
+
+    Args:
+        attn_video: IFE-Video weights, float [T, M] (row i: frame i over the M audio fragments).
+        attn_audio: IFE-Audio weights, float [M, T] (row j: fragment j over the T video frames).
+        path: output PNG.
+        title: figure title.
+
+    Returns:
+        ``path``; the image is 1100 x 450 pixels.
+    """
+    video = _as_2d(attn_video, "attn_video")
+    audio = _as_2d(attn_audio, "attn_audio")
+    if audio.shape != video.shape[::-1]:
+        raise ValueError(f"attn_video [T, M] and attn_audio [M, T] disagree: {video.shape} and {audio.shape}")
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    panels = (
+        (axes[0], audio, "IFE-Audio", "audio fragment (attending)", "video frame (attended)"),
+        (axes[1], video, "IFE-Video", "video frame (attending)", "audio fragment (attended)"),
+    )
+    for ax, weights, name, xlabel, ylabel in panels:
+        # Transposed so the attending time runs along x; origin at the bottom so time runs upwards on y.
+        im = ax.imshow(weights.T, origin="lower", aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="attention weight")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    return _save(fig, path)

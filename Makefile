@@ -16,13 +16,16 @@ DEVICE  ?= cpu
 LABELS  ?=
 FOLDS   ?=
 WORKERS ?= 0
+FOLD    ?= 1
+RUNS    ?= runs
+MODEL   ?= de3
 EXTRA   ?=
 
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test extract lint bench clean
+.PHONY: venv demo test extract train cv lint bench clean
 
 venv: $(STAMP)
 
@@ -38,12 +41,22 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m extract.cli demo --cache $(CACHE) --device $(DEVICE)
+	HF_HUB_OFFLINE=1 $(PY) -m extract.cli demo --cache $(CACHE) --runs $(RUNS) --device $(DEVICE)
 
 extract: $(STAMP)
 	$(PY) -m extract.cli extract --dataset $(DATASET) --cache $(CACHE) --preset $(PRESET) \
 	  --device $(DEVICE) --workers $(WORKERS) \
 	  $(if $(DATA),--data $(DATA)) $(if $(LABELS),--labels $(LABELS)) $(if $(FOLDS),--folds '$(FOLDS)') $(EXTRA)
+
+STORE := $(CACHE)/$(DATASET).zarr
+
+train: $(STAMP)
+	$(PY) -m extract.cli train --cache $(STORE) --fold $(FOLD) --variant $(MODEL) --preset $(PRESET) \
+	  --device $(DEVICE) --out $(RUNS)/$(DATASET)/$(MODEL)/fold$(FOLD) $(EXTRA)
+
+cv: $(STAMP)
+	$(PY) -m extract.cli cv --cache $(STORE) --variant $(MODEL) --preset $(PRESET) --device $(DEVICE) \
+	  --out $(RUNS)/$(DATASET)/$(MODEL) $(EXTRA)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)
@@ -54,6 +67,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
+	HF_HUB_OFFLINE=1 $(PY) bench/train.py --clips 1440
 
 clean:
-	rm -rf $(VENV) caches data .pytest_cache
+	rm -rf $(VENV) caches data runs .pytest_cache

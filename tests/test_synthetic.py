@@ -209,8 +209,8 @@ def test_stereo_audio_round_trip(tmp_path):
 @pytest.mark.slow
 def test_default_corpus(tmp_path):
     paths = generate_corpus(tmp_path)
-    assert len(paths) == 6 * 4 * 2
+    assert len(paths) == 6 * 4 * 4
     assert {p.parent.name for p in paths} == {f"Actor_{a:02d}" for a in range(1, 7)}
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    assert len(manifest["files"]) == 48
+    assert len(manifest["files"]) == 96
     assert probe_video(paths[-1]).n_frames == 30

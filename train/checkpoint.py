@@ -61,6 +61,17 @@ def save_model(folder: Path, model: torch.nn.Module, info: dict[str, Any]) -> No
     _atomic_json(folder / "checkpoint.json", info)
 
 
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_tensors(path, tensors)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing from the checkpoint")
+    return load_file(str(path))
+
+
 def load_model_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = folder / "model.safetensors"
     if not path.exists():

@@ -99,6 +99,49 @@ def load_clips(
     return out
 
 
+MODALITIES = ("frames", "flow", "audio")
+
+
+@dataclass
+class FeatureStats:
+    """Per-dimension mean and std of each modality over the TRAINING clips.
+
+    Cached features have arbitrary scales (wav2vec2 has large outlier dimensions; random tiny
+    encoders give values near 1e-3); standardising them with training statistics only (no
+    information from validation or test) makes one learning rate work for every cache. The stats
+    travel with the checkpoint (``feature_stats.safetensors``).
+    """
+
+    mean: dict[str, torch.Tensor]
+    std: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_clips(cls, clips: list[ClipTensors], eps: float = 1e-6) -> FeatureStats:
+        mean, std = {}, {}
+        for m in MODALITIES:
+            rows = torch.cat([getattr(c, m).float() for c in clips if len(getattr(c, m))])
+            mean[m] = rows.mean(0)
+            std[m] = rows.std(0, unbiased=False).clamp_min(eps)
+        return cls(mean, std)
+
+    def apply(self, clips: list[ClipTensors]) -> None:
+        """Standardise ``clips`` in place (kept as float16: standardised values are O(1))."""
+        for c in clips:
+            for m in MODALITIES:
+                x = getattr(c, m)
+                setattr(c, m, ((x.float() - self.mean[m]) / self.std[m]).to(torch.float16))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"mean.{m}": v for m, v in self.mean.items()},
+            **{f"std.{m}": v for m, v in self.std.items()},
+        }
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> FeatureStats:
+        return cls({m: t[f"mean.{m}"] for m in MODALITIES}, {m: t[f"std.{m}"] for m in MODALITIES})
+
+
 def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     out = seqs[0].new_zeros((len(seqs), max(int(lengths.max()), 1), seqs[0].shape[-1]))

@@ -19,11 +19,13 @@ from .checkpoint import (
     check_cache,
     load_model_state,
     load_state,
+    load_tensors,
     save_model,
     save_state,
+    save_tensors,
 )
 from .config import HEADS, TrainConfig
-from .data import load_clips
+from .data import FeatureStats, load_clips
 from .trainer import Task, _best_head, build_model, predict, score, seed_everything, train_epoch
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ def _train(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     idx = _splits(cache, cfg.fold)
     t0 = time.perf_counter()
     clips = {s: load_clips(cache, v, cfg.data) for s, v in idx.items()}
+    stats = FeatureStats.from_clips(clips["train"])
+    for split in clips.values():
+        stats.apply(split)
+    save_tensors(run_dir / "checkpoint" / "feature_stats.safetensors", stats.tensors())
     log.info(
         "fold %d of %s: %s clips loaded in %.1f s",
         cfg.fold,
@@ -235,6 +241,9 @@ def evaluate_run(run_dir: str, cache_url: str, storage_options: dict | None = No
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
     task = Task.from_cache(cache)
     clips = {s: load_clips(cache, v, cfg.data) for s, v in _splits(cache, cfg.fold).items()}
+    stats = FeatureStats.from_tensors(load_tensors(run_dir / "checkpoint" / "feature_stats.safetensors"))
+    for split in clips.values():
+        stats.apply(split)
     history = (
         json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
     )

@@ -11,23 +11,14 @@ import logging
 import sys
 from pathlib import Path
 
+from train.cli import parse_kv
+
 log = logging.getLogger("aver")
 
 
 def store_url(cache: str, dataset: str) -> str:
     """``<cache>/<dataset>.zarr`` for a folder or an fsspec URL (s3://bucket/prefix)."""
     return f"{cache.rstrip('/')}/{dataset}.zarr" if "://" in cache else str(Path(cache) / f"{dataset}.zarr")
-
-
-def _kv(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
@@ -126,7 +117,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         labels=args.labels,
         folds=args.folds,
         targets=tuple(t for t in args.targets.split(",") if t),
-        options=_kv(args.dataset_option),
+        options=parse_kv(args.dataset_option),
     )
     index = load_dataset(args.dataset, opts)
     for note in index.notes:
@@ -147,7 +138,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         retry_failed=args.retry_failed,
         limit=args.limit,
-        storage_options=_kv(args.storage_option),
+        storage_options=parse_kv(args.storage_option),
         progress=not args.quiet,
     )
     print(summary.report())

@@ -105,3 +105,51 @@ def test_regression_with_several_targets(tmp_path):
 def test_summarise_folds():
     s = summarise_folds({1: {"accuracy": 0.5, "f1_macro": 0.4}, 2: {"accuracy": 0.7, "f1_macro": 0.6}})
     assert s["accuracy"] == {"mean": 0.6, "std": pytest.approx(0.1), "n": 2}
+
+
+def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
+    """`aver cv` over two folds, then `aver evaluate` of one fold; another cache is refused (exit 2)."""
+    import subprocess
+    import sys
+
+    model = [f"--model={k}={v}" for k, v in TINY_MODEL.items()]
+    base = [sys.executable, "-m", "extract.cli"]
+    cv = subprocess.run(
+        [
+            *base,
+            "cv",
+            "--cache",
+            toy_cache,
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--folds",
+            "1,2",
+            "--out",
+            str(tmp_path / "cv"),
+            *model,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cv.returncode == 0, cv.stderr[-2000:]
+    summary = json.loads((tmp_path / "cv/cv_summary.json").read_text())
+    assert set(summary["folds"]) == {"1", "2"} and summary["summary"]["accuracy"]["n"] == 2
+    assert "accuracy" in cv.stdout and "mean" in cv.stdout
+    ev = subprocess.run(
+        [*base, "evaluate", "--run", str(tmp_path / "cv/fold2"), "--cache", toy_cache],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ev.returncode == 0 and "fold 2" in ev.stdout, ev.stderr[-2000:]
+    other = make_feature_cache(str(tmp_path / "other.zarr"), config_hash="other")
+    bad = subprocess.run(
+        [*base, "evaluate", "--run", str(tmp_path / "cv/fold2"), "--cache", other],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "config_hash" in bad.stderr, bad.stderr[-2000:]

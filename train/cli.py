@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
 
 
-def _kv(items: list[str]) -> dict:
+def parse_kv(items: list[str]) -> dict:
+    """``KEY=VALUE`` flags to a dict; values parsed as JSON when they are JSON, else kept as strings."""
     out = {}
     for item in items:
         key, _, value = item.partition("=")
@@ -62,8 +63,8 @@ def config_from_args(args: argparse.Namespace, fold: int):
         head=args.head,
         resume=not args.no_resume,
         data=data,
-        model=_kv(args.model) or None,
-        storage_options=_kv(args.storage_option) or None,
+        model=parse_kv(args.model) or None,
+        storage_options=parse_kv(args.storage_option) or None,
     )
 
 
@@ -117,7 +118,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .run import evaluate_run
 
-    metrics = evaluate_run(args.run, args.cache, _kv(args.storage_option) or None)
+    metrics = evaluate_run(args.run, args.cache, parse_kv(args.storage_option) or None)
     _print_report(metrics)
     return 0
 

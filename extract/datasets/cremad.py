@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
-from .folds import round_robin_groups, speaker_folds, vavl_folds
+from .folds import choose_folds
 
 CREMAD_CODES = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 CREMAD_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
@@ -45,14 +45,9 @@ def cremad(opts: DatasetOptions) -> DatasetIndex:
     no_wav = sum(c.audio is None for c in clips)
     if no_wav:
         notes.append(f"{no_wav} clips have no AudioWAV/<id>.wav; their audio is read from the .flv")
-    speakers = [c.speaker for c in clips]
-    if opts.folds:
-        folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
-    else:
-        folds, source = (
-            speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)),
-            "speaker-round-robin",
-        )
+    folds, source = choose_folds(
+        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds
+    )
     return DatasetIndex(
         "cremad",
         str(root),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions
-from .folds import round_robin_groups, speaker_folds, vavl_folds
+from .folds import choose_folds
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -60,14 +60,9 @@ def folder(opts: DatasetOptions) -> DatasetIndex:
         )
     if not clips:
         raise ConfigError(f"{csv_path}: the clip table has no rows")
-    speakers = [c.speaker for c in clips]
-    if opts.folds:
-        folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
-    else:
-        folds, source = (
-            speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)),
-            "speaker-round-robin",
-        )
+    folds, source = choose_folds(
+        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds
+    )
     return DatasetIndex(
         "folder",
         str(base),

@@ -81,6 +81,23 @@ def expand_fold_files(spec: str) -> list[Path]:
     return files
 
 
+def choose_folds(
+    clip_ids: list[str],
+    speakers: list[str],
+    spec: str | None,
+    n_folds: int,
+    groups: list[list[str]] | None = None,
+    groups_name: str = "",
+) -> tuple[np.ndarray, str]:
+    """Every adapter's fold policy: the user's fold files (``spec``) when given, else the corpus's
+    published speaker groups (``groups``, named ``groups_name``), else round-robin over speakers."""
+    if spec:
+        return vavl_folds(spec, clip_ids, speakers)
+    if groups is not None:
+        return speaker_folds(speakers, groups), groups_name
+    return speaker_folds(speakers, round_robin_groups(speakers, n_folds)), "speaker-round-robin"
+
+
 def _stem(name: str) -> str:
     return Path(name.strip()).stem if "." in Path(name.strip()).name else name.strip()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
-from .folds import round_robin_groups, speaker_folds, vavl_folds
+from .folds import choose_folds
 
 TARGET_COLUMNS = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".flv")
@@ -71,14 +71,9 @@ def mspimprov(opts: DatasetOptions) -> DatasetIndex:
     notes = (
         [f"{len(missing)} labelled files have no video under {root} (e.g. {missing[:3]})"] if missing else []
     )
-    speakers = [c.speaker for c in clips]
-    if opts.folds:
-        folds, source = vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
-    else:
-        folds, source = (
-            speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)),
-            "speaker-round-robin",
-        )
+    folds, source = choose_folds(
+        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds
+    )
     return DatasetIndex(
         "mspimprov",
         str(root),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
-from .folds import round_robin_groups, speaker_folds, vavl_folds
+from .folds import choose_folds
 
 RAVDESS_CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 RAVDESS_GROUPS = [
@@ -60,12 +60,14 @@ def scan_ravdess(root: Path, classes: list[str]) -> tuple[list[ClipRecord], list
 
 
 def _folds(clips: list[ClipRecord], opts: DatasetOptions, groups: list[list[str]] | None):
-    speakers = [c.speaker for c in clips]
-    if opts.folds:
-        return vavl_folds(opts.folds, [c.clip_id for c in clips], speakers)
-    if groups is None:
-        return speaker_folds(speakers, round_robin_groups(speakers, opts.n_folds)), "speaker-round-robin"
-    return speaker_folds(speakers, groups), "ravdess-mmer-5fold"
+    return choose_folds(
+        [c.clip_id for c in clips],
+        [c.speaker for c in clips],
+        opts.folds,
+        opts.n_folds,
+        groups,
+        "ravdess-mmer-5fold",
+    )
 
 
 @DATASETS.register("ravdess")

@@ -49,15 +49,15 @@ def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _pickled_module_error(path: Path, cause: Exception) -> ConfigError:
+def _pickled_module_error(path: Path, cause: Exception, section: str) -> ConfigError:
     found = re.search(r"GLOBAL (\S+)", str(cause))
     stored = f"it stores {found.group(1)}" if found else str(cause).splitlines()[0][:200]
     return ConfigError(
         f"{path}: the file is a pickled Python object, not a plain state_dict ({stored}); for example a "
         f"whole module saved with torch.save(model), as the EmotiEffLib enet_b2_*.pt releases are. "
         f"Unpickling it executes code stored in the file. If you trust its source, opt in with "
-        f"image.allow_pickle=true (CLI --allow-pickle); better, re-save it once as safetensors with "
-        f"`aver convert-weights` (which takes the same opt-in) and point image.weights at that file."
+        f"{section}.allow_pickle=true (CLI --allow-pickle); better, re-save it once as safetensors with "
+        f"`aver convert-weights` (which takes the same opt-in) and point {section}.weights at that file."
     )
 
 
@@ -84,13 +84,16 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | os.PathLike[str], allow_pickle: bool = False, section: str = "image"
+) -> dict[str, torch.Tensor]:
     """Load a weight file into a flat ``{name: tensor}`` dict on CPU.
 
     ``.safetensors`` files are read directly. Other files go through ``torch.load(weights_only=True)``;
     a file that holds pickled Python objects (a whole ``nn.Module``) is refused with a ``ConfigError``
     unless ``allow_pickle`` is true, in which case it is unpickled (this runs code from the file) and
     its ``state_dict()`` is returned. Raises ``MissingWeightsError`` when the file does not exist.
+    ``section`` names the config section (``image``, ``flow``) that the error messages point at.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -106,9 +109,13 @@ def load_state_dict(path: str | os.PathLike[str], allow_pickle: bool = False) ->
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not allow_pickle:
-            raise _pickled_module_error(p, err) from err
+            raise _pickled_module_error(p, err, section) from err
         try:
             obj = torch.load(p, map_location="cpu", weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err2:
+            raise ConfigError(
+                f"{p}: cannot be unpickled as a weight file ({type(err2).__name__}: {err2})"
+            ) from err2
         except (AttributeError, ModuleNotFoundError, ImportError) as err2:
             raise ConfigError(
                 f"{p}: unpickling failed ({err2}); the module classes stored in the file do not exist in "

@@ -10,7 +10,6 @@ and never downloaded here.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -27,53 +26,12 @@ _ENUM_RE = re.compile(r"^(Raft_(Large|Small)_Weights)\.(\w+)$")
 
 
 def load_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a weight file into a ``{name: tensor}`` dict on the CPU.
+    """A RAFT weight file as ``{name: tensor}`` on the CPU: the encoders' loader (safetensors, a
+    state_dict through ``weights_only=True``, unwrapping nestings; pickles only with
+    ``flow.allow_pickle``)."""
+    from ..encoders.weights import load_state_dict as load_weights
 
-    ``.safetensors`` goes through safetensors; anything else through ``torch.load(weights_only=True)``.
-    A file that needs arbitrary unpickling (e.g. a saved whole module) raises ``ConfigError`` unless
-    ``allow_pickle``. A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a DataParallel
-    ``module.`` prefix are unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(f"flow weights file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not allow_pickle:
-            raise ConfigError(
-                f"{path}: torch.load(weights_only=True) refused this file: it is a pickle that can only be "
-                f"read by running code stored in it (unpickling executes code), or not a weight file at all. "
-                f"If you trust it, set flow.allow_pickle=true to opt in, or convert it once to .safetensors. "
-                f"Cause: {str(err).splitlines()[0]}"
-            ) from None
-        obj = _unpickle(path)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot be read as a weight file ({err})") from None
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: expected a state_dict of tensors, found {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _unpickle(path: Path) -> object:
-    """Full unpickling, only after the user opted in with ``flow.allow_pickle``."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ModuleNotFoundError) as err:
-        raise ConfigError(
-            f"{path}: cannot be unpickled as a weight file ({type(err).__name__}: {err})"
-        ) from None
+    return load_weights(path, allow_pickle, section="flow")
 
 
 def _enum_weights(name: str, variant: str) -> tuple[Any, str]:

@@ -7,19 +7,23 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.aver-installed
 
-# Public interface (see README.md).
-DATASET ?= synthetic
-DATA    ?=
-CACHE   ?= caches
-PRESET  ?= tiny
-DEVICE  ?= cpu
-LABELS  ?=
-FOLDS   ?=
-WORKERS ?= 0
-FOLD    ?= 1
-RUNS    ?= runs
-MODEL   ?= de3
-EXTRA   ?=
+# Public interface (see README.md). Names differ from the CLI flags they feed where a flag
+# name would mislead: FOLD_FILES (VAVL partition CSVs) is not FOLDS (fold numbers for cv).
+DATASET    ?= synthetic
+DATA       ?=
+CACHE      ?= caches
+PRESET     ?= paper
+DEVICE     ?= cpu
+LABELS     ?=
+FOLD_FILES ?=
+WORKERS    ?= 0
+FOLD       ?= 1
+FOLDS      ?=
+RUNS       ?= runs
+VARIANT    ?= de3
+EXTRA      ?=
+
+AVER := $(VENV)/bin/aver
 
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
@@ -41,29 +45,30 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m extract.cli demo --cache $(CACHE) --runs $(RUNS) --device $(DEVICE)
+	HF_HUB_OFFLINE=1 $(AVER) demo --cache $(CACHE) --runs $(RUNS) --device $(DEVICE)
 
 extract: $(STAMP)
-	$(PY) -m extract.cli extract --dataset $(DATASET) --cache $(CACHE) --preset $(PRESET) \
+	$(AVER) extract --dataset $(DATASET) --cache $(CACHE) --preset $(PRESET) \
 	  --device $(DEVICE) --workers $(WORKERS) \
-	  $(if $(DATA),--data $(DATA)) $(if $(LABELS),--labels $(LABELS)) $(if $(FOLDS),--folds '$(FOLDS)') $(EXTRA)
+	  $(if $(DATA),--data $(DATA)) $(if $(LABELS),--labels $(LABELS)) \
+	  $(if $(FOLD_FILES),--fold-files '$(FOLD_FILES)') $(EXTRA)
 
 STORE := $(CACHE)/$(DATASET).zarr
 
 train: $(STAMP)
-	$(PY) -m extract.cli train --cache $(STORE) --fold $(FOLD) --variant $(MODEL) --preset $(PRESET) \
-	  --device $(DEVICE) --out $(RUNS)/$(DATASET)/$(MODEL)/fold$(FOLD) $(EXTRA)
+	$(AVER) train --cache $(STORE) --fold $(FOLD) --variant $(VARIANT) --preset $(PRESET) \
+	  --device $(DEVICE) --out $(RUNS)/$(DATASET)/$(VARIANT)/fold$(FOLD) $(EXTRA)
 
 cv: $(STAMP)
-	$(PY) -m extract.cli cv --cache $(STORE) --variant $(MODEL) --preset $(PRESET) --device $(DEVICE) \
-	  --out $(RUNS)/$(DATASET)/$(MODEL) $(EXTRA)
+	$(AVER) cv --cache $(STORE) --variant $(VARIANT) --preset $(PRESET) --device $(DEVICE) \
+	  --out $(RUNS)/$(DATASET)/$(VARIANT) $(if $(FOLDS),--folds $(FOLDS)) $(EXTRA)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check extract train tests bench
-	$(VENV)/bin/ruff format --check extract train tests bench
+	$(VENV)/bin/ruff check aver extract train tests bench
+	$(VENV)/bin/ruff format --check aver extract train tests bench
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from extract.config import apply_overrides  # noqa: E402
-from extract.datasets import DatasetOptions, load_dataset  # noqa: E402
-from extract.models import Models  # noqa: E402
-from extract.presets import preset_config  # noqa: E402
+from aver.extract.datasets import DatasetOptions, load_dataset  # noqa: E402
+from aver.extract.models import Models  # noqa: E402
+from aver.extract.presets import preset_config  # noqa: E402
+from aver.overrides import apply_overrides  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -58,9 +58,9 @@ def machine() -> str:
 
 def stage_times(cfg, index, models: Models) -> tuple[dict[str, float], int]:
     """Seconds per stage, each run alone over all clips; returns (times, total frames)."""
-    from extract.faces import crop_faces, smooth_boxes, track_face
-    from extract.flow import flow_pairs, flow_to_image, normalise_flow
-    from extract.media import iter_video_frames, load_audio
+    from aver.extract.faces import crop_faces, smooth_boxes, track_face
+    from aver.extract.flow import flow_pairs, flow_to_image, normalise_flow
+    from aver.extract.media import iter_video_frames, load_audio
 
     rt, dev = cfg.runtime, cfg.runtime.device
     t = dict.fromkeys(
@@ -132,12 +132,12 @@ def stage_times(cfg, index, models: Models) -> tuple[dict[str, float], int]:
 
 def write_time(cfg, index, models: Models, tmp: Path) -> float:
     """Seconds to commit every clip (random features of the real shapes) into a fresh store."""
-    from extract.store import CacheWriter, Capacity, ClipResult
+    from aver.store import CacheWriter, Capacity, ClipResult
 
     dims = models.dims(cfg)
     cap = Capacity(frames=64, audio=128)
     w = CacheWriter.create_or_open(
-        str(tmp / "write.zarr"), index, {"config_hash": "bench", "config": {}}, cap, dims
+        str(tmp / "write.zarr"), index.table(), {"config_hash": "bench", "config": {}}, cap, dims
     )
     rng = np.random.default_rng(0)
     n = 50
@@ -181,7 +181,7 @@ def main() -> None:
         stage_times(cfg, index, models)  # warm-up: first calls pay for allocator and kernel set-up
         times, frames = stage_times(cfg, index, models)
         w_s, w_frames = write_time(cfg, index, models, tmp)
-        from extract.pipeline import run_extraction
+        from aver.extract.pipeline import run_extraction
 
         summary = run_extraction(cfg, index, str(tmp / "e2e.zarr"), progress=False)
         e2e = summary.frames / summary.seconds

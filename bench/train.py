@@ -18,62 +18,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
 def build_cache(url: str, n: int, seed: int = 0) -> None:
-    """A cache with the real layout and RAVDESS-like lengths, filled with random features."""
-    from extract.datasets.base import ClipRecord, DatasetIndex
-    from extract.datasets.folds import round_robin_groups, speaker_folds
-    from extract.store import CacheWriter, Capacity, ClipResult
+    """A cache with the real layout and RAVDESS-like lengths (3-5.3 s at 29.97 fps), random features."""
+    from aver.testing import build_feature_cache
 
-    rng = np.random.default_rng(seed)
-    clips = [
-        ClipRecord(clip_id=f"clip{i:05d}", video=f"/x/{i}.mp4", speaker=f"{i % 24 + 1:02d}", label=i % 8)
-        for i in range(n)
-    ]
-    speakers = [c.speaker for c in clips]
-    index = DatasetIndex(
-        "bench",
-        "/x",
-        clips,
-        classes=[f"c{k}" for k in range(8)],
-        folds=speaker_folds(speakers, round_robin_groups(speakers, 5)),
-        folds_source="bench",
+    build_feature_cache(
+        url,
+        n_clips=n,
+        n_classes=8,
+        d_image=1408,
+        d_audio=1024,
+        n_speakers=24,
+        frames=(90, 160),
+        fps=29.97,
+        separation=0.0,
+        seed=seed,
+        dataset="bench",
+        config_hash="bench",
     )
-    dims = {"image": 1408, "audio": 1024, "audio_layers": 1, "audio_rate_hz": 50.0}
-    attrs = {
-        "config_hash": "bench",
-        "config": {},
-        "dataset": "bench",
-        "preset": "bench",
-        "tiny": False,
-        "classes": index.classes,
-        "targets": [],
-        "dims": dims,
-        "models": {},
-        "folds_source": "bench",
-        "code_version": "bench",
-        "notes": [],
-    }
-    w = CacheWriter.create_or_open(url, index, attrs, Capacity(frames=162, audio=268), dims)
-    for i in range(n):
-        seconds = rng.uniform(3.0, 5.3)
-        t, a = int(seconds * 29.97), int(seconds * 50)
-        w.write_clip(
-            i,
-            ClipResult(
-                rng.standard_normal((t, 1408), np.float32).astype(np.float16),
-                rng.standard_normal((t - 1, 1408), np.float32).astype(np.float16),
-                rng.standard_normal((a, 1, 1024), np.float32).astype(np.float16),
-                np.arange(t, dtype=np.float32) / 29.97,
-                np.zeros((t, 4), np.float32),
-                np.ones(t, np.float32),
-                np.ones(t, bool),
-                29.97,
-            ),
-        )
 
 
 def main() -> None:
@@ -87,10 +52,12 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/aver-bench-train")
     args = ap.parse_args()
 
-    from train.cache import FeatureCache
-    from train.config import preset_train_config
-    from train.data import load_clips
-    from train.trainer import Task, build_model, train_epoch
+    from aver.cache import FeatureCache
+    from aver.train.config import make_config
+    from aver.train.data import load_clips
+    from aver.train.models.variants import build_model
+    from aver.train.recipe import Run, train_epoch
+    from aver.train.tasks import Task
 
     url = str(Path(args.workdir) / f"ravdess_size_{args.clips}.zarr")
     if not Path(url).exists():
@@ -100,21 +67,22 @@ def main() -> None:
     cache = FeatureCache(url)
     t0 = time.perf_counter()
     train_idx = cache.split_indices(1, "train")
-    clips = load_clips(cache, train_idx, preset_train_config(args.preset, cache=url).data)
+    clips = load_clips(cache, train_idx, make_config(args.preset, cache=url).data)
     load_s = time.perf_counter() - t0
     n_steps = args.batches + 2
     clips = clips[: n_steps * args.batch_size]
-    cfg = preset_train_config(
-        args.preset, cache=url, device=args.device, data={"batch_size": args.batch_size}
-    )
+    cfg = make_config(args.preset, {"data.batch_size": args.batch_size}, cache=url, device=args.device)
     task = Task.from_cache(cache)
-    model, _ = build_model(args.variant, cache.meta["dims"], len(task.names), cfg.model)
+    model, _ = build_model(args.variant, cache.dims, len(task.names), cfg.model)
     model.to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = Run(cfg, Path(args.workdir), cache, task, {}, model, {}, optimizer=opt)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    train_epoch(model, clips[: 2 * args.batch_size], cfg, task, opt, epoch=0)  # warm-up
-    stats = train_epoch(model, clips[2 * args.batch_size :], cfg, task, opt, epoch=1)
+    run.clips["train"] = clips[: 2 * args.batch_size]
+    train_epoch(run, epoch=0)  # warm-up
+    run.clips["train"] = clips[2 * args.batch_size :]
+    stats = train_epoch(run, epoch=1)
     step_s = stats["data_s"] + stats["model_s"]
     if args.device.startswith("cuda"):
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU)"

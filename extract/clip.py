@@ -9,16 +9,16 @@ normalisation and both encoders, run on the frames of many clips packed into fix
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from aver.errors import ClipError
+from aver.store import Capacity, ClipResult
+
 from .config import ExtractConfig
 from .datasets.base import ClipRecord
-from .errors import ClipError
 from .models import Models
-from .store import Capacity, ClipResult
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,3 @@ def _f16(x, path: str, what: str) -> np.ndarray:
     if big > 65504.0:
         raise ClipError(path, f"{what} features overflow float16 (max |x| = {big:.3g})", "encode")
     return arr.astype(np.float16)
-
-
-def audio_frames(seconds: float, rate_hz: float) -> int:
-    """wav2vec2 frames for ``seconds`` of audio (upper bound, for the store capacity)."""
-    return int(math.ceil(seconds * rate_hz)) + 1

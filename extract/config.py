@@ -9,12 +9,12 @@ recorded per run but not hashed: it changes how fast, not what.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from aver.errors import ConfigError
+from aver.overrides import from_dict
+from aver.utils import check_device, json_hash
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,9 +127,7 @@ class RuntimeConfig:
     scheduler: str | None = None  # address of a running Dask scheduler (one worker per GPU)
 
     def __post_init__(self) -> None:
-        _check(
-            self.device == "cpu" or self.device.startswith("cuda"), "runtime.device must be cpu or cuda[:N]"
-        )
+        check_device(self.device)
         for name in ("image_batch", "flow_batch", "detect_batch", "decode_batch", "group_frames"):
             _check(getattr(self, name) >= 1, f"runtime.{name} must be >= 1")
         _check(self.prefetch >= 0 and self.workers >= 0, "runtime.prefetch/workers must be >= 0")
@@ -162,43 +160,8 @@ class ExtractConfig:
         return d
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return json_hash(self.hashed_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
-        d = dict(d)
-        subs = {
-            "face": FaceConfig,
-            "flow": FlowConfig,
-            "image": ImageEncoderConfig,
-            "audio": AudioEncoderConfig,
-            "runtime": RuntimeConfig,
-        }
-        for key, typ in subs.items():
-            if key in d and isinstance(d[key], dict):
-                d[key] = typ(**d[key])
-        return cls(**d)
-
-
-def apply_overrides(cfg: ExtractConfig, overrides: list[str]) -> ExtractConfig:
-    """Apply ``section.key=value`` overrides (values parsed as JSON, else taken as strings)."""
-    d = cfg.to_dict()
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        path, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = d
-        keys = path.split(".")
-        for k in keys[:-1]:
-            if k not in node or not isinstance(node[k], dict):
-                raise ConfigError(f"override {item!r}: no config section {k!r}")
-            node = node[k]
-        if keys[-1] not in node:
-            raise ConfigError(f"override {item!r}: unknown key {keys[-1]!r}; known: {sorted(node)}")
-        node[keys[-1]] = value
-    return ExtractConfig.from_dict(d)
+        return from_dict(cls, d)

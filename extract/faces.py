@@ -22,8 +22,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from aver.errors import ClipError
+
 from .config import FaceConfig
-from .errors import ClipError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ClipError
+from aver.errors import ClipError
 
 log = logging.getLogger(__name__)
 

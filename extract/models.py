@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from aver.errors import MissingWeightsError
+from aver.utils import json_hash
+
 from .config import ExtractConfig
-from .errors import MissingWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ def cache_hash(cfg: ExtractConfig, models_prov: dict[str, Any]) -> str:
         sha = models_prov.get(section, {}).get("weights_sha256")
         if sha:
             config[section][key] = f"sha256:{sha}"
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_hash(config)
 
 
 _CACHE: dict[str, Models] = {}

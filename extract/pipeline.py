@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aver.errors import ClipError
+from aver.layout import DONE, FAILED, PENDING, store_exists
+from aver.store import CacheWriter, Capacity
+
 from .config import ExtractConfig
 from .datasets.base import DatasetIndex
-from .errors import ClipError
-from .store import DONE, FAILED, PENDING, CacheWriter, Capacity, store_exists
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Summary:
     frames: int = 0
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
+    store: str = ""  # the store's path or URL
 
     def merge(self, other: Summary) -> None:
         self.done += other.done
@@ -234,12 +237,35 @@ def run_extraction(
     ``retry_failed``. ``executor`` is a Dask ``Client`` or a ``concurrent.futures`` executor; without
     one, ``runtime.workers``/``runtime.scheduler`` decide, and 0 workers means this process.
     """
-    from . import __version__
-    from .models import Models, cache_hash
+    from .models import Models
 
     distributed = executor is not None or bool(cfg.runtime.workers or cfg.runtime.scheduler)
-    driver_device = "cpu" if distributed else cfg.runtime.device
-    models = Models.build(cfg, device=driver_device)
+    models = Models.build(cfg, device="cpu" if distributed else cfg.runtime.device)
+    writer = _open_store(cfg, index, url, models, overwrite, storage_options)
+    cap = writer.capacity()
+    status = writer.status()
+    wanted = (status == PENDING) | ((status == FAILED) if retry_failed else False)
+    todo = [int(i) for i in np.flatnonzero(wanted)][: limit if limit is not None else None]
+    summary = Summary(total=len(index.clips), skipped=int((status == DONE).sum()))
+    writer.log_run({"event": "start", "pending": len(todo), "runtime": cfg.to_dict()["runtime"]})
+    t0 = time.perf_counter()
+    if todo and not distributed:
+        summary.merge(extract_indices(todo, index, cfg, writer, cap, models=models, progress=progress))
+    elif todo:
+        summary.merge(_run_distributed(todo, index, cfg, url, storage_options, cap, executor, progress))
+    summary.seconds = time.perf_counter() - t0
+    writer.log_run(
+        {"event": "end", "done": summary.done, "failed": summary.failed, "seconds": round(summary.seconds, 2)}
+    )
+    return summary
+
+
+def _open_store(cfg, index, url, models, overwrite, storage_options) -> CacheWriter:
+    """Create the store's template (capacity planned from container headers), or reopen and check it."""
+    from aver import __version__
+
+    from .models import cache_hash
+
     prov = models.provenance(cfg)
     dims = models.dims(cfg)
     attrs = {
@@ -249,41 +275,15 @@ def run_extraction(
         "config": cfg.hashed_dict(),
         "config_hash": cache_hash(cfg, prov),
         "models": prov,
-        "dims": dims,
-        "classes": index.classes,
-        "targets": index.targets,
-        "folds_source": index.folds_source,
-        "split_codes": {"train": 0, "validation": 1, "test": 2, "unused": -1},
         "code_version": _code_version(__version__),
         "libraries": _library_versions(),
         "notes": index.notes,
     }
     fresh = overwrite or not store_exists(url, storage_options)
-    cap = plan_capacity(index, cfg, dims["audio_rate_hz"]) if fresh else None
-    if cap is None:
-        from .store import open_root
-
-        c = open_root(url, "r", storage_options).attrs["aver"]["capacity"]
-        cap = Capacity(c["frames"], c["audio"])
-    writer = CacheWriter.create_or_open(
-        url, index, attrs, cap, dims, overwrite=overwrite, storage_options=storage_options
+    cap = plan_capacity(index, cfg, dims["audio_rate_hz"]) if fresh else Capacity(0, 0)
+    return CacheWriter.create_or_open(
+        url, index.table(), attrs, cap, dims, overwrite=overwrite, storage_options=storage_options
     )
-    status = writer.status()
-    wanted = (status == PENDING) | ((status == FAILED) if retry_failed else False)
-    todo = [int(i) for i in np.flatnonzero(wanted)][: limit if limit is not None else None]
-    summary = Summary(total=len(index.clips), skipped=int((status == DONE).sum()))
-    writer.log_run({"event": "start", "pending": len(todo), "runtime": cfg.to_dict()["runtime"]})
-    t0 = time.perf_counter()
-    if todo:
-        if not distributed:
-            summary.merge(extract_indices(todo, index, cfg, writer, cap, models=models, progress=progress))
-        else:
-            summary.merge(_run_distributed(todo, index, cfg, url, storage_options, cap, executor, progress))
-    summary.seconds = time.perf_counter() - t0
-    writer.log_run(
-        {"event": "end", "done": summary.done, "failed": summary.failed, "seconds": round(summary.seconds, 2)}
-    )
-    return summary
 
 
 def _run_distributed(todo, index, cfg, url, storage_options, cap, executor, progress) -> Summary:

@@ -6,10 +6,11 @@ A preset fills an ``ExtractConfig``; CLI flags and ``--set section.key=value`` o
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from aver.registry import Registry
+from aver.utils import aver_home
 
 from .config import AudioEncoderConfig, ExtractConfig, FlowConfig, ImageEncoderConfig
-from .registry import Registry
 
 PRESETS: Registry = Registry("preset")
 
@@ -20,11 +21,6 @@ FACE_WEIGHTS_HELP = (
     "The enet_b2_* files are pickled modules: add --allow-pickle once, or convert them with "
     "`aver convert-weights FILE OUT.safetensors --allow-pickle`."
 )
-
-
-def aver_home() -> Path:
-    """Where aver keeps materialised tiny models and other local state (``$AVER_HOME``)."""
-    return Path(os.environ.get("AVER_HOME", Path.home() / ".cache" / "aver")).expanduser()
 
 
 @PRESETS.register("paper")
@@ -57,4 +53,5 @@ def tiny(dataset: str) -> ExtractConfig:
 
 
 def preset_config(name: str, dataset: str) -> ExtractConfig:
+    """The ``ExtractConfig`` of preset ``name`` for ``dataset`` (unknown names: ``ConfigError``)."""
     return PRESETS.get(name)(dataset)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -24,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from aver.utils import atomic_write, atomic_write_text, sha256_file
+
+from .datasets.ravdess import RAVDESS_EMOTIONS
+
 log = logging.getLogger(__name__)
 
-_NAMES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
-RAVDESS_EMOTIONS: dict[int, str] = dict(enumerate(_NAMES, start=1))  # RAVDESS emotion code -> name
 EMOTION_CODES: dict[str, int] = {name: code for code, name in RAVDESS_EMOTIONS.items()}
 
 MANIFEST = "manifest.json"
@@ -341,20 +342,7 @@ def write_av_clip(
     return Path(path)
 
 
-def write_video_only(path: str | os.PathLike, frames: np.ndarray, fps: int, faststart: bool = False) -> Path:
-    """``write_av_clip`` without an audio stream."""
-    return write_av_clip(path, frames, fps, None, faststart=faststart)
-
-
 # ---------------------------------------------------------------------------------------- corpus
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_manifest(path: Path) -> dict | None:
@@ -363,12 +351,6 @@ def _read_manifest(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("version") == _MANIFEST_VERSION else None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def render_clip(spec: SyntheticSpec, clip: ClipPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -405,16 +387,16 @@ def generate_corpus(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec
     for clip in plan:
         path = root / clip.relpath
         digest = known.get(clip.relpath)
-        if digest is None or not path.is_file() or _sha256(path) != digest:
+        if digest is None or not path.is_file() or sha256_file(path) != digest:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
             frames, audio = render_clip(spec, clip)
-            write_av_clip(tmp, frames, spec.fps, audio, spec.sample_rate)
-            os.replace(tmp, path)
-            digest, written = _sha256(path), written + 1
+            atomic_write(
+                path, lambda tmp, f=frames, a=audio: write_av_clip(tmp, f, spec.fps, a, spec.sample_rate)
+            )
+            digest, written = sha256_file(path), written + 1
         entries.append({"path": clip.relpath, "sha256": digest, "actor": clip.actor, "emotion": clip.emotion})
     if written or len(known) != len(entries):
         manifest = {"version": _MANIFEST_VERSION, "spec": spec.to_dict(), "files": entries}
-        _atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
+        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
     log.info("synthetic corpus at %s: %d clips, %d written", root, len(plan), written)
     return [root / c.relpath for c in plan]

@@ -28,7 +28,7 @@ def aver_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
-    from extract.datasets import DatasetOptions, load_dataset
+    from aver.extract.datasets import DatasetOptions, load_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     load_dataset("synthetic", DatasetOptions(data=root, options=SMALL_CORPUS))
@@ -36,15 +36,15 @@ def small_corpus(tmp_path_factory) -> Path:
 
 
 def small_index(root: Path, **kw):
-    from extract.datasets import DatasetOptions, load_dataset
+    from aver.extract.datasets import DatasetOptions, load_dataset
 
     return load_dataset("synthetic", DatasetOptions(data=root, options=SMALL_CORPUS, **kw))
 
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from extract.config import apply_overrides
-    from extract.presets import preset_config
+    from aver.extract.presets import preset_config
+    from aver.overrides import apply_overrides
 
     # small groups so clips commit one by one (exercises the group packing boundaries too)
     return apply_overrides(
@@ -55,7 +55,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def extracted_store(small_corpus, tiny_config, tmp_path_factory) -> str:
     """The small corpus extracted once, uninterrupted: the reference for many tests."""
-    from extract.pipeline import run_extraction
+    from aver.extract.pipeline import run_extraction
 
     url = str(tmp_path_factory.mktemp("cache") / "synthetic.zarr")
     summary = run_extraction(tiny_config, small_index(small_corpus), url, progress=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.synthetic import render_audio, render_frames, write_av_clip
+from aver.extract.synthetic import render_audio, render_frames, write_av_clip
 
 FPS = 25
 SR = 48000

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from extract.config import ExtractConfig, FaceConfig, apply_overrides
-from extract.errors import ConfigError
+from aver.errors import ConfigError
+from aver.extract.config import ExtractConfig, FaceConfig
+from aver.overrides import apply_overrides
 
 
 def test_hash_ignores_runtime_but_not_models():
@@ -29,7 +30,7 @@ def test_round_trip_through_dict():
         ("flow.window=0", "window"),
         ('runtime.device="tpu"', "device"),
         ("face.nope=1", "unknown key"),
-        ("nosection.x=1", "no config section"),
+        ("nosection.x=1", "unknown key .nosection"),
         ("max_seconds=-1", "max_seconds"),
     ],
 )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from extract.datasets import DatasetOptions, load_dataset
-from extract.datasets.base import TEST, TRAIN, UNUSED, VALIDATION
-from extract.datasets.folds import round_robin_groups, speaker_folds, vavl_folds
-from extract.datasets.ravdess import RAVDESS_GROUPS, parse_name
-from extract.errors import ConfigError
+from aver.errors import ConfigError
+from aver.extract.datasets import DatasetOptions, load_dataset
+from aver.extract.datasets.folds import round_robin_groups, speaker_folds, vavl_folds
+from aver.extract.datasets.ravdess import RAVDESS_GROUPS, parse_name
+from aver.layout import TEST, TRAIN, UNUSED, VALIDATION
 
 
 def _touch(path):

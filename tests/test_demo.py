@@ -18,7 +18,7 @@ def test_demo_extracts_trains_and_beats_chance(tmp_path):
         [
             sys.executable,
             "-m",
-            "extract.cli",
+            "aver",
             "demo",
             "--cache",
             str(tmp_path / "caches"),

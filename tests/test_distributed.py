@@ -11,14 +11,14 @@ import pytest
 from conftest import small_index
 from test_pipeline import assert_same_arrays
 
-from extract.pipeline import restore_environ, run_extraction
-from extract.store import open_root
+from aver.extract.pipeline import restore_environ, run_extraction
+from aver.layout import open_root
 
 
 @pytest.mark.slow
 def test_local_dask_cluster_from_runtime_workers(extracted_store, small_corpus, tiny_config, tmp_path):
     """``runtime.workers=2``: aver starts and stops the cluster itself and leaves the environment as it was."""
-    from extract.config import apply_overrides
+    from aver.overrides import apply_overrides
 
     before = dict(os.environ)
     cfg = apply_overrides(tiny_config, ["runtime.workers=2"])
@@ -89,7 +89,7 @@ def s3_endpoint():
 
 @pytest.mark.slow
 def test_extract_into_s3_and_read_back(extracted_store, small_corpus, tiny_config, s3_endpoint):
-    from train.cache import FeatureCache
+    from aver.cache import FeatureCache
 
     url = "s3://aver-caches/team/synthetic.zarr"
     summary = run_extraction(

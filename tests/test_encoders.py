@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from extract.config import AudioEncoderConfig, ImageEncoderConfig
-from extract.encoders.audio import AudioEncoder
-from extract.encoders.image import ImageEncoder
-from extract.encoders.weights import load_state_dict, save_safetensors, sha256_file
-from extract.errors import ConfigError, MissingWeightsError
-from extract.tiny import materialise_tiny_models, tiny_perceiver_config
+from aver.errors import ConfigError, MissingWeightsError
+from aver.extract.config import AudioEncoderConfig, ImageEncoderConfig
+from aver.extract.encoders.audio import AudioEncoder
+from aver.extract.encoders.image import ImageEncoder
+from aver.extract.encoders.weights import load_state_dict, save_safetensors, sha256_file
+from aver.extract.tiny import materialise_tiny_models, tiny_perceiver_config
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # test_efficientnet input size in these tests: small and fast

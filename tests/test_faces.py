@@ -8,9 +8,9 @@ import pytest
 import torch
 from skimage.data import astronaut
 
-from extract.config import FaceConfig
-from extract.errors import ClipError
-from extract.faces import FaceDetector, crop_faces, smooth_boxes, track_face
+from aver.errors import ClipError
+from aver.extract.config import FaceConfig
+from aver.extract.faces import FaceDetector, crop_faces, smooth_boxes, track_face
 
 # Where MTCNN finds the astronaut's face in the 512x512 image (measured: about 180, 61, 268, 172).
 ASTRONAUT_FACE = (180.0, 61.0, 268.0, 172.0)

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from extract.config import FlowConfig
-from extract.errors import ConfigError, MissingWeightsError
-from extract.flow import FLOW_BACKENDS, build_flow_backend, flow_pairs, flow_to_image, normalise_flow
-from extract.flow.perceiver import (
+from aver.errors import ConfigError, MissingWeightsError
+from aver.extract.config import FlowConfig
+from aver.extract.flow import FLOW_BACKENDS, build_flow_backend, flow_pairs, flow_to_image, normalise_flow
+from aver.extract.flow.perceiver import (
     PerceiverFlow,
     TileLayout,
     build_model_inputs,
@@ -21,7 +21,7 @@ from extract.flow.perceiver import (
     tile_starts,
     tiled_flow,
 )
-from extract.flow.raft import RAFTFlow, torchvision_cache_path
+from aver.extract.flow.raft import RAFTFlow, torchvision_cache_path
 
 SHIFT_X, SHIFT_Y = 3, -2  # content moves 3 px right and 2 px up from prev to nxt
 

@@ -24,9 +24,7 @@ def test_doc_has_examples():
 @pytest.mark.parametrize("block", range(2))
 def test_layout_example_runs_with_plain_libraries(extracted_store, block, tmp_path):
     code = f"STORE = {extracted_store!r}\n" + _python_blocks()[block]
-    assert not re.search(r"^\s*(from|import)\s+(extract|train)\b", code, flags=re.M), (
-        "the doc needs no aver code"
-    )
+    assert not re.search(r"^\s*(from|import)\s+aver\b", code, flags=re.M), "the doc needs no aver code"
     script = tmp_path / "example.py"
     script.write_text(code)
     out = subprocess.run(
@@ -35,3 +33,19 @@ def test_layout_example_runs_with_plain_libraries(extracted_store, block, tmp_pa
     assert out.returncode == 0, out.stderr
     if block == 0:
         assert "(20, " in out.stdout  # frames of the first done clip
+
+
+def test_doc_and_code_agree_on_arrays_and_codes():
+    """Every array of ``aver.layout`` is in the doc's table with its dtype; the codes match."""
+    from aver import layout as L
+
+    text = DOC.read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_/]+)` \| (\w+)", text, flags=re.M)}
+    for name, spec in L.ARRAYS.items():
+        assert name in rows or any(name in r for r in re.findall(r"^\|[^|]*\|", text, flags=re.M)), name
+        if name in rows:
+            assert rows[name] == spec.dtype, (name, rows[name], spec.dtype)
+    assert f"# Cache layout (version {L.LAYOUT_VERSION})" in text
+    assert "0 pending, 1 done, 2 failed" in text and L.STATUS_NAMES == {0: "pending", 1: "done", 2: "failed"}
+    assert "0 train, 1 validation, 2 test, -1 unused" in text
+    assert L.SPLIT_CODES == {"train": 0, "validation": 1, "test": 2, "unused": -1}

@@ -17,9 +17,9 @@ from media_fixtures import (
     write_zero_byte,
 )
 
-from extract.errors import ClipError
-from extract.media import iter_video_frames, load_audio, probe_video
-from extract.synthetic import render_frames, write_av_clip
+from aver.errors import ClipError
+from aver.extract.media import iter_video_frames, load_audio, probe_video
+from aver.extract.synthetic import render_frames, write_av_clip
 
 FPS, SECONDS, SR = 25, 0.8, 48000
 N = int(SECONDS * FPS)
@@ -195,7 +195,7 @@ def test_truncated_faststart_fails_when_most_frames_are_lost(clips, tmp_path):
 
 def test_truncated_faststart_keeps_frames_when_little_is_lost(clips, tmp_path, caplog):
     path = write_truncated(tmp_path, "01-01-03-01-01-02-06.mp4", clips["fast"], fraction=0.93)
-    with caplog.at_level(logging.WARNING, logger="extract.media"):
+    with caplog.at_level(logging.WARNING, logger="aver.extract.media"):
         frames, ts, _ = _decode_all(path, batch_size=4)
     assert N / 2 <= len(frames) < N
     assert any(str(path) in r.getMessage() for r in caplog.records)

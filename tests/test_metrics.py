@@ -10,8 +10,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from train.losses import ccc, ccc_loss, classification_loss, head_loss, total_loss
-from train.metrics import classification_metrics, regression_metrics
+from aver.train.losses import ccc, ccc_loss, classification_loss, total_loss
+from aver.train.metrics import classification_metrics, regression_metrics
 
 
 def _eq7(x: np.ndarray, y: np.ndarray) -> float:
@@ -221,8 +221,9 @@ def test_total_loss_sums_heads(task, width):
     outputs = _outputs(12, width, seed=4)
     g = torch.Generator().manual_seed(5)
     targets = torch.randint(0, 5, (12,), generator=g) if task == "classification" else torch.randn(12, 3)
-    total, per_head = total_loss(outputs | {"attn_video": torch.zeros(2)}, targets, task)
-    separate = {h: head_loss(outputs[f"logits_{h}"], targets, task) for h in ("video", "audio", "fusion")}
+    head_loss = classification_loss if task == "classification" else ccc_loss
+    total, per_head = total_loss(outputs | {"attn_video": torch.zeros(2)}, targets, head_loss)
+    separate = {h: head_loss(outputs[f"logits_{h}"], targets) for h in ("video", "audio", "fusion")}
     assert set(per_head) == set(separate)
     for h, value in separate.items():
         assert per_head[h].item() == pytest.approx(value.item(), abs=1e-6) and not per_head[h].requires_grad
@@ -239,12 +240,10 @@ def test_total_loss_with_missing_heads():
         "logits_fusion": None,
         "logits_audio": outputs["logits_audio"],
     }
-    total, per_head = total_loss(only_two, labels, "classification")
+    total, per_head = total_loss(only_two, labels, classification_loss)
     assert set(per_head) == {"video", "audio"}
     assert total.item() == pytest.approx(per_head["video"].item() + per_head["audio"].item(), abs=1e-6)
     with pytest.raises(ValueError, match="no head outputs"):
-        total_loss({"attn": torch.zeros(1)}, labels, "classification")
+        total_loss({"attn": torch.zeros(1)}, labels, classification_loss)
     with pytest.raises(ValueError, match="unknown head"):
-        total_loss(outputs | {"logits_vidoe": outputs["logits_video"]}, labels, "classification")
-    with pytest.raises(ValueError, match="task"):
-        total_loss(outputs, labels, "ranking")
+        total_loss(outputs | {"logits_vidoe": outputs["logits_video"]}, labels, classification_loss)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from train.models import (
+from aver.train.models import (
     ENCODERS,
     VARIANTS,
     DE3Config,
@@ -15,8 +15,8 @@ from train.models import (
     pair_frames_with_flow,
     variant_config,
 )
-from train.models.conformer import ConvModule
-from train.models.de3 import IFE_MODES, InterModalAttention, masked_max
+from aver.train.models.conformer import ConvModule
+from aver.train.models.de3 import IFE_MODES, InterModalAttention, masked_max
 
 D_FRAMES, D_FLOW, D_AUDIO, N_OUT = 12, 12, 10, 3
 BASE = DE3Config(
@@ -99,7 +99,7 @@ def test_encoder_rejects_empty_or_overlong_clips():
         enc(torch.randn(2, 6, 4), torch.tensor([6, 0]))
     with pytest.raises(ValueError, match="1..6"):
         enc(torch.randn(2, 6, 4), torch.tensor([7, 3]))
-    with pytest.raises(ValueError, match="unknown encoder"):
+    with pytest.raises(ValueError, match="unknown sequence encoder"):
         build_encoder("lstm", 4)
 
 
@@ -266,7 +266,7 @@ def test_config_is_validated():
         DE3Config(10, 0, 10, 2)
     with pytest.raises(ValueError, match="d_frames"):
         variant_config("sum", DE3Config(10, 12, 10, 2))
-    with pytest.raises(ValueError, match="unknown DE-III variant"):
+    with pytest.raises(ValueError, match="unknown model variant"):
         variant_config("ife_fusion", BASE)
     assert DE3Config.from_dict(BASE.to_dict()) == BASE
     with pytest.raises(ValueError, match="unknown DE3Config fields"):

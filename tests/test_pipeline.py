@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import SMALL_CORPUS, small_index
 
-from extract.errors import CacheMismatchError
-from extract.pipeline import run_extraction
-from extract.store import DONE, FAILED, open_root
+from aver.errors import CacheMismatchError
+from aver.extract.pipeline import run_extraction
+from aver.layout import DONE, FAILED, open_root
 
 PER_CLIP = [
     "clips/status",
@@ -86,7 +86,7 @@ def test_end_to_end_extraction(extracted_store):
 
 @pytest.mark.slow
 def test_rerun_skips_and_other_config_is_refused(extracted_store, small_corpus, tiny_config):
-    from extract.config import apply_overrides
+    from aver.overrides import apply_overrides
 
     summary = run_extraction(tiny_config, small_index(small_corpus), extracted_store, progress=False)
     assert summary.skipped == 6 and summary.done == 0
@@ -100,7 +100,7 @@ def _cli(store: str, corpus: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "extract.cli",
+        "aver",
         "extract",
         "--dataset",
         "synthetic",
@@ -165,7 +165,7 @@ def test_kill_and_resume_gives_the_same_arrays(extracted_store, small_corpus, tm
 def test_bad_inputs_are_recorded_and_good_clips_survive(small_corpus, tiny_config, tmp_path):
     import media_fixtures as mf
 
-    from extract.datasets import DatasetOptions, load_dataset
+    from aver.extract.datasets import DatasetOptions, load_dataset
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -237,7 +237,7 @@ def test_paper_preset_offline_names_every_missing_weight(tmp_path):
         [
             sys.executable,
             "-m",
-            "extract.cli",
+            "aver",
             "extract",
             "--dataset",
             "synthetic",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.plots import DPI, plot_attention, plot_confusion, plot_learning_curves
+from aver.train.plots import DPI, plot_attention, plot_confusion, plot_learning_curves
 
 
 def _open(path) -> Image.Image:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from extract.datasets.base import ClipRecord, DatasetIndex
-from extract.datasets.folds import round_robin_groups, speaker_folds
-from extract.errors import CacheMismatchError
-from extract.store import DONE, FAILED, PENDING, CacheWriter, Capacity, ClipResult, open_root
+from aver.errors import CacheMismatchError
+from aver.extract.datasets.base import ClipRecord, DatasetIndex
+from aver.folds import round_robin_groups, speaker_folds
+from aver.layout import DONE, FAILED, PENDING, open_root
+from aver.store import CacheWriter, Capacity, ClipResult
 
 DIMS = {"image": 8, "audio": 4, "audio_layers": 2, "audio_rate_hz": 50.0}
 
@@ -51,7 +52,7 @@ def _result(t=5, seed=0):
 def test_template_commit_and_failure(tmp_path, scheme):
     url = str(tmp_path / "toy.zarr") if scheme == "file" else f"memory://{tmp_path.name}/toy.zarr"
     index = _index()
-    w = CacheWriter.create_or_open(url, index, _attrs(), Capacity(frames=7, audio=16), DIMS)
+    w = CacheWriter.create_or_open(url, index.table(), _attrs(), Capacity(frames=7, audio=16), DIMS)
     assert (w.status() == PENDING).all()
     r = _result()
     w.write_clip(2, r)
@@ -70,7 +71,7 @@ def test_template_commit_and_failure(tmp_path, scheme):
 
 def test_rewriting_a_clip_is_idempotent(tmp_path):
     url = str(tmp_path / "toy.zarr")
-    w = CacheWriter.create_or_open(url, _index(), _attrs(), Capacity(7, 16), DIMS)
+    w = CacheWriter.create_or_open(url, _index().table(), _attrs(), Capacity(7, 16), DIMS)
     w.write_clip(0, _result(seed=1))
     first = open_root(url, "r")["audio/features"][0]
     w.write_clip(0, _result(seed=1))
@@ -79,7 +80,7 @@ def test_rewriting_a_clip_is_idempotent(tmp_path):
 
 def test_failure_after_partial_write_resets_data(tmp_path):
     url = str(tmp_path / "toy.zarr")
-    w = CacheWriter.create_or_open(url, _index(), _attrs(), Capacity(7, 16), DIMS)
+    w = CacheWriter.create_or_open(url, _index().table(), _attrs(), Capacity(7, 16), DIMS)
     w.write_clip(1, _result())
     w.write_failure(1, "boom")
     g = open_root(url, "r")
@@ -88,17 +89,19 @@ def test_failure_after_partial_write_resets_data(tmp_path):
 
 def test_reopen_with_other_config_is_refused(tmp_path):
     url = str(tmp_path / "toy.zarr")
-    CacheWriter.create_or_open(url, _index(), _attrs("h1"), Capacity(7, 16), DIMS)
-    CacheWriter.create_or_open(url, _index(), _attrs("h1"), Capacity(7, 16), DIMS)  # same: fine
+    CacheWriter.create_or_open(url, _index().table(), _attrs("h1"), Capacity(7, 16), DIMS)
+    CacheWriter.create_or_open(url, _index().table(), _attrs("h1"), Capacity(7, 16), DIMS)  # same: fine
     with pytest.raises(CacheMismatchError, match="--overwrite"):
-        CacheWriter.create_or_open(url, _index(), _attrs("h2"), Capacity(7, 16), DIMS)
+        CacheWriter.create_or_open(url, _index().table(), _attrs("h2"), Capacity(7, 16), DIMS)
     with pytest.raises(CacheMismatchError, match="clips"):
-        CacheWriter.create_or_open(url, _index(5), _attrs("h1"), Capacity(7, 16), DIMS)
-    w = CacheWriter.create_or_open(url, _index(), _attrs("h2"), Capacity(7, 16), DIMS, overwrite=True)
+        CacheWriter.create_or_open(url, _index(5).table(), _attrs("h1"), Capacity(7, 16), DIMS)
+    w = CacheWriter.create_or_open(url, _index().table(), _attrs("h2"), Capacity(7, 16), DIMS, overwrite=True)
     assert w.group.attrs["aver"]["config_hash"] == "h2"
 
 
 def test_capacity_is_enforced(tmp_path):
-    w = CacheWriter.create_or_open(str(tmp_path / "t.zarr"), _index(), _attrs(), Capacity(3, 16), DIMS)
+    w = CacheWriter.create_or_open(
+        str(tmp_path / "t.zarr"), _index().table(), _attrs(), Capacity(3, 16), DIMS
+    )
     with pytest.raises(ValueError, match="capacity"):
         w.write_clip(0, _result(t=5))

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from extract.media import iter_video_frames, load_audio, probe_video
-from extract.synthetic import (
+from aver.extract.media import iter_video_frames, load_audio, probe_video
+from aver.extract.synthetic import (
     MANIFEST,
     RAVDESS_EMOTIONS,
     SyntheticSpec,

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from feature_caches import make_feature_cache
 
-from train.checkpoint import CheckpointError
-from train.config import preset_train_config
-from train.run import evaluate_run, summarise_folds, train_fold
+from aver.errors import CheckpointError
+from aver.testing import build_feature_cache as make_feature_cache
+from aver.train import evaluate_run, train_fold
+from aver.train.api import summarise_folds
+from aver.train.config import make_config
 
 TINY_MODEL = {"d_model": 16, "d_hidden": 24, "n_heads": 2, "head_hidden": 16, "conv_kernel": 3}
 
@@ -21,10 +22,9 @@ def toy_cache(tmp_path_factory) -> str:
     return make_feature_cache(str(tmp_path_factory.mktemp("toy") / "toy.zarr"))
 
 
-def _cfg(cache: str, out: Path, **kw):
+def _cfg(cache: str, out: Path, model: dict = TINY_MODEL, **kw):
     kw.setdefault("epochs", 3)
-    kw.setdefault("model", TINY_MODEL)
-    return preset_train_config("tiny", cache=cache, out=str(out), **kw)
+    return make_config("tiny", {f"model.{k}": v for k, v in model.items()}, cache=cache, out=str(out), **kw)
 
 
 def test_tiny_train_writes_a_complete_run(toy_cache, tmp_path):
@@ -108,12 +108,12 @@ def test_summarise_folds():
 
 
 def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
-    """`aver cv` over two folds, then `aver evaluate` of one fold; another cache is refused (exit 2)."""
+    """`aver cv` over two folds, then `aver evaluate` of one fold; another cache is refused (exit 5)."""
     import subprocess
     import sys
 
-    model = [f"--model={k}={v}" for k, v in TINY_MODEL.items()]
-    base = [sys.executable, "-m", "extract.cli"]
+    model = [f"--set=model.{k}={v}" for k, v in TINY_MODEL.items()]
+    base = [sys.executable, "-m", "aver"]
     cv = subprocess.run(
         [
             *base,
@@ -152,4 +152,4 @@ def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
         text=True,
         timeout=300,
     )
-    assert bad.returncode == 2 and "config_hash" in bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 5 and "config_hash" in bad.stderr, bad.stderr[-2000:]

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from train.cache import CacheError, FeatureCache
+from aver.cache import FeatureCache
+from aver.errors import CacheError
 
 
 @pytest.mark.slow
@@ -31,5 +32,8 @@ def test_missing_cache_is_a_clear_error(tmp_path):
 
 
 def test_train_never_imports_extract():
-    code = "import sys, train.cache; assert not any(m == 'extract' or m.startswith('extract.') for m in sys.modules)"
+    code = (
+        "import sys, aver.train.recipe, aver.train.report, aver.train.api, aver.cache; "
+        "assert not any(m.startswith('aver.extract') for m in sys.modules), sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,21 @@
-"""aver stage two: train and evaluate models on a feature cache.
+"""aver stage two (``aver.train``): train and evaluate models on a feature cache.
 
-Reads caches only through what ``cache_layout.md`` specifies and never imports ``extract``.
+Needs only the base install (torch, zarr, numpy, safetensors, matplotlib). Reads caches only
+through ``aver.cache.FeatureCache`` and never imports ``aver.extract``: a teammate with only a
+cache needs none of the extraction stack.
+
+Start reading at ``recipe.py`` (setup -> fit -> report). Library entry points:
+``aver.train.train_fold``, ``aver.train.cross_validate``, ``aver.train.evaluate_run``.
 """
+
+from typing import Any
+
+__all__ = ["cross_validate", "evaluate_run", "train_fold"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

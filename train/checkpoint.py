@@ -8,28 +8,14 @@ state adds ``last.safetensors`` (model, optimiser tensors, RNG state) and ``trai
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the cache or the configuration it is used with."""
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def _atomic_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_suffix(".tmp.safetensors")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+from aver.errors import CheckpointError
+from aver.utils import atomic_write_json, save_safetensors
 
 
 def cache_identity(meta: dict[str, Any]) -> dict[str, Any]:
@@ -57,13 +43,12 @@ def check_cache(saved: dict[str, Any], meta: dict[str, Any], url: str, what: str
 
 def save_model(folder: Path, model: torch.nn.Module, info: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_tensors(folder / "model.safetensors", model.state_dict())
-    _atomic_json(folder / "checkpoint.json", info)
+    save_safetensors(model.state_dict(), folder / "model.safetensors")
+    atomic_write_json(folder / "checkpoint.json", info)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_tensors(path, tensors)
+    save_safetensors(tensors, path)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -74,8 +59,11 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = folder / "model.safetensors"
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {folder} (expected model.safetensors and checkpoint.json)")
+    if not path.exists() or not (folder / "checkpoint.json").exists():
+        raise CheckpointError(
+            f"no checkpoint at {folder} (expected model.safetensors and checkpoint.json): "
+            "is this a run folder written by `aver train`?"
+        )
     return load_file(str(path)), json.loads((folder / "checkpoint.json").read_text())
 
 
@@ -95,8 +83,8 @@ def save_state(
             else:
                 opt_meta["state"][str(pid)][name] = value
     tensors["rng.torch"] = torch.get_rng_state()
-    _atomic_tensors(folder / "last.safetensors", tensors)
-    _atomic_json(folder / "trainer_state.json", {**state, "optimizer": opt_meta})
+    save_safetensors(tensors, folder / "last.safetensors")
+    atomic_write_json(folder / "trainer_state.json", {**state, "optimizer": opt_meta})
 
 
 def load_state(

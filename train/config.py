@@ -1,25 +1,32 @@
-"""Training configuration: one dataclass, resolved from a preset, stored in every run and checkpoint."""
+"""Training configuration: one dataclass, resolved from a preset, stored in every run and checkpoint.
+
+``make_config(preset, cache=..., overrides=...)`` is the only way a config is made: the preset's
+values, then explicit fields, then ``--set key=value`` overrides (``aver.overrides``), validated
+in ``TrainConfig.__post_init__`` (a ``ConfigError`` before any work is done).
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data import DataConfig
+from aver.errors import ConfigError
+from aver.overrides import apply_overrides, from_dict
+from aver.registry import Registry, unknown_choice
+from aver.utils import check_device
 
-HEADS = ("video", "audio", "fusion")
+from .data import DataConfig
+from .heads import HEADS
+
+# Model fields a cache decides (feature widths, number of outputs): never user overrides.
+_FROM_CACHE = ("d_frames", "d_flow", "d_audio", "n_outputs")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. ``model`` overrides fields of the model config (``DE3Config``).
-
-    Presets (``TRAIN_PRESETS``): ``paper`` = the paper's hyper-parameters (AdamW lr 5e-6, weight
-    decay 5e-2, up to 20 epochs, Conformer 512-d / 8 heads / 3-3-2 blocks, 1408-d outputs, MLP
-    heads 512); ``tiny`` = a small model with a larger learning rate, for tests and the demo.
-    """
+    """Everything a run needs. ``model`` overrides fields of the model config (``DE3Config``)."""
 
     cache: str
     fold: int = 1
@@ -33,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    head: str = "best"  # head reported on test: best on validation, or video | audio | fusion
+    head: str = "best"  # head reported on test: best on validation, or a name in HEADS
     resume: bool = True  # continue from <out>/checkpoint/last.* when present
     grad_clip: float = 1.0
     model: dict[str, Any] = field(default_factory=dict)
@@ -41,33 +48,46 @@ class TrainConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .models.de3 import DE3Config
+        from .models.variants import VARIANTS
+
         if isinstance(self.data, dict):
-            self.data = DataConfig(**self.data)
+            self.data = from_dict(DataConfig, self.data)
         if self.fold < 1:
-            raise ValueError("fold counts from 1")
+            raise ConfigError(f"folds count from 1 (as the papers do), not {self.fold}")
         if self.epochs < 1 or self.patience < 1:
-            raise ValueError("epochs and patience must be >= 1")
+            raise ConfigError("epochs and patience must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0 and weight_decay >= 0")
-        if self.head not in ("best", *HEADS):
-            raise ValueError(f"head must be best, video, audio or fusion, not {self.head!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be cpu or cuda[:N], not {self.device!r}")
+            raise ConfigError("lr must be > 0 and weight_decay >= 0")
+        VARIANTS.check(self.variant)
+        TRAIN_PRESETS.check(self.preset)
+        if self.head != "best":
+            HEADS.check(self.head)
+        check_device(self.device)
+        known = [f.name for f in dataclasses.fields(DE3Config) if f.name not in _FROM_CACHE]
+        for key in self.model:
+            if key not in known:
+                raise ConfigError("--set model.KEY: " + unknown_choice("model key", key, known))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**d)
+        return from_dict(cls, d)
 
 
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"lr": 5e-6, "weight_decay": 5e-2, "epochs": 20, "model": {}},
-    "tiny": {
+TRAIN_PRESETS: Registry[dict[str, Any]] = Registry("training preset")
+TRAIN_PRESETS.add(
+    "paper",
+    # The paper's hyper-parameters: AdamW lr 5e-6, weight decay 5e-2, up to 20 epochs; the model's
+    # defaults are the paper's (Conformer 512-d, 8 heads, 3/3/2 blocks, 1408-d outputs, MLP heads 512).
+    {"lr": 5e-6, "weight_decay": 5e-2, "epochs": 20, "model": {}},
+)
+TRAIN_PRESETS.add(
+    "tiny",
+    # A small model with a larger learning rate: tests and the demo (minutes on a CPU).
+    {
         "lr": 1e-3,
         "weight_decay": 1e-2,
         "epochs": 25,
@@ -85,23 +105,16 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         },
         "data": {"batch_size": 8},
     },
-}
+)
 
 
-def preset_train_config(preset: str, **overrides: Any) -> TrainConfig:
-    """A ``TrainConfig`` from a preset plus explicit overrides (``None`` values are ignored)."""
-    if preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    base = dict(TRAIN_PRESETS[preset])
-    data = dict(base.pop("data", {}))
-    model = dict(base.pop("model", {}))
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "data":
-            data.update(value)
-        elif key == "model":
-            model.update(value)
-        else:
-            base[key] = value
-    return TrainConfig(preset=preset, model=model, data=DataConfig(**data), **base)
+def make_config(
+    preset: str = "paper", overrides: dict[str, Any] | list[str] | None = None, **fields: Any
+) -> TrainConfig:
+    """Preset ``preset``, then ``fields`` (``None`` values ignored), then dotted ``overrides``
+    (``{"model.d_model": 64}`` or ``["data.batch_size=8"]``)."""
+    base = copy.deepcopy(TRAIN_PRESETS.get(preset))
+    base.update({k: v for k, v in fields.items() if v is not None}, preset=preset)
+    if "cache" not in base:
+        raise ConfigError("a training config needs the cache it trains on")
+    return apply_overrides(from_dict(TrainConfig, base), overrides or {})

@@ -1,7 +1,7 @@
 """Clips from a cache as padded tensors: audio fragments, length-bucketed batches, collation.
 
 Everything the model sees comes from the cache (``cache_layout.md``); nothing here imports
-``extract``. Clips are read once per process with bulk Zarr reads and kept in memory as float16.
+``aver.extract``. Clips are read once per process with bulk Zarr reads and kept in memory as float16.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cache import FeatureCache
+from aver.cache import FeatureCache
+from aver.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.audio_window < 1 or self.audio_hop < 1:
-            raise ValueError("audio_window and audio_hop must be >= 1")
+            raise ConfigError("data.audio_window and data.audio_hop must be >= 1")
         if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+            raise ConfigError("data.batch_size must be >= 1")
 
 
 @dataclass
@@ -72,25 +73,21 @@ def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None
 def load_clips(
     cache: FeatureCache, indices: np.ndarray, cfg: DataConfig, chunk: int = 64
 ) -> list[ClipTensors]:
-    """Read ``indices`` (committed clips) with bulk reads, ``chunk`` clips at a time."""
-    g = cache.group
+    """Committed clips ``indices`` as tensors (sorted by cache row), read ``chunk`` clips at a time
+    through ``FeatureCache.read_features`` (one bulk read per array and chunk)."""
     out: list[ClipTensors] = []
     order = np.sort(np.asarray(indices, dtype=np.int64))
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
-        nf, npf, na = (cache.lengths[k][idx] for k in ("frames", "flow", "audio"))
-        sel = (idx.tolist(),)
-        frames = g["frames/features"].get_orthogonal_selection(sel + (slice(0, int(nf.max())),))
-        flow = g["flow/features"].get_orthogonal_selection(sel + (slice(0, max(int(npf.max()), 1)),))
-        audio = g["audio/features"].get_orthogonal_selection(sel + (slice(0, int(na.max())),))
+        feats = cache.read_features(idx)
         for k, i in enumerate(idx):
-            frag = audio_fragments(audio[k, : na[k]], cfg.audio_window, cfg.audio_hop, cfg.audio_layer)
+            frag = audio_fragments(feats["audio"][k], cfg.audio_window, cfg.audio_hop, cfg.audio_layer)
             out.append(
                 ClipTensors(
                     index=int(i),
                     clip_id=str(cache.ids[i]),
-                    frames=torch.from_numpy(np.ascontiguousarray(frames[k, : nf[k]])),
-                    flow=torch.from_numpy(np.ascontiguousarray(flow[k, : npf[k]])),
+                    frames=torch.from_numpy(feats["frames"][k]),
+                    flow=torch.from_numpy(feats["flow"][k]),
                     audio=torch.from_numpy(frag.astype(np.float16)),
                     label=int(cache.labels[i]),
                     targets=torch.from_numpy(cache.targets[i].astype(np.float32)),

@@ -7,12 +7,12 @@ dominance) use 1 - CCC, the concordance correlation coefficient of paper equatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-# Head name -> key of its output in a model's output dict. The order is the paper's: L_V, L_A, L_F.
-HEADS: dict[str, str] = {"video": "logits_video", "audio": "logits_audio", "fusion": "logits_fusion"}
-TASKS = ("classification", "regression")
+from aver.train.heads import HEADS, output_key
 
 
 def _ccc_columns(pred: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
@@ -102,29 +102,10 @@ def classification_loss(
     return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
 
 
-def head_loss(
-    output: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """The loss of one head: cross-entropy for "classification", mean 1 - CCC for "regression".
-
-    Args:
-        output: logits [N, C] (classification) or predictions [N, K] (regression).
-        targets: int64 labels [N] (classification) or float targets [N, K] (regression).
-        task: "classification" or "regression".
-        label_smoothing: classification only.
-    """
-    if task == "classification":
-        return classification_loss(output, targets, label_smoothing)
-    if task == "regression":
-        return ccc_loss(output, targets)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-
-
 def total_loss(
     outputs: dict[str, torch.Tensor | None],
     targets: torch.Tensor,
-    task: str,
-    label_smoothing: float = 0.0,
+    head_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DE-III objective: L = L_V + L_A + L_F, the sum of the heads' losses (paper section 3.4).
 
@@ -137,23 +118,18 @@ def total_loss(
         outputs: model outputs; ``logits_video``, ``logits_audio``, ``logits_fusion`` each [N, C] logits
             (classification) or [N, K] predictions (regression).
         targets: int64 [N] class indices, or float [N, K] continuous targets.
-        task: "classification" or "regression".
-        label_smoothing: classification only.
+        head_loss: the task's loss of one head (``Task.head_loss``): cross-entropy or 1 - CCC.
 
     Returns:
         ``(total, per_head)``: the scalar objective (differentiable) and ``{head: loss}`` for the heads
         present, detached (for logging; summing them gives ``total``).
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    known = set(HEADS.values())
+    known = {output_key(h) for h in HEADS}
     unknown = sorted(k for k in outputs if k.startswith("logits_") and k not in known)
     if unknown:
         raise ValueError(f"unknown head outputs {unknown}; the heads are {sorted(known)}")
     losses = {
-        head: head_loss(outputs[key], targets, task, label_smoothing)
-        for head, key in HEADS.items()
-        if outputs.get(key) is not None
+        h: head_loss(outputs[output_key(h)], targets) for h in HEADS if outputs.get(output_key(h)) is not None
     }
     if not losses:
         raise ValueError(f"no head outputs to train on: expected at least one of {sorted(known)}")

@@ -54,6 +54,17 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
     return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
+def _class_names(n_classes: int, class_names: Sequence[str] | None) -> list[str]:
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    names = [str(i) for i in range(n_classes)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
+    if len(set(names)) != n_classes:
+        raise ValueError(f"class names must be unique, got {names}")
+    return names
+
+
 def classification_metrics(
     y_true: Any, y_pred: Any, n_classes: int, class_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -78,13 +89,7 @@ def classification_metrics(
         (int), ``confusion_matrix`` (list of C lists of int; rows true, columns predicted) and
         ``class_names``.
     """
-    if n_classes < 1:
-        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-    names = [str(i) for i in range(n_classes)] if class_names is None else [str(c) for c in class_names]
-    if len(names) != n_classes:
-        raise ValueError(f"{len(names)} class names for {n_classes} classes")
-    if len(set(names)) != n_classes:
-        raise ValueError(f"class names must be unique, got {names}")
+    names = _class_names(n_classes, class_names)
     cm = confusion_matrix(y_true, y_pred, n_classes)
     n = int(cm.sum())
     if n == 0:

@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import Registry
-
-# Split codes stored in folds/split (see cache_layout.md).
-TRAIN, VALIDATION, TEST, UNUSED = 0, 1, 2, -1
-SPLIT_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test", UNUSED: "unused"}
+from aver.errors import ConfigError
+from aver.registry import Registry
+from aver.store import ClipTable
 
 
 @dataclass
@@ -42,6 +40,10 @@ class DatasetOptions:
     n_folds: int = 5
     options: dict = field(default_factory=dict)  # adapter-specific (--dataset-option key=value)
 
+    def __post_init__(self) -> None:
+        self.data = Path(self.data) if self.data else None
+        self.labels = Path(self.labels) if self.labels else None
+
 
 @dataclass
 class DatasetIndex:
@@ -66,14 +68,37 @@ class DatasetIndex:
                 f"dataset {self.name!r}: folds cover {self.folds.shape[1]} clips, not {len(self.clips)}"
             )
 
+    def table(self) -> ClipTable:
+        """The clip table the store writer takes (video paths relative to ``root``)."""
+        n = len(self.clips)
+        return ClipTable(
+            ids=[c.clip_id for c in self.clips],
+            speakers=[c.speaker for c in self.clips],
+            videos=[_relative(c.video, self.root) for c in self.clips],
+            labels=np.array([c.label for c in self.clips], dtype=np.int16),
+            targets=np.array([c.targets for c in self.clips], dtype=np.float32).reshape(n, len(self.targets)),
+            folds=self.folds,
+            classes=list(self.classes),
+            target_names=list(self.targets),
+            folds_source=self.folds_source,
+        )
+
+
+def _relative(path: str, root: str) -> str:
+    import os
+
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
 
 DATASETS: Registry = Registry("dataset")
 
 
 def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:
     """The raw-data folder, or a ConfigError saying how to give it."""
-    from ..errors import ConfigError
-
     if path is None:
         raise ConfigError(
             f"dataset {dataset!r} needs its raw data folder: pass --data DIR (make: {what}=DIR)"
@@ -82,3 +107,33 @@ def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:
     if not path.is_dir():
         raise ConfigError(f"dataset {dataset!r}: data folder {path} does not exist or is not a folder")
     return path
+
+
+def finish_index(
+    name: str,
+    root: str | Path,
+    clips: list[ClipRecord],
+    opts: DatasetOptions,
+    *,
+    classes: list[str] | None = None,
+    targets: list[str] | None = None,
+    notes: list[str] | None = None,
+    groups: list[list[str]] | None = None,
+    groups_name: str = "",
+) -> DatasetIndex:
+    """The end of every adapter: apply the one fold policy (``folds.choose_folds``) and build the index."""
+    from .folds import choose_folds
+
+    folds, source = choose_folds(
+        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds, groups, groups_name
+    )
+    return DatasetIndex(
+        name,
+        str(root),
+        clips,
+        classes=list(classes or []),
+        targets=list(targets or []),
+        folds=folds,
+        folds_source=source,
+        notes=list(notes or []),
+    )

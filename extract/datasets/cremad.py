@@ -9,9 +9,9 @@ end as recorded failures like any other unreadable clip.
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
-from .folds import choose_folds
+from aver.errors import ConfigError
+
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, require_dir
 
 CREMAD_CODES = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 CREMAD_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad"]
@@ -45,15 +45,4 @@ def cremad(opts: DatasetOptions) -> DatasetIndex:
     no_wav = sum(c.audio is None for c in clips)
     if no_wav:
         notes.append(f"{no_wav} clips have no AudioWAV/<id>.wav; their audio is read from the .flv")
-    folds, source = choose_folds(
-        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds
-    )
-    return DatasetIndex(
-        "cremad",
-        str(root),
-        clips,
-        classes=list(CREMAD_CLASSES),
-        folds=folds,
-        folds_source=source,
-        notes=notes,
-    )
+    return finish_index("cremad", root, clips, opts, classes=CREMAD_CLASSES, notes=notes)

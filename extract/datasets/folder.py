@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..errors import ConfigError
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions
-from .folds import choose_folds
+from aver.errors import ConfigError
+
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -60,15 +60,4 @@ def folder(opts: DatasetOptions) -> DatasetIndex:
         )
     if not clips:
         raise ConfigError(f"{csv_path}: the clip table has no rows")
-    folds, source = choose_folds(
-        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds
-    )
-    return DatasetIndex(
-        "folder",
-        str(base),
-        clips,
-        classes=classes,
-        targets=list(opts.targets),
-        folds=folds,
-        folds_source=source,
-    )
+    return finish_index("folder", base, clips, opts, classes=classes, targets=list(opts.targets))

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from .base import TEST, TRAIN, UNUSED, VALIDATION
+from aver.errors import ConfigError
+from aver.folds import round_robin_groups, speaker_folds
+from aver.layout import TEST, TRAIN, UNUSED, VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +31,6 @@ _SPLITS = {
     "validation": VALIDATION,
     "test": TEST,
 }
-
-
-def round_robin_groups(speakers: list[str], n_folds: int) -> list[list[str]]:
-    """Sorted unique speakers dealt into ``n_folds`` groups: speaker i goes to group i mod n."""
-    unique = sorted(set(speakers))
-    if len(unique) < 3:
-        raise ConfigError(f"speaker-independent folds need at least 3 speakers; found {len(unique)}")
-    n = min(n_folds, len(unique))
-    return [unique[i::n] for i in range(n)]
-
-
-def speaker_folds(speakers: list[str], groups: list[list[str]]) -> np.ndarray:
-    """Fold table ``int8 [n_folds, N]`` from speaker groups (test = k, validation = k + 1)."""
-    n = len(groups)
-    where = {s: g for g, members in enumerate(groups) for s in members}
-    missing = sorted({s for s in speakers if s not in where})
-    if missing:
-        raise ConfigError(f"speakers {missing[:5]} belong to no fold group")
-    group_of = np.array([where[s] for s in speakers], dtype=np.int64)
-    table = np.full((n, len(speakers)), TRAIN, dtype=np.int8)
-    for k in range(n):
-        table[k, group_of == k] = TEST
-        table[k, group_of == (k + 1) % n] = VALIDATION
-    return table
 
 
 def expand_fold_files(spec: str) -> list[Path]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..errors import ConfigError
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
-from .folds import choose_folds
+from aver.errors import ConfigError
+
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, require_dir
 
 TARGET_COLUMNS = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".flv")
@@ -71,15 +71,4 @@ def mspimprov(opts: DatasetOptions) -> DatasetIndex:
     notes = (
         [f"{len(missing)} labelled files have no video under {root} (e.g. {missing[:3]})"] if missing else []
     )
-    folds, source = choose_folds(
-        [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds
-    )
-    return DatasetIndex(
-        "mspimprov",
-        str(root),
-        clips,
-        targets=list(TARGET_COLUMNS),
-        folds=folds,
-        folds_source=source,
-        notes=notes,
-    )
+    return finish_index("mspimprov", root, clips, opts, targets=list(TARGET_COLUMNS), notes=notes)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import ConfigError
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, require_dir
-from .folds import choose_folds
+from aver.errors import ConfigError
+
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, require_dir
 
 RAVDESS_CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+RAVDESS_EMOTIONS: dict[int, str] = dict(enumerate(RAVDESS_CLASSES, start=1))  # file-name code -> name
 RAVDESS_GROUPS = [
     [2, 5, 14, 15, 16],
     [3, 6, 7, 13, 18],
@@ -59,17 +60,6 @@ def scan_ravdess(root: Path, classes: list[str]) -> tuple[list[ClipRecord], list
     return clips, notes
 
 
-def _folds(clips: list[ClipRecord], opts: DatasetOptions, groups: list[list[str]] | None):
-    return choose_folds(
-        [c.clip_id for c in clips],
-        [c.speaker for c in clips],
-        opts.folds,
-        opts.n_folds,
-        groups,
-        "ravdess-mmer-5fold",
-    )
-
-
 @DATASETS.register("ravdess")
 def ravdess(opts: DatasetOptions) -> DatasetIndex:
     root = require_dir(opts.data, "ravdess")
@@ -82,15 +72,15 @@ def ravdess(opts: DatasetOptions) -> DatasetIndex:
     groups = [[f"{a:02d}" for a in g] for g in RAVDESS_GROUPS]
     if not actors <= {s for g in groups for s in g}:
         groups = None  # actors outside 1..24: fall back to a generated split
-    folds, source = _folds(clips, opts, groups)
-    return DatasetIndex(
+    return finish_index(
         "ravdess",
-        str(root),
+        root,
         clips,
-        classes=list(RAVDESS_CLASSES),
-        folds=folds,
-        folds_source=source,
+        opts,
+        classes=RAVDESS_CLASSES,
         notes=notes,
+        groups=groups,
+        groups_name="ravdess-mmer-5fold",
     )
 
 
@@ -113,7 +103,4 @@ def synthetic(opts: DatasetOptions) -> DatasetIndex:
     generate_corpus(root, spec)
     classes = list(spec.emotions)
     clips, notes = scan_ravdess(root, classes)
-    folds, source = _folds(clips, opts, None)
-    return DatasetIndex(
-        "synthetic", str(root), clips, classes=classes, folds=folds, folds_source=source, notes=notes
-    )
+    return finish_index("synthetic", root, clips, opts, classes=classes, notes=notes)

@@ -1,7 +1,7 @@
 """Frozen feature encoders: a timm image backbone and a wav2vec2 audio model.
 
-Exports are resolved lazily so that ``import extract.encoders.weights`` (used by the trainer-side
-weight conversion) does not pull in timm or transformers.
+Exports are resolved lazily so that ``import aver.extract.encoders.weights`` (used by
+``aver convert-weights``) does not pull in timm or transformers.
 """
 
 from __future__ import annotations

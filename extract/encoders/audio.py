@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from aver.errors import ConfigError, MissingWeightsError
+from aver.utils import autocast
+
 from ..config import AudioEncoderConfig
-from ..errors import ConfigError, MissingWeightsError
 from .weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -139,10 +141,7 @@ class AudioEncoder:
         return length
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.amp:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return autocast(self.device, self.amp)
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
         """Encode one clip in one forward.

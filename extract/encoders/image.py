@@ -10,8 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aver.errors import ConfigError
+from aver.utils import autocast
+
 from ..config import ImageEncoderConfig
-from ..errors import ConfigError
 from .weights import load_state_dict, sha256_file, state_dict_sha256
 
 # Classifier parameters: the encoder is built with num_classes=0, so a checkpoint's head never fits.
@@ -131,10 +133,7 @@ class ImageEncoder:
         return int(self.model.num_features)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if not self.amp:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return autocast(self.device, self.amp)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8`` 0..255 or float 0..1 ``[B, 3, H, W]`` -> normalised float32 at ``input_size`` on device."""

@@ -12,26 +12,18 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, MissingWeightsError
+from aver.errors import ConfigError, MissingWeightsError
+from aver.utils import save_safetensors as _save
+from aver.utils import sha256_file
 
 # Keys under which training scripts commonly nest the real state_dict.
 _NEST_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _STRIP_PREFIXES = ("module.", "model.")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in ``chunk_bytes`` pieces so large checkpoints are not held in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -134,18 +126,4 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
     viewed weights), which safetensors refuses, are stored independently. The file is written to a
     temporary name in the same folder and renamed, so a concurrent reader never sees half a file.
     """
-    from safetensors.torch import save_file
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weight files are meant to be shared read-only
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return sha256_file(out)
+    return sha256_file(_save(state_dict, path))

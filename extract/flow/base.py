@@ -9,16 +9,16 @@ right), channel 1 vertical (y, down), and a point at ``(x, y)`` in ``prev`` move
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from aver.errors import ConfigError
+from aver.registry import Registry
+from aver.utils import autocast, sha256_file  # noqa: F401  (sha256_file: for the backends)
+
 from ..config import FlowConfig
-from ..errors import ConfigError
-from ..registry import Registry
 
 FLOW_BACKENDS: Registry = Registry("flow backend")
 
@@ -32,15 +32,6 @@ def check_pair(prev: torch.Tensor, nxt: torch.Tensor) -> None:
             raise ValueError(f"flow input {label} must be uint8 [B, 3, H, W], got {t.dtype} {tuple(t.shape)}")
     if prev.shape != nxt.shape:
         raise ValueError(f"flow inputs differ in shape: prev {tuple(prev.shape)} vs nxt {tuple(nxt.shape)}")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (weight files reach hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -96,10 +87,8 @@ class FlowBackend:
         raise NotImplementedError
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """CUDA float16 autocast when ``amp`` is on, otherwise a no-op context."""
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        """Mixed precision on CUDA when ``amp`` is on (``aver.utils.autocast``), else a no-op."""
+        return autocast(self.device, self.amp)
 
     def provenance(self) -> dict[str, Any]:
         """What made the numbers: backend, variant, weights, weights_sha256, n_params, notes."""

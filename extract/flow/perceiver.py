@@ -28,8 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from aver.errors import ConfigError, MissingWeightsError
+
 from ..config import FlowConfig
-from ..errors import ConfigError, MissingWeightsError
 from .base import FLOW_BACKENDS, FlowBackend, count_params, iter_chunks, sha256_file
 
 DEFAULT_HUB_ID = "deepmind/optical-flow-perceiver"

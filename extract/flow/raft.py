@@ -18,8 +18,9 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
+from aver.errors import ConfigError, MissingWeightsError
+
 from ..config import FlowConfig
-from ..errors import ConfigError, MissingWeightsError
 from .base import FLOW_BACKENDS, FlowBackend, count_params, pick_variant, sha256_file
 
 _ENUM_RE = re.compile(r"^(Raft_(Large|Small)_Weights)\.(\w+)$")

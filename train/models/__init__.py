@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from train.models.conformer import ENCODERS, ConformerEncoder, TransformerEncoder, build_encoder
-from train.models.de3 import DE3, HEADS, DE3Config, pair_frames_with_flow
-from train.models.variants import VARIANTS, create_model, variant_config
+from aver.train.models.conformer import ENCODERS, ConformerEncoder, TransformerEncoder, build_encoder
+from aver.train.models.de3 import DE3, DE3Config, pair_frames_with_flow
+from aver.train.models.variants import VARIANTS, create_model, variant_config
 
 __all__ = [
     "DE3",
     "ENCODERS",
-    "HEADS",
     "VARIANTS",
     "ConformerEncoder",
     "DE3Config",

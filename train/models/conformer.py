@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from aver.registry import Registry
+
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """Bool ``[B, max_len]``, True at padded rows (the ``key_padding_mask`` convention).
@@ -232,14 +234,11 @@ class TransformerEncoder(nn.Module):
 Encoder = ConformerEncoder | TransformerEncoder
 
 # registry key = config value (`DE3Config.encoder`) = CLI choice
-ENCODERS: dict[str, Callable[..., Encoder]] = {
-    "conformer": ConformerEncoder,
-    "transformer": TransformerEncoder,
-}
+ENCODERS: Registry[Callable[..., Encoder]] = Registry("sequence encoder")
+ENCODERS.add("conformer", ConformerEncoder)
+ENCODERS.add("transformer", TransformerEncoder)
 
 
 def build_encoder(kind: str, d_in: int, **kwargs) -> Encoder:
     """An encoder from ``ENCODERS`` by name; ``kwargs`` as ``ConformerEncoder`` takes them."""
-    if kind not in ENCODERS:
-        raise ValueError(f"unknown encoder {kind!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[kind](d_in, **kwargs)
+    return ENCODERS.get(kind)(d_in, **kwargs)

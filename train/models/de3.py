@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from train.models.conformer import ENCODERS, build_encoder, padding_mask, zero_padding
+from aver.registry import Registry
+from aver.train.models.conformer import ENCODERS, build_encoder, padding_mask, zero_padding
 
-HEADS = ("video", "audio", "fusion")
 # ife mode -> (V-cross: video attends to audio, A-cross: audio attends to video)
 IFE_MODES: dict[str, tuple[bool, bool]] = {
     "both": (True, True),
@@ -89,7 +89,7 @@ class DE3Config:
         }
         for name, choices in registries.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"DE3Config.{name}={getattr(self, name)!r}; choose one of {sorted(choices)}")
+                raise ValueError(f"DE3Config.{name}={getattr(self, name)!r}; choose one of {list(choices)}")
         if self.visual in ("temporal_concat", "sum") and self.d_frames != self.d_flow:
             raise ValueError(
                 f"visual={self.visual!r} puts frame and flow features in one sequence, so d_frames "
@@ -294,7 +294,8 @@ class EarlyFusion(nn.Module):
 
 
 # registry key = DE3Config.visual
-VISUAL_FRONTENDS = {
+VISUAL_FRONTENDS: Registry = Registry("visual front-end")
+for _name, _factory in {
     "pae": PAE,
     "frames": partial(SingleStream, stream="frames"),
     "flow": partial(SingleStream, stream="flow"),
@@ -302,7 +303,8 @@ VISUAL_FRONTENDS = {
     "channel_concat": partial(FusedInput, combine="channel_concat"),
     "sum": partial(FusedInput, combine="sum"),
     "early": EarlyFusion,
-}
+}.items():
+    VISUAL_FRONTENDS.add(_name, _factory)
 
 
 class InterModalAttention(nn.Module):
@@ -377,7 +379,7 @@ class DE3(nn.Module):
     def __init__(self, cfg: DE3Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.visual = VISUAL_FRONTENDS[cfg.visual](cfg)
+        self.visual = VISUAL_FRONTENDS.get(cfg.visual)(cfg)
         self.audio_encoder = _encoder(cfg, cfg.d_audio, cfg.blocks_audio, kind=cfg.encoder_audio)
         video_cross, audio_cross = IFE_MODES[cfg.ife]
         self.ife_video = InterModalAttention(cfg.d_hidden, cfg.dropout) if video_cross else None

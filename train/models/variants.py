@@ -1,6 +1,6 @@
 """The paper's ablations (Tables 2 and 3) as named DE-III configurations.
 
-``VARIANTS[name](base) -> DE3Config``: each variant sets every architectural switch it is about
+``VARIANTS.get(name)(base) -> DE3Config``: each variant sets every architectural switch it is about
 (``visual``, ``ife``, ``encoder``) from scratch and keeps the base's sizes, so applying a variant to
 another variant's config gives the same result as applying it to the default. Registry key = CLI
 choice = name stored with the run.
@@ -16,20 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from train.models.de3 import DE3, DE3Config
+from aver.registry import Registry
+from aver.train.models.de3 import DE3, DE3Config
 
 Variant = Callable[[DE3Config], DE3Config]
-VARIANTS: dict[str, Variant] = {}
-
-
-def register_variant(name: str) -> Callable[[Variant], Variant]:
-    def add(fn: Variant) -> Variant:
-        if name in VARIANTS:
-            raise ValueError(f"variant {name!r} is registered twice")
-        VARIANTS[name] = fn
-        return fn
-
-    return add
+VARIANTS: Registry[Variant] = Registry("model variant")
+register_variant = VARIANTS.register
 
 
 def _with(base: DE3Config, visual: str = "pae", ife: str = "both", encoder: str = "conformer") -> DE3Config:
@@ -127,11 +119,30 @@ def transformer(base: DE3Config) -> DE3Config:
 
 def variant_config(name: str, base: DE3Config) -> DE3Config:
     """The config of variant ``name`` built on ``base`` (which supplies dimensions and sizes)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown DE-III variant {name!r}; choose one of {sorted(VARIANTS)}")
-    return VARIANTS[name](base)
+    return VARIANTS.get(name)(base)
 
 
 def create_model(name: str, base: DE3Config) -> DE3:
     """A freshly initialised ``DE3`` for variant ``name``."""
     return DE3(variant_config(name, base))
+
+
+def build_model(variant: str, dims: dict, n_outputs: int, overrides: dict) -> tuple[DE3, dict]:
+    """The model of ``variant`` for a cache's feature sizes (``attrs.aver.dims``) and ``n_outputs``
+    classes or targets; ``overrides`` change other ``DE3Config`` fields. Returns (model, config dict)."""
+    import dataclasses
+
+    from aver.errors import ConfigError
+
+    try:
+        base = DE3Config(
+            d_frames=int(dims["image"]),
+            d_flow=int(dims["image"]),
+            d_audio=int(dims["audio"]),
+            n_outputs=n_outputs,
+            **overrides,
+        )
+        cfg = variant_config(variant, base)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model of variant {variant!r}: {e}") from e
+    return DE3(cfg), dataclasses.asdict(cfg)

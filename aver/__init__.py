@@ -1,0 +1,37 @@
+"""aver: audio-visual emotion recognition in two stages that meet only through a feature cache.
+
+- ``aver.extract`` (stage one, the ``[extract]`` extra): raw clips -> a Zarr feature cache.
+- ``aver.train`` (stage two, base install): a cache -> models, metrics and reports.
+- The kernel both stages import: ``aver.layout`` (the cache contract), ``aver.store`` (the one
+  writer), ``aver.cache`` (the one reader), ``aver.errors``, ``aver.registry``, ``aver.overrides``,
+  ``aver.utils``.
+
+The library API is imported lazily so that ``import aver`` (and ``aver --help``) stays instant::
+
+    aver.extract_dataset("ravdess", data="/data/RAVDESS", cache="caches", preset="paper")
+    aver.train_fold("caches/ravdess.zarr", fold=3, preset="paper")
+    aver.cross_validate("caches/ravdess.zarr", preset="paper")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.2.0"
+
+_API = {
+    "extract_dataset": "aver.extract.api",
+    "train_fold": "aver.train.api",
+    "cross_validate": "aver.train.api",
+    "evaluate_run": "aver.train.api",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'aver' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_API[name]), name)

@@ -1,0 +1,180 @@
+"""The one cache reader: everything stage two and ``aver info`` read goes through ``FeatureCache``.
+
+Opening a cache reads arrays and JSON only; nothing in it can execute code. Every array's shape
+and dtype is checked against ``aver.layout`` and the store's own attributes before anything is
+read, so an edited or damaged store is refused with the array named instead of being trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aver import layout as L
+from aver.errors import CacheError
+
+
+@dataclass
+class ClipFeatures:
+    """One clip's valid rows. T frames, P flow maps, A audio frames, L layers."""
+
+    clip_id: str
+    frames: np.ndarray  # float16 [T, D_img]
+    flow: np.ndarray  # float16 [P, D_img]
+    audio: np.ndarray  # float16 [A, L, D_audio]
+    label: int  # -1 when the corpus has no classes
+    targets: np.ndarray  # float32 [K] (empty when the corpus has no targets)
+
+
+class FeatureCache:
+    """A cache opened for reading: the clip table and folds in memory, features read on demand."""
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        import zarr
+
+        try:
+            self.group = L.open_root(url, "r", storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            raise CacheError(f"no cache at {url}: run `aver extract` first, or check the path/URL") from None
+        meta = self.group.attrs.get(L.ATTRS_KEY)
+        if not isinstance(meta, dict):
+            raise CacheError(f"{url} is a Zarr store but not an aver cache (no 'aver' attributes)")
+        version = meta.get("layout_version")
+        if version != L.LAYOUT_VERSION:
+            raise CacheError(
+                f"{url} has cache layout v{version}; this aver reads v{L.LAYOUT_VERSION}: "
+                "re-extract it with this aver (or read it with the aver that wrote it)"
+            )
+        self.url = url
+        self.meta: dict[str, Any] = meta
+        self._check_arrays()
+        g = self.group
+        self.ids = np.asarray(g[L.CLIP_ID][:])
+        self.speakers = np.asarray(g[L.SPEAKER][:])
+        self.labels = g[L.LABEL][:].astype(np.int64)
+        n = len(self.ids)
+        self.targets = g[L.TARGETS][:] if self._has(L.TARGETS) else np.zeros((n, 0), np.float32)
+        self.status = g[L.STATUS][:]
+        self.lengths = {k: g[name][:].astype(np.int64) for k, name in L.LENGTHS.items()}
+        self.folds = g[L.FOLD_SPLIT][:] if self._has(L.FOLD_SPLIT) else np.zeros((0, n), np.int8)
+        self._check_lengths()
+
+    # -- validation --------------------------------------------------------------------------
+    def _has(self, name: str) -> bool:
+        group, _, leaf = name.partition("/")
+        return group in self.group and leaf in self.group[group]
+
+    def _check_arrays(self) -> None:
+        """Every array present with the dtype and shape the layout and the attributes imply."""
+        try:
+            n = int(self.group[L.CLIP_ID].shape[0])
+            k = int(self.group[L.FOLD_SPLIT].shape[0]) if self._has(L.FOLD_SPLIT) else 0
+            sizes = L.sizes_from_meta(self.meta, n, k)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(
+                f"{self.url}: damaged cache: clip table or attributes unreadable ({e})"
+            ) from None
+        for name, spec in L.ARRAYS.items():
+            if not self._has(name):
+                if name in L.OPTIONAL:
+                    continue
+                raise CacheError(f"{self.url}: damaged cache: array {name} is missing")
+            arr = self.group[name]
+            want = spec.shape(sizes)
+            if tuple(arr.shape) != want:
+                raise CacheError(
+                    f"{self.url}: damaged cache: {name} has shape {tuple(arr.shape)}, expected {want} "
+                    "from the clip table and attrs.aver (dims, capacity)"
+                )
+            if spec.dtype != "str" and np.dtype(arr.dtype) != np.dtype(spec.dtype):
+                raise CacheError(f"{self.url}: damaged cache: {name} is {arr.dtype}, expected {spec.dtype}")
+
+    def _check_lengths(self) -> None:
+        cap = {"frames": self.meta["capacity"]["frames"], "flow": self.meta["capacity"]["frames"]}
+        cap["audio"] = self.meta["capacity"]["audio"]
+        for key, values in self.lengths.items():
+            bad = np.flatnonzero((values < 0) | (values > cap[key]))
+            if len(bad):
+                i = int(bad[0])
+                raise CacheError(
+                    f"{self.url}: damaged cache: clip {self.ids[i]} has {L.LENGTHS[key]} = {values[i]}, "
+                    f"outside 0..{cap[key]}"
+                )
+
+    # -- the clip table ----------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(self.meta.get("targets") or [])
+
+    @property
+    def dims(self) -> dict[str, Any]:
+        return dict(self.meta["dims"])
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.folds.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def check_fold(self, fold: int) -> None:
+        if not 1 <= fold <= self.n_folds:
+            raise CacheError(f"{self.url} has folds 1..{self.n_folds}; fold {fold} does not exist")
+
+    def split_indices(self, fold: int, split: str) -> np.ndarray:
+        """Indices of the committed clips of ``split`` in ``fold`` (1-based, as papers count)."""
+        self.check_fold(fold)
+        if split not in L.SPLITS:
+            raise CacheError(f"split must be one of {list(L.SPLITS)}, not {split!r}")
+        return np.flatnonzero((self.folds[fold - 1] == L.SPLITS[split]) & (self.status == L.DONE))
+
+    # -- features ----------------------------------------------------------------------------
+    def _require_done(self, indices: np.ndarray) -> None:
+        bad = [int(i) for i in indices if self.status[i] != L.DONE]
+        if bad:
+            raise CacheError(
+                f"clip {self.ids[bad[0]]} of {self.url} is not extracted "
+                f"({L.STATUS_NAMES.get(int(self.status[bad[0]]), 'unknown')})"
+            )
+
+    def read_features(self, indices: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """Valid rows of each modality for committed clips ``indices``, in one bulk read per array.
+
+        Returns ``{"frames": [float16 [T_i, D_img]], "flow": [[P_i, D_img]], "audio": [[A_i, L, D]]}``
+        in the order of ``indices``. Reads only up to the longest valid length among them.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        self._require_done(idx)
+        out: dict[str, list[np.ndarray]] = {key: [] for key in L.FEATURES}
+        if not len(idx):
+            return out
+        for key, name in L.FEATURES.items():
+            n = self.lengths[key][idx]
+            block = self.group[name].get_orthogonal_selection((idx.tolist(), slice(0, max(int(n.max()), 1))))
+            out[key] = [np.ascontiguousarray(block[k, : n[k]]) for k in range(len(idx))]
+        return out
+
+    def clip(self, i: int) -> ClipFeatures:
+        """The valid rows of clip ``i`` (a committed clip; others raise ``CacheError``)."""
+        feats = self.read_features(np.array([i]))
+        return ClipFeatures(
+            clip_id=str(self.ids[i]),
+            frames=feats["frames"][0],
+            flow=feats["flow"][0],
+            audio=feats["audio"][0],
+            label=int(self.labels[i]),
+            targets=self.targets[i],
+        )
+
+    def array(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Any layout array by name (``aver.layout``), whole or for ``rows`` of clips."""
+        if name not in L.ARRAYS or not self._has(name):
+            raise CacheError(f"{self.url} has no array {name!r}")
+        arr = self.group[name]
+        return arr[:] if rows is None else arr[rows]

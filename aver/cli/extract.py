@@ -1,0 +1,159 @@
+"""``aver extract`` and ``aver convert-weights`` (stage one; needs the ``[extract]`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from aver.registry import LazyChoices
+
+# CLI flag -> config field it overrides (the same as ``--set field=value``).
+FLAG_FIELDS = {
+    "device": "runtime.device",
+    "workers": "runtime.workers",
+    "scheduler": "runtime.scheduler",
+    "face_weights": "image.weights",
+    "audio_model": "audio.model",
+    "flow": "flow.backend",
+    "flow_variant": "flow.variant",
+    "flow_weights": "flow.weights",
+    "image_size": "image.input_size",
+    "max_seconds": "max_seconds",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("extract", help="extract a dataset into <cache>/<dataset>.zarr")
+    _data_args(p.add_argument_group("dataset and cache"))
+    _model_args(p.add_argument_group("models and weights"))
+    _run_args(p.add_argument_group("run"))
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser(
+        "convert-weights", help="re-save a weight file as safetensors (once, with --allow-pickle)"
+    )
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="the source is a pickled module (executes code)"
+    )
+    p.set_defaults(func=cmd_convert_weights)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """What to extract and where to: dataset, raw data, labels, folds, the cache."""
+    from . import kv_option
+
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME",
+        choices=LazyChoices("aver.extract.datasets", "DATASETS"),
+        help="dataset adapter: %(choices)s",
+    )
+    p.add_argument("--data", type=Path, help="raw dataset folder (synthetic: where the corpus is generated)")
+    p.add_argument(
+        "--cache", default="caches", help="cache folder or fsspec URL; the store is <cache>/<dataset>.zarr"
+    )
+    p.add_argument("--store", help="explicit store path/URL (overrides --cache)")
+    p.add_argument(
+        "--preset",
+        default="paper",
+        metavar="NAME",
+        choices=LazyChoices("aver.extract.presets", "PRESETS"),
+        help="extraction preset (%(choices)s): paper = the real models (default); tiny = small random models, tests and demo only",
+    )
+    p.add_argument("--labels", type=Path, help="labels CSV (mspimprov: VAVL labels; folder: the clip table)")
+    p.add_argument(
+        "--fold-files", help="VAVL partition CSVs: a pattern with {fold} or a comma-separated list"
+    )
+    kv_option(p, "--dataset-option", "adapter-specific option, e.g. synthetic n_actors=3")
+    p.add_argument("--targets", default="", help="folder: comma-separated continuous target columns")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The models and their weights (each flag is a shorthand for one ``--set`` field)."""
+    p.add_argument(
+        "--face-weights", help="EfficientNet-B2 face weights file (.safetensors, .pt state_dict, ...)"
+    )
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="permit unpickling weight files (executes code)"
+    )
+    p.add_argument("--audio-model", help="wav2vec2 hub id or local folder")
+    p.add_argument("--audio-layers", help="comma-separated hidden-state indices, e.g. -1 or 12,18,24")
+    p.add_argument(
+        "--flow",
+        metavar="NAME",
+        choices=LazyChoices("aver.extract.flow", "FLOW_BACKENDS"),
+        help="flow backend: %(choices)s",
+    )
+    p.add_argument("--flow-variant", help="raft: large|small; dis: ultrafast|fast|medium")
+    p.add_argument("--flow-weights", help="flow weights: raft file, perceiver hub id or folder")
+    p.add_argument("--image-size", type=int, help="EfficientNet input size (224 as the paper, 260 native)")
+    p.add_argument("--max-seconds", type=float, help="cut clips to this many seconds")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """How the run executes: device, workers, storage, overrides, resumption."""
+    from . import kv_option, set_option
+
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--workers", type=int, help="local Dask workers (0: this process)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler")
+    kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
+    set_option(p, "face.min_face_size=60")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store and start over")
+    p.add_argument("--retry-failed", action="store_true", help="retry clips recorded as failed")
+    p.add_argument("--limit", type=int, help="process at most this many pending clips")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def overrides_from_flags(args: argparse.Namespace) -> list[str]:
+    """The flags as ``field=value`` overrides, then ``--set`` (which wins)."""
+    sets = [
+        f"{key}={json.dumps(getattr(args, attr))}"
+        for attr, key in FLAG_FIELDS.items()
+        if getattr(args, attr) is not None
+    ]
+    if args.audio_layers:
+        sets.append(f"audio.layers={json.dumps([int(v) for v in args.audio_layers.split(',')])}")
+    if args.allow_pickle:
+        sets += ["image.allow_pickle=true", "flow.allow_pickle=true"]
+    return sets + list(args.set)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from aver.extract.api import extract_dataset
+    from aver.overrides import parse_kv
+
+    summary = extract_dataset(
+        args.dataset,
+        data=args.data,
+        cache=args.cache,
+        store=args.store,
+        preset=args.preset,
+        overrides=overrides_from_flags(args),
+        labels=args.labels,
+        folds=args.fold_files,
+        targets=tuple(t for t in args.targets.split(",") if t),
+        dataset_options=parse_kv(args.dataset_option, "--dataset-option"),
+        storage_options=parse_kv(args.storage_option, "--storage-option"),
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        limit=args.limit,
+        progress=not args.quiet,
+    )
+    print(summary.report())
+    print(f"cache: {summary.store}")
+    return 0
+
+
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    """Re-save a weight file (e.g. a pickled Savchenko module) as safetensors, once."""
+    from aver.extract.encoders.weights import load_state_dict, save_safetensors
+
+    sd = load_state_dict(args.src, allow_pickle=args.allow_pickle)
+    sha = save_safetensors(sd, args.dst)
+    print(f"wrote {args.dst} ({len(sd)} tensors, sha256 {sha})")
+    return 0

@@ -1,0 +1,160 @@
+"""``aver train``, ``aver cv``, ``aver evaluate`` and ``aver variants`` (stage two; base install)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aver.registry import LazyChoices
+
+# CLI flag -> TrainConfig field (the same as ``--set field=value``).
+FLAG_FIELDS = {
+    "epochs": "epochs",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "batch_size": "data.batch_size",
+    "patience": "patience",
+    "seed": "seed",
+    "head": "head",
+    "device": "device",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from . import kv_option, set_option
+
+    p.add_argument("--cache", required=True, help="the dataset's store: a .zarr path or fsspec URL")
+    p.add_argument("--out", help="run directory (default runs/<store>/<variant>[/fold<k>])")
+    p.add_argument(
+        "--variant",
+        default="de3",
+        metavar="NAME",
+        choices=LazyChoices("aver.train.models.variants", "VARIANTS"),
+        help="model variant (`aver variants` describes them): %(choices)s",
+    )
+    p.add_argument(
+        "--preset",
+        default="paper",
+        metavar="NAME",
+        choices=LazyChoices("aver.train.config", "TRAIN_PRESETS"),
+        help="training preset (%(choices)s): paper = the paper's hyper-parameters (default); tiny = tests, demo",
+    )
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--epochs", type=int, help="most epochs (preset: paper 20)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (paper 5e-6)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (paper 5e-2)")
+    p.add_argument("--batch-size", type=int, help="clips per batch")
+    p.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
+    p.add_argument("--seed", type=int, help="random seed (runs with one seed are reproducible on CPU)")
+    p.add_argument(
+        "--head",
+        metavar="NAME",
+        choices=LazyChoices("aver.train.heads", "HEADS", extra=("best",)),
+        help="head reported on test, %(choices)s (default: best on validation)",
+    )
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
+    set_option(p, "model.d_model=256 or data.audio_window=20")
+    kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
+
+
+def register(sub) -> None:
+    from . import kv_option
+
+    p = sub.add_parser("train", help="train one fold on a cache")
+    _common(p)
+    p.add_argument("--fold", type=int, default=1, help="fold number, from 1")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("cv", help="train every fold, then mean ± std across folds")
+    _common(p)
+    p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
+    p.set_defaults(func=cmd_cv)
+    p = sub.add_parser("evaluate", help="re-score a run on a cache (refuses another cache)")
+    p.add_argument("--run", required=True, help="a run folder written by `aver train`")
+    p.add_argument("--cache", required=True)
+    kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("variants", help="list the model variants (the paper's ablations)")
+    p.set_defaults(func=cmd_variants)
+
+
+def _config(args: argparse.Namespace, fold: int, out: str):
+    from aver.overrides import parse_kv
+    from aver.train.config import make_config
+
+    sets = [
+        f"{key}={json.dumps(getattr(args, attr))}"
+        for attr, key in FLAG_FIELDS.items()
+        if getattr(args, attr) is not None
+    ]
+    return make_config(
+        args.preset,
+        sets + list(args.set),
+        cache=args.cache,
+        fold=fold,
+        out=out,
+        variant=args.variant,
+        resume=not args.no_resume,
+        storage_options=parse_kv(args.storage_option, "--storage-option"),
+    )
+
+
+def print_report(metrics: dict) -> None:
+    head, test = metrics["reported_head"], metrics["test_reported"]
+    scalars = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
+    print(
+        f"fold {metrics['fold']} | variant {metrics['variant']} | reported head: {head} (best on validation)"
+    )
+    print("test: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
+    if "recall" in test:
+        print("recall per class: " + "  ".join(f"{k} {v:.2f}" for k, v in test["recall"].items()))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aver.train.api import default_out, train_fold
+
+    cfg = _config(
+        args, args.fold, args.out or str(Path(default_out(args.cache, args.variant)) / f"fold{args.fold}")
+    )
+    print_report(train_fold(cfg))
+    print(f"run: {cfg.out}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from aver.errors import ConfigError
+    from aver.train.api import cross_validate, default_out
+
+    cfg = _config(args, 1, args.out or default_out(args.cache, args.variant))
+    try:
+        folds = [int(k) for k in args.folds.split(",")] if args.folds else None
+    except ValueError:
+        raise ConfigError(
+            f"--folds takes comma-separated fold numbers such as 1,2,3, not {args.folds!r}"
+        ) from None
+    summary = cross_validate(cfg, folds)
+    n = next(iter(summary.values()))["n"]
+    print(f"{'metric':16} {'mean':>8} {'std':>8}  (test, reported head, {n} folds)")
+    for k, v in summary.items():
+        print(f"{k:16} {v['mean']:8.4f} {v['std']:8.4f}")
+    print(f"runs: {cfg.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from aver.overrides import parse_kv
+    from aver.train.api import evaluate_run
+
+    print_report(
+        evaluate_run(args.run, args.cache, parse_kv(args.storage_option, "--storage-option") or None)
+    )
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from aver.train.models.variants import VARIANTS
+
+    for name in VARIANTS:
+        print(f"{name:18} {VARIANTS.summary(name)}")
+    return 0

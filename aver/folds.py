@@ -1,0 +1,36 @@
+"""Speaker-independent fold tables from speaker groups (split codes from ``aver.layout``).
+
+In fold k the test speakers are group k, the validation speakers group (k + 1) mod n, and the
+training speakers all the others, so train, validation and test speakers are always disjoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aver.errors import ConfigError
+from aver.layout import TEST, TRAIN, VALIDATION
+
+
+def round_robin_groups(speakers: list[str], n_folds: int) -> list[list[str]]:
+    """Sorted unique speakers dealt into ``n_folds`` groups: speaker i goes to group i mod n."""
+    unique = sorted(set(speakers))
+    if len(unique) < 3:
+        raise ConfigError(f"speaker-independent folds need at least 3 speakers; found {len(unique)}")
+    n = min(n_folds, len(unique))
+    return [unique[i::n] for i in range(n)]
+
+
+def speaker_folds(speakers: list[str], groups: list[list[str]]) -> np.ndarray:
+    """Fold table ``int8 [n_folds, N]`` from speaker groups (test = k, validation = k + 1)."""
+    n = len(groups)
+    where = {s: g for g, members in enumerate(groups) for s in members}
+    missing = sorted({s for s in speakers if s not in where})
+    if missing:
+        raise ConfigError(f"speakers {missing[:5]} belong to no fold group")
+    group_of = np.array([where[s] for s in speakers], dtype=np.int64)
+    table = np.full((n, len(speakers)), TRAIN, dtype=np.int8)
+    for k in range(n):
+        table[k, group_of == k] = TEST
+        table[k, group_of == (k + 1) % n] = VALIDATION
+    return table

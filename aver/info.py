@@ -1,0 +1,46 @@
+"""A human-readable description of a cache, read through ``FeatureCache`` (no models, no media)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from aver import layout as L
+from aver.cache import FeatureCache
+
+
+def describe(url: str, storage_options: dict | None = None, max_failures: int = 20) -> str:
+    cache = FeatureCache(url, storage_options)
+    meta, status = cache.meta, cache.status
+    counts = collections.Counter(L.STATUS_NAMES.get(int(s), f"code {int(s)}") for s in status)
+    n_frames = cache.lengths["frames"]
+    done = status == L.DONE
+    dims = meta["dims"]
+    tiny = "  (TINY random models: not for research)" if meta.get("tiny") else ""
+    lines = [
+        f"store:    {url}",
+        f"dataset:  {meta.get('dataset')}  preset: {meta.get('preset')}{tiny}",
+        f"config:   {meta.get('config_hash')}  layout v{meta['layout_version']}  {meta.get('code_version', '')}",
+        f"clips:    {len(status)}  " + "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        f"classes:  {cache.classes or '-'}  targets: {cache.target_names or '-'}",
+        f"folds:    {cache.n_folds} ({meta.get('folds_source', '')})",
+        f"dims:     image {dims['image']}  audio {dims['audio']} x {dims['audio_layers']} layer(s) "
+        f"at {dims['audio_rate_hz']:g} Hz  capacity {meta['capacity']}",
+    ]
+    if done.any():
+        lines.append(
+            f"frames:   {int(n_frames[done].sum())} in done clips (mean {n_frames[done].mean():.1f} per clip)"
+        )
+    for key in ("flow", "image", "audio"):
+        m = meta.get("models", {}).get(key) or {}
+        name = m.get("arch") or m.get("model") or m.get("backend") or "-"
+        sha = (m.get("weights_sha256") or "-")[:12]
+        lines.append(f"{key:9} {name}  {m.get('weights') or m.get('variant') or ''}  sha256 {sha}")
+    failed = np.flatnonzero(status == L.FAILED)
+    if len(failed):
+        errors = cache.array(L.ERROR)
+        lines.append(f"failures ({len(failed)}):")
+        for i in failed[:max_failures]:
+            lines.append(f"  {cache.ids[i]}: {errors[int(i)]}")
+    return "\n".join(lines)

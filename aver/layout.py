@@ -1,0 +1,150 @@
+"""The cache contract in code: the one place that says what a feature cache holds.
+
+``cache_layout.md`` documents it for people; this module is what both stages import (numpy and
+zarr only, no torch, no extraction stack). Stage one writes through ``aver.store.CacheWriter``,
+stage two and ``aver info`` read through ``aver.cache.FeatureCache``, and both use the names, codes
+and specs below. A test checks that this module and ``cache_layout.md`` agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LAYOUT_VERSION = 1
+ATTRS_KEY = "aver"  # group attribute holding the provenance JSON
+
+# clips/status: the commit marker, written last for each clip.
+PENDING, DONE, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
+
+# folds/split: one row per fold.
+TRAIN, VALIDATION, TEST, UNUSED = 0, 1, 2, -1
+SPLITS = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
+SPLIT_CODES = {**SPLITS, "unused": UNUSED}
+
+# Array names (paths inside the store).
+CLIP_ID = "clips/id"
+SPEAKER = "clips/speaker"
+VIDEO = "clips/video"
+LABEL = "clips/label"
+TARGETS = "clips/targets"
+STATUS = "clips/status"
+ERROR = "clips/error"
+N_FRAMES = "clips/n_frames"
+N_FLOW = "clips/n_flow"
+N_AUDIO = "clips/n_audio"
+FPS = "clips/fps"
+FRAME_FEATURES = "frames/features"
+TIMESTAMP = "frames/timestamp"
+FACE_BOX = "frames/face_box"
+FACE_PROB = "frames/face_prob"
+FACE_MASK = "frames/face_mask"
+FLOW_FEATURES = "flow/features"
+AUDIO_FEATURES = "audio/features"
+FOLD_SPLIT = "folds/split"
+
+# The valid length of each modality of a clip, and the feature array it applies to.
+LENGTHS = {"frames": N_FRAMES, "flow": N_FLOW, "audio": N_AUDIO}
+FEATURES = {"frames": FRAME_FEATURES, "flow": FLOW_FEATURES, "audio": AUDIO_FEATURES}
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array: dtype, dimension names and, per dimension, the size symbol it must have.
+
+    Size symbols: ``N`` clips, ``T`` frame capacity, ``A`` audio capacity, ``L`` audio layers,
+    ``D_image`` / ``D_audio`` feature widths, ``K`` folds, ``K_t`` targets, ``4`` a literal.
+    ``per_clip`` arrays have one chunk per clip (written by the clip's worker); the others are
+    written once, whole, with the template.
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[str, ...]
+    sizes: tuple[str, ...]
+    fill: Any
+    per_clip: bool
+
+    def shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        return tuple(int(s) if s.isdigit() else int(sizes[s]) for s in self.sizes)
+
+
+def _spec(name, dtype, dims, sizes, fill, per_clip=True) -> ArraySpec:
+    return ArraySpec(name, dtype, tuple(dims), tuple(sizes), fill, per_clip)
+
+
+ARRAYS: dict[str, ArraySpec] = {
+    s.name: s
+    for s in (
+        _spec(CLIP_ID, "str", ["clip"], ["N"], "", per_clip=False),
+        _spec(SPEAKER, "str", ["clip"], ["N"], "", per_clip=False),
+        _spec(VIDEO, "str", ["clip"], ["N"], "", per_clip=False),
+        _spec(LABEL, "int16", ["clip"], ["N"], -1, per_clip=False),
+        _spec(TARGETS, "float32", ["clip", "target"], ["N", "K_t"], float("nan"), per_clip=False),
+        _spec(FOLD_SPLIT, "int8", ["fold", "clip"], ["K", "N"], UNUSED, per_clip=False),
+        _spec(STATUS, "int8", ["clip"], ["N"], PENDING),
+        _spec(ERROR, "str", ["clip"], ["N"], ""),
+        _spec(N_FRAMES, "int32", ["clip"], ["N"], 0),
+        _spec(N_FLOW, "int32", ["clip"], ["N"], 0),
+        _spec(N_AUDIO, "int32", ["clip"], ["N"], 0),
+        _spec(FPS, "float32", ["clip"], ["N"], 0.0),
+        _spec(FRAME_FEATURES, "float16", ["clip", "frame", "feature"], ["N", "T", "D_image"], 0.0),
+        _spec(TIMESTAMP, "float32", ["clip", "frame"], ["N", "T"], 0.0),
+        _spec(FACE_BOX, "float32", ["clip", "frame", "coord"], ["N", "T", "4"], 0.0),
+        _spec(FACE_PROB, "float32", ["clip", "frame"], ["N", "T"], 0.0),
+        _spec(FACE_MASK, "bool", ["clip", "frame"], ["N", "T"], False),
+        _spec(FLOW_FEATURES, "float16", ["clip", "flow_frame", "feature"], ["N", "T", "D_image"], 0.0),
+        _spec(
+            AUDIO_FEATURES,
+            "float16",
+            ["clip", "audio_frame", "layer", "feature"],
+            ["N", "A", "L", "D_audio"],
+            0.0,
+        ),
+    )
+}
+OPTIONAL = (TARGETS, FOLD_SPLIT)  # present only when the corpus has targets / folds
+
+# Per-clip data arrays: reset to their fill value when a clip fails.
+CLIP_DATA = (FRAME_FEATURES, FLOW_FEATURES, AUDIO_FEATURES, TIMESTAMP, FACE_BOX, FACE_PROB, FACE_MASK)
+CLIP_SCALARS = (N_FRAMES, N_FLOW, N_AUDIO, FPS)
+
+
+def sizes_from_meta(meta: dict[str, Any], n_clips: int, n_folds: int = 0) -> dict[str, int]:
+    """The size of every symbol, from a store's ``attrs.aver`` (``dims``, ``capacity``, ``targets``)."""
+    dims, cap = meta["dims"], meta["capacity"]
+    return {
+        "N": n_clips,
+        "T": int(cap["frames"]),
+        "A": int(cap["audio"]),
+        "L": int(dims["audio_layers"]),
+        "D_image": int(dims["image"]),
+        "D_audio": int(dims["audio"]),
+        "K": n_folds,
+        "K_t": len(meta.get("targets") or []),
+    }
+
+
+def open_root(url: str, mode: str, storage_options: dict | None = None):
+    """The zarr v3 group at a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
+    import zarr
+
+    return zarr.open_group(url, mode=mode, storage_options=storage_options or None, zarr_format=3)
+
+
+def store_exists(url: str, storage_options: dict | None = None) -> bool:
+    import zarr
+
+    try:
+        open_root(url, "r", storage_options)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return False
+    return True
+
+
+def store_url(cache: str, dataset: str) -> str:
+    """``<cache>/<dataset>.zarr`` for a folder or an fsspec URL (``s3://bucket/prefix``)."""
+    from pathlib import Path
+
+    return f"{cache.rstrip('/')}/{dataset}.zarr" if "://" in cache else str(Path(cache) / f"{dataset}.zarr")

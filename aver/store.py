@@ -1,0 +1,273 @@
+"""The one cache writer: creates a store laid out as ``aver.layout`` says, and commits clips.
+
+Protocol (after xarray-beam): ``create_or_open`` writes a metadata-only template (every array,
+the clip table, the folds, the provenance) before any clip is processed. Each clip then owns
+exactly one chunk of every per-clip array, so writers on many processes or machines never touch
+the same object. A clip is committed by writing its data chunks first and its ``clips/status``
+chunk last: a run killed at any moment leaves the clip ``pending`` and a rerun rewrites it.
+Every write is idempotent (same inputs, same bytes), so resuming yields the arrays of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aver import layout as L
+from aver.errors import CacheError, CacheMismatchError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Capacity:
+    """Padded lengths of the per-clip time axes (frames at native rate; audio at ``audio_rate_hz``)."""
+
+    frames: int
+    audio: int
+
+
+@dataclass
+class ClipTable:
+    """The columns known before extraction, in the store's clip order.
+
+    ``labels`` index ``classes`` (-1 = none); ``targets`` is ``float32 [N, K_t]`` named by
+    ``target_names``; ``folds`` is ``int8 [K, N]`` of split codes (``aver.layout.SPLIT_CODES``).
+    """
+
+    ids: list[str]
+    speakers: list[str]
+    videos: list[str]
+    labels: np.ndarray
+    targets: np.ndarray
+    folds: np.ndarray
+    classes: list[str] = field(default_factory=list)
+    target_names: list[str] = field(default_factory=list)
+    folds_source: str = ""
+
+
+@dataclass
+class ClipResult:
+    """Everything one finished clip writes. T = frames, P = flow maps, A = audio frames, L = layers."""
+
+    frame_features: np.ndarray  # float16 [T, D_img]
+    flow_features: np.ndarray  # float16 [P, D_img]
+    audio_features: np.ndarray  # float16 [A, L, D_audio]
+    timestamps: np.ndarray  # float32 [T] seconds
+    face_box: np.ndarray  # float32 [T, 4] x1, y1, x2, y2 in source pixels (smoothed crop box)
+    face_prob: np.ndarray  # float32 [T]
+    face_mask: np.ndarray  # bool [T] True where MTCNN detected the face (else filled)
+    fps: float
+
+
+def _compressors(dtype: str):
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle" if dtype == "float16" else "shuffle")
+
+
+def _create(g, spec: L.ArraySpec, sizes: dict[str, int], data: np.ndarray | None = None) -> None:
+    shape = spec.shape(sizes)
+    chunks = (1, *shape[1:]) if spec.per_clip else tuple(max(s, 1) for s in shape)
+    kwargs = {} if spec.dtype == "str" else {"compressors": _compressors(spec.dtype)}
+    arr = g.create_array(
+        spec.name,
+        shape=shape,
+        dtype=str if spec.dtype == "str" else spec.dtype,
+        chunks=chunks,
+        fill_value=spec.fill,
+        dimension_names=spec.dims,
+        **kwargs,
+    )
+    if data is not None:
+        arr[:] = data
+
+
+def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) -> None:
+    n = len(table.ids)
+    sizes = {
+        "N": n,
+        "T": cap.frames,
+        "A": cap.audio,
+        "L": dims["audio_layers"],
+        "D_image": dims["image"],
+        "D_audio": dims["audio"],
+        "K": int(table.folds.shape[0]) if table.folds.size else 0,
+        "K_t": len(table.target_names),
+    }
+    columns = {
+        L.CLIP_ID: np.array(table.ids, dtype=str),
+        L.SPEAKER: np.array(table.speakers, dtype=str),
+        L.VIDEO: np.array(table.videos, dtype=str),
+        L.LABEL: np.asarray(table.labels, dtype=np.int16),
+        L.TARGETS: np.asarray(table.targets, dtype=np.float32).reshape(n, -1) if table.target_names else None,
+        L.FOLD_SPLIT: np.asarray(table.folds, dtype=np.int8) if table.folds.size else None,
+    }
+    for name, spec in L.ARRAYS.items():
+        if name in L.OPTIONAL and columns[name] is None:
+            continue
+        _create(g, spec, sizes, columns.get(name))
+
+
+class CacheWriter:
+    """Creates, validates and fills one dataset store. Safe to use from many processes at once,
+    provided each clip index is written by one of them."""
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.url = url
+        self.storage_options = storage_options or {}
+        self._g = None
+
+    @property
+    def group(self):
+        if self._g is None:
+            self._g = L.open_root(self.url, "r+", self.storage_options)
+        return self._g
+
+    @classmethod
+    def create_or_open(
+        cls,
+        url: str,
+        table: ClipTable,
+        attrs: dict[str, Any],
+        cap: Capacity,
+        dims: dict[str, Any],
+        overwrite: bool = False,
+        storage_options: dict | None = None,
+    ) -> CacheWriter:
+        """Write the template, or check that an existing store was made with the same config.
+
+        Idempotent: opening an existing matching store changes nothing but the run log.
+        Raises ``CacheMismatchError`` when the store exists with another config hash or clip list.
+        """
+        writer = cls(url, storage_options)
+        if L.store_exists(url, storage_options) and not overwrite:
+            writer._validate(table, attrs)
+            return writer
+        g = L.open_root(url, "w", storage_options)
+        _write_template(g, table, cap, dims)
+        meta = dict(attrs)
+        meta.update(
+            layout_version=L.LAYOUT_VERSION,
+            n_clips=len(table.ids),
+            classes=list(table.classes),
+            targets=list(table.target_names),
+            folds_source=table.folds_source,
+            split_codes=dict(L.SPLIT_CODES),
+            dims=dict(dims),
+            capacity={"frames": cap.frames, "audio": cap.audio},
+            created=_now(),
+            runs=[],
+        )
+        g.attrs[L.ATTRS_KEY] = meta
+        writer._g = g
+        return writer
+
+    def _validate(self, table: ClipTable, attrs: dict[str, Any]) -> None:
+        g = self.group
+        meta = g.attrs.get(L.ATTRS_KEY)
+        if not meta:
+            raise CacheError(
+                f"{self.url} exists but is not an aver cache (no 'aver' attributes); "
+                "choose another --cache or pass --overwrite"
+            )
+        if meta.get("config_hash") != attrs["config_hash"]:
+            raise CacheMismatchError(
+                f"{self.url} was made with config {meta.get('config_hash')} (preset {meta.get('preset')!r}); this run "
+                f"has config {attrs['config_hash']} (preset {attrs.get('preset')!r}). Differences: "
+                f"{diff_dicts(meta.get('config', {}), attrs['config'])}. Refusing to mix results: pass --overwrite "
+                "to start over, or write to another --cache."
+            )
+        ids = list(g[L.CLIP_ID][:])
+        if ids != list(table.ids):
+            raise CacheMismatchError(
+                f"{self.url} holds {len(ids)} clips but the dataset now lists {len(table.ids)} (or another "
+                "order); the clip table would not match. Pass --overwrite to start over."
+            )
+
+    # -- run bookkeeping (driver only) -------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return dict(self.group.attrs[L.ATTRS_KEY])
+
+    def capacity(self) -> Capacity:
+        c = self.meta()["capacity"]
+        return Capacity(int(c["frames"]), int(c["audio"]))
+
+    def log_run(self, entry: dict[str, Any]) -> None:
+        """Append ``entry`` to the store's run log (``attrs.aver.runs``)."""
+        meta = self.meta()
+        meta["runs"] = [*meta.get("runs", []), {"time": _now(), **entry}]
+        self.group.attrs[L.ATTRS_KEY] = meta
+
+    def status(self) -> np.ndarray:
+        """``int8 [N]`` commit status of every clip (``aver.layout`` status codes)."""
+        return self.group[L.STATUS][:]
+
+    # -- per-clip writes (any process) -------------------------------------------------------
+    def write_clip(self, i: int, r: ClipResult) -> None:
+        """Commit clip ``i``: data chunks first, the status chunk last. Idempotent."""
+        g = self.group
+        cap_t, cap_a = g[L.FRAME_FEATURES].shape[1], g[L.AUDIO_FEATURES].shape[1]
+        t, p, a = len(r.frame_features), len(r.flow_features), len(r.audio_features)
+        if t > cap_t or p > cap_t or a > cap_a:
+            raise ValueError(
+                f"clip {i}: {t} frames / {a} audio frames exceed the store capacity {cap_t}/{cap_a}"
+            )
+        data = {
+            L.FRAME_FEATURES: (r.frame_features, cap_t),
+            L.FLOW_FEATURES: (r.flow_features, cap_t),
+            L.AUDIO_FEATURES: (r.audio_features, cap_a),
+            L.TIMESTAMP: (r.timestamps, cap_t),
+            L.FACE_BOX: (r.face_box, cap_t),
+            L.FACE_PROB: (r.face_prob, cap_t),
+            L.FACE_MASK: (r.face_mask, cap_t),
+        }
+        for name, (x, length) in data.items():
+            g[name][i] = _pad(x, length)
+        for name, value in ((L.N_FRAMES, t), (L.N_FLOW, p), (L.N_AUDIO, a), (L.FPS, r.fps)):
+            g[name][i] = value
+        g[L.ERROR][i] = ""
+        g[L.STATUS][i] = L.DONE
+
+    def write_failure(self, i: int, cause: str) -> None:
+        """Record clip ``i`` as failed with ``cause``; its data chunks are reset to the fill value
+        (zarr drops all-fill chunks), so a failed clip looks the same whatever was half-written."""
+        g = self.group
+        for name in L.CLIP_DATA:
+            arr = g[name]
+            arr[i] = np.zeros(arr.shape[1:], dtype=arr.dtype)
+        for name in L.CLIP_SCALARS:
+            g[name][i] = 0
+        g[L.ERROR][i] = cause
+        g[L.STATUS][i] = L.FAILED
+
+
+def _pad(x: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros((length, *x.shape[1:]), dtype=x.dtype)
+    out[: len(x)] = x
+    return out
+
+
+def diff_dicts(old: dict, new: dict, prefix: str = "") -> str:
+    """``a.b: 1 -> 2; c: 'x' -> 'y'`` for every leaf that differs (lists and tuples compare equal)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = diff_dicts(a, b, f"{prefix}{key}.")
+            if sub != "none":
+                changes.append(sub)
+        elif a != b and not (
+            isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)
+        ):
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(changes) if changes else "none"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,265 @@
+"""Train one fold, top to bottom: ``setup`` (cache, model, data, optimiser) -> ``fit`` -> ``report``.
+
+Read this file first. A run directory holds ``config.json`` (resolved), ``train.log``,
+``history.json``, ``metrics.json`` (per split and head), ``predictions.csv`` (test clips),
+``checkpoint/`` (best ``model.safetensors`` + ``checkpoint.json``; the resumable
+``last.safetensors`` + ``trainer_state.json``; ``feature_stats.safetensors``) and the plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aver.cache import FeatureCache
+from aver.errors import CacheError, CheckpointError
+from aver.layout import SPLITS
+from aver.utils import autocast
+
+from .checkpoint import cache_identity, check_cache, load_state, save_model, save_state, save_tensors
+from .config import TrainConfig
+from .data import ClipTensors, FeatureStats, batches, collate, load_clips, to_device
+from .heads import HEADS, output_key
+from .tasks import Task
+
+log = logging.getLogger("aver.train")
+
+
+@dataclass
+class Run:
+    """Everything one fold's training holds; built by ``setup``, advanced by ``fit``."""
+
+    cfg: TrainConfig
+    dir: Path
+    cache: FeatureCache
+    task: Task
+    splits: dict[str, np.ndarray]  # cache rows of train / validation / test
+    model: torch.nn.Module
+    info: dict[str, Any]  # what checkpoints record: configs, variant, task, cache identity
+    clips: dict[str, list[ClipTensors]] = field(default_factory=dict)
+    optimizer: torch.optim.Optimizer | None = None
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"epoch": 0, "history": [], "best": -float("inf"), "bad": 0}
+    )
+
+    @property
+    def ckpt(self) -> Path:
+        return self.dir / "checkpoint"
+
+
+def train_fold(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.variant`` on fold ``cfg.fold`` of ``cfg.cache``; write the run directory.
+
+    Everything that can refuse (cache, fold, variant, model keys) is checked before the run folder
+    is created. Resumes from ``<out>/checkpoint/last.*`` when present and ``cfg.resume``; a resume
+    with another architecture or another cache is refused. Returns the metrics dict.
+    """
+    run = setup(cfg)
+    with log_to(run.dir / "train.log"):
+        setup_data(run)
+        setup_optimizer(run)
+        fit(run)
+        from .report import report
+
+        return report(run)
+
+
+# -- setup ------------------------------------------------------------------------------------
+def setup(cfg: TrainConfig) -> Run:
+    """Open the cache, pick the fold's clips, build the model; then (only then) make the run folder."""
+    seed_everything(cfg.seed)
+    torch.use_deterministic_algorithms(cfg.device == "cpu", warn_only=True)
+    cache = FeatureCache(cfg.cache, cfg.storage_options)
+    task = Task.from_cache(cache)
+    splits = fold_splits(cache, cfg.fold)
+    from .models.variants import build_model
+
+    model, model_cfg = build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
+    info = {
+        "train_config": cfg.to_dict(),
+        "model_config": model_cfg,
+        "variant": cfg.variant,
+        "task": task.name,
+        "names": task.names,
+        "cache": cache_identity(cache.meta),
+    }
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Run(cfg, run_dir, cache, task, splits, model.to(cfg.device), info)
+
+
+def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
+    """Committed clips of each split of ``fold``; a split without clips is a ``CacheError``."""
+    idx = {s: cache.split_indices(fold, s) for s in SPLITS}
+    empty = [s for s, v in idx.items() if len(v) == 0]
+    if empty:
+        raise CacheError(f"fold {fold} of {cache.url} has no extracted clips in {empty}")
+    return idx
+
+
+def setup_data(run: Run) -> None:
+    """Read the fold into memory and standardise it with training statistics (kept with the checkpoint)."""
+    t0 = time.perf_counter()
+    run.clips = {s: load_clips(run.cache, v, run.cfg.data) for s, v in run.splits.items()}
+    stats = FeatureStats.from_clips(run.clips["train"])
+    for split in run.clips.values():
+        stats.apply(split)
+    save_tensors(run.ckpt / "feature_stats.safetensors", stats.tensors())
+    sizes = {s: len(v) for s, v in run.clips.items()}
+    log.info(
+        "fold %d of %s: %s clips loaded in %.1f s",
+        run.cfg.fold,
+        run.cache.url,
+        sizes,
+        time.perf_counter() - t0,
+    )
+
+
+def setup_optimizer(run: Run) -> None:
+    """AdamW (the paper's optimiser); restore model, optimiser and RNG when resuming."""
+    cfg = run.cfg
+    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.resume and (run.ckpt / "trainer_state.json").exists():
+        saved = (
+            json.loads((run.ckpt / "checkpoint.json").read_text())
+            if (run.ckpt / "checkpoint.json").exists()
+            else run.info
+        )
+        if saved["model_config"] != run.info["model_config"] or saved["variant"] != run.info["variant"]:
+            raise CheckpointError(
+                f"{run.ckpt} holds a {saved['variant']} model with another architecture; resuming would "
+                "change it. Use another --out, or the original settings."
+            )
+        check_cache(saved["cache"], run.cache.meta, run.cache.url, "resume")
+        run.state = load_state(run.ckpt, run.model, run.optimizer)
+        log.info("resumed from %s at epoch %d", run.ckpt, run.state["epoch"])
+    (run.dir / "config.json").write_text(json.dumps(run.info, indent=2, sort_keys=True, default=str))
+
+
+# -- fit ----------------------------------------------------------------------------------------
+def fit(run: Run) -> None:
+    """Epochs until ``cfg.epochs`` or ``cfg.patience`` epochs without validation gain.
+
+    The best epoch (validation ``task.select_metric`` of its best head) is saved as the model;
+    the resumable state is saved after every epoch, so a killed run loses at most one epoch.
+    """
+    cfg, task, state = run.cfg, run.task, run.state
+    for epoch in range(state["epoch"], cfg.epochs):
+        stats = train_epoch(run, epoch)
+        val = task.score(predict(run.model, run.clips["validation"], cfg, task))
+        head, value = task.best_head(val)
+        per_head = {f"val_{h}": val[h][task.select_metric] for h in HEADS if h in val}
+        row = {
+            "epoch": epoch + 1,
+            **stats,
+            "val_loss": val["loss"],
+            "val_metric": value,
+            "val_head": head,
+            **per_head,
+        }
+        state["history"].append(row)
+        log.info(
+            "epoch %d: train loss %.4f | val loss %.4f | val %s %.4f (%s head)",
+            epoch + 1,
+            stats["train_loss"],
+            val["loss"],
+            task.select_metric,
+            value,
+            head,
+        )
+        if value > state["best"]:
+            state.update(best=value, bad=0)
+            save_model(
+                run.ckpt, run.model, {**run.info, "epoch": epoch + 1, "val_head": head, "val_metric": value}
+            )
+        else:
+            state["bad"] += 1
+        state["epoch"] = epoch + 1
+        save_state(run.ckpt, run.model, run.optimizer, state)
+        if state["bad"] >= cfg.patience:
+            log.info("early stop: no validation improvement for %d epochs", cfg.patience)
+            break
+    (run.dir / "history.json").write_text(json.dumps(state["history"], indent=2))
+
+
+def train_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """One pass over the training clips; returns the mean loss and where the time went."""
+    cfg, model, clips = run.cfg, run.model, run.clips["train"]
+    model.train()
+    total, n, t_data, t_model = 0.0, 0, 0.0, 0.0
+    for idx in batches(clips, cfg.data, shuffle=True, seed=cfg.seed * 1000 + epoch):
+        t0 = time.perf_counter()
+        batch = to_device(collate([clips[i] for i in idx]), cfg.device)
+        t1 = time.perf_counter()
+        with autocast(cfg.device, cfg.amp):
+            out = model(batch)
+        loss = run.task.loss(out, run.task.truth(batch))
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        run.optimizer.step()
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()  # honest timings
+        t2 = time.perf_counter()
+        total, n = total + float(loss.detach()) * len(idx), n + len(idx)
+        t_data, t_model = t_data + (t1 - t0), t_model + (t2 - t1)
+    return {"train_loss": total / max(n, 1), "data_s": t_data, "model_s": t_model, "clips": n}
+
+
+@torch.no_grad()
+def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> dict[str, Any]:
+    """Every head's outputs for ``clips`` (in their order), the truth, and the loss over the split.
+
+    The loss is computed once over the whole split: CCC is a corpus-level statistic.
+    """
+    model.eval()
+    outs: dict[str, list[torch.Tensor]] = {}
+    order, truth = [], []
+    for idx in batches(clips, cfg.data, shuffle=False, seed=0):
+        batch = to_device(collate([clips[i] for i in idx]), cfg.device)
+        with autocast(cfg.device, cfg.amp):
+            out = model(batch)
+        for h in HEADS:
+            if out.get(output_key(h)) is not None:
+                outs.setdefault(h, []).append(out[output_key(h)].float().cpu())
+        order.extend(idx)
+        truth.append(task.truth(batch).cpu())
+    inverse = torch.as_tensor(order).argsort()
+    heads = {h: torch.cat(v)[inverse] for h, v in outs.items()}
+    y = torch.cat(truth)[inverse]
+    loss = (
+        float(task.loss({output_key(h): v for h, v in heads.items()}, y)) if len(clips) > 1 else float("nan")
+    )
+    return {**{h: v.numpy() for h, v in heads.items()}, "truth": y.numpy(), "loss": loss}
+
+
+# -- small helpers --------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def log_to(path: Path):
+    """Copy the ``aver.train`` log into ``path`` for the duration of the block."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("aver.train")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

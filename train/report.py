@@ -1,0 +1,101 @@
+"""Score a trained run: metrics for every split and head, ``predictions.csv`` and the plots.
+
+``report`` ends ``train_fold``; ``evaluate_run`` re-scores a finished run on its cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aver.cache import FeatureCache
+
+from .checkpoint import check_cache, load_model_state, load_tensors
+from .config import TrainConfig
+from .data import FeatureStats, load_clips
+from .heads import HEADS
+from .recipe import Run, fold_splits, log_to, predict
+from .tasks import Task
+
+
+def report(run: Run) -> dict[str, Any]:
+    """Load the best checkpoint, score every split and head, write metrics, predictions and plots."""
+    from .models.variants import build_model
+
+    cfg, task = run.cfg, run.task
+    state, info = load_model_state(run.ckpt)
+    model, _ = build_model(info["variant"], run.cache.dims, len(task.names), cfg.model)
+    model.load_state_dict(state)
+    model.to(cfg.device)
+    preds = {s: predict(model, c, cfg, task) for s, c in run.clips.items()}
+    metrics: dict[str, Any] = {s: task.score(p) for s, p in preds.items()}
+    head = cfg.head if cfg.head != "best" else task.best_head(metrics["validation"])[0]
+    metrics.update(
+        reported_head=head,
+        select_metric=task.select_metric,
+        test_reported=metrics["test"][head],
+        fold=cfg.fold,
+        variant=cfg.variant,
+        task=task.name,
+    )
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    test_ids = [c.clip_id for c in run.clips["test"]]
+    with open(run.dir / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(task.csv_header([h for h in HEADS if h in preds["test"]]))
+        writer.writerows(task.csv_rows(test_ids, preds["test"], head))
+    _plots(run, model, metrics, head)
+    return metrics
+
+
+def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
+    """confusion.png (classification), learning_curves.png, attention.png (IFE maps of a test clip)."""
+    from .data import collate, to_device
+    from .plots import plot_attention, plot_confusion, plot_learning_curves
+
+    cfg, task, test = run.cfg, run.task, run.clips["test"]
+    if "confusion_matrix" in metrics["test"][head]:
+        title = f"test, {head} head (fold {cfg.fold})"
+        plot_confusion(
+            metrics["test"][head]["confusion_matrix"], task.names, run.dir / "confusion.png", title=title
+        )
+    if run.state["history"]:
+        plot_learning_curves(
+            run.state["history"], run.dir / "learning_curves.png", metric_name=task.select_metric
+        )
+    model.eval()
+    with torch.no_grad():
+        out = model(to_device(collate([test[0]]), cfg.device))
+    if "attn_video" in out and "attn_audio" in out:
+        plot_attention(
+            out["attn_video"][0].float().cpu().numpy(),
+            out["attn_audio"][0].float().cpu().numpy(),
+            run.dir / "attention.png",
+            title=f"IFE attention, {test[0].clip_id}",
+        )
+
+
+def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Re-score a finished run on a cache; refuses a cache the run was not trained on."""
+    from .models.variants import build_model
+
+    run_dir = Path(run_dir)
+    _, info = load_model_state(run_dir / "checkpoint")
+    cache = FeatureCache(cache_url, storage_options)
+    check_cache(info["cache"], cache.meta, cache_url, "evaluate")
+    cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
+    task = Task.from_cache(cache)
+    model, _ = build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
+    run = Run(cfg, run_dir, cache, task, fold_splits(cache, cfg.fold), model, info)
+    with log_to(run_dir / "train.log"):
+        run.clips = {s: load_clips(cache, v, cfg.data) for s, v in run.splits.items()}
+        stats = FeatureStats.from_tensors(load_tensors(run.ckpt / "feature_stats.safetensors"))
+        for split in run.clips.values():
+            stats.apply(split)
+        history = run_dir / "history.json"
+        run.state["history"] = json.loads(history.read_text()) if history.exists() else []
+        return report(run)

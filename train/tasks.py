@@ -1,0 +1,148 @@
+"""What is learned from a cache: classes (classification) or continuous targets (regression).
+
+A task owns everything that differs between the two: the truth it reads from a batch, the loss of a
+head, the metrics of a split, the rule that picks the best head on validation, and the columns of
+``predictions.csv``. Nothing else in the trainer compares task names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from aver.cache import FeatureCache
+from aver.errors import CacheError
+from aver.registry import Registry
+from aver.train.heads import HEADS, output_key
+from aver.train.losses import ccc_loss, classification_loss, total_loss
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+class Task:
+    """Base class; ``names`` are the class names or the target names, in the cache's order."""
+
+    name = ""
+    select_metric = ""  # validation metric that picks the epoch and the reported head
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+
+    @staticmethod
+    def from_cache(cache: FeatureCache) -> Task:
+        if cache.classes:
+            return Classification(cache.classes)
+        if cache.target_names:
+            return Regression(cache.target_names)
+        raise CacheError(f"{cache.url} has neither classes nor continuous targets to train on")
+
+    # -- training ----------------------------------------------------------------------------
+    def truth(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head_loss(self, output: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, torch.Tensor], truth: torch.Tensor) -> torch.Tensor:
+        """The objective: the sum of every present head's loss (float32 even under autocast)."""
+        logits = {k: v.float() for k, v in outputs.items() if k.startswith("logits_") and v is not None}
+        return total_loss(logits, truth, self.head_loss)[0]
+
+    # -- evaluation --------------------------------------------------------------------------
+    def head_metrics(self, truth: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def score(self, pred: dict[str, Any]) -> dict[str, Any]:
+        """Metrics of every head present in ``pred`` (from ``predict``), plus the split's loss."""
+        out: dict[str, Any] = {"loss": pred["loss"]}
+        for h in HEADS:
+            if h in pred:
+                out[h] = self.head_metrics(pred["truth"], pred[h])
+        return out
+
+    def best_head(self, scores: dict[str, Any]) -> tuple[str, float]:
+        """The head with the highest ``select_metric`` in ``scores`` (from ``score``)."""
+        values = {h: scores[h][self.select_metric] for h in HEADS if h in scores}
+        head = max(values, key=values.get)
+        return head, values[head]
+
+    # -- predictions.csv ---------------------------------------------------------------------
+    def csv_header(self, heads: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
+        raise NotImplementedError
+
+
+@TASKS.register("classification")
+class Classification(Task):
+    """Discrete labels: cross-entropy per head; F1-macro selects; probabilities in predictions."""
+
+    name = "classification"
+    select_metric = "f1_macro"
+
+    def truth(self, batch: dict) -> torch.Tensor:
+        return batch["labels"]
+
+    def head_loss(self, output: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return classification_loss(output, truth)
+
+    def head_metrics(self, truth: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        from aver.train.metrics import classification_metrics
+
+        return classification_metrics(truth, output.argmax(1), len(self.names), self.names)
+
+    def csv_header(self, heads: list[str]) -> list[str]:
+        return ["clip_id", "label", "prediction"] + [f"{h}_{n}" for h in heads for n in self.names]
+
+    def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
+        heads = [h for h in HEADS if h in pred]
+        probs = {h: torch.softmax(torch.from_numpy(pred[h]), 1).numpy() for h in heads}
+        return [
+            [cid, self.names[int(pred["truth"][k])], self.names[int(pred[head][k].argmax())]]
+            + [f"{p:.5f}" for h in heads for p in probs[h][k]]
+            for k, cid in enumerate(clip_ids)
+        ]
+
+
+@TASKS.register("regression")
+class Regression(Task):
+    """Continuous targets (arousal, valence, dominance): 1 - CCC per head; mean CCC selects."""
+
+    name = "regression"
+    select_metric = "ccc_mean"
+
+    def truth(self, batch: dict) -> torch.Tensor:
+        return batch["targets"]
+
+    def head_loss(self, output: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return ccc_loss(output, truth)
+
+    def head_metrics(self, truth: np.ndarray, output: np.ndarray) -> dict[str, Any]:
+        from aver.train.metrics import regression_metrics
+
+        return regression_metrics(truth, output, self.names)
+
+    def csv_header(self, heads: list[str]) -> list[str]:
+        n = self.names
+        return [
+            "clip_id",
+            *(f"true_{t}" for t in n),
+            *(f"pred_{t}" for t in n),
+            *(f"{h}_{t}" for h in heads for t in n),
+        ]
+
+    def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
+        heads = [h for h in HEADS if h in pred]
+        return [
+            [cid]
+            + [f"{v:.5f}" for v in pred["truth"][k]]
+            + [f"{v:.5f}" for v in pred[head][k]]
+            + [f"{v:.5f}" for h in heads for v in pred[h][k]]
+            for k, cid in enumerate(clip_ids)
+        ]
+
+
+__all__ = ["TASKS", "Classification", "Regression", "Task", "output_key"]

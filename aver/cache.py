@@ -41,10 +41,15 @@ class FeatureCache:
         meta = self.group.attrs.get(L.ATTRS_KEY)
         if not isinstance(meta, dict):
             raise CacheError(f"{url} is a Zarr store but not an aver cache (no 'aver' attributes)")
-        version = meta.get("layout_version")
-        if version != L.LAYOUT_VERSION:
+        if meta.get(L.TEMPLATE_KEY) == "incomplete":
             raise CacheError(
-                f"{url} has cache layout v{version}; this aver reads v{L.LAYOUT_VERSION}: "
+                f"{url} is incomplete: an extraction was interrupted while creating it; rerun the same "
+                "`aver extract` command to finish it"
+            )
+        version = meta.get("layout_version")
+        if type(version) is not int or version != L.LAYOUT_VERSION:
+            raise CacheError(
+                f"{url} has cache layout {version!r}; this aver reads layout {L.LAYOUT_VERSION} (an integer): "
                 "re-extract it with this aver (or read it with the aver that wrote it)"
             )
         self.url = url
@@ -72,16 +77,26 @@ class FeatureCache:
             n = int(self.group[L.CLIP_ID].shape[0])
             k = int(self.group[L.FOLD_SPLIT].shape[0]) if self._has(L.FOLD_SPLIT) else 0
             sizes = L.sizes_from_meta(self.meta, n, k)
-        except (KeyError, TypeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - missing keys, wrong types, invalid array metadata
             raise CacheError(
-                f"{self.url}: damaged cache: clip table or attributes unreadable ({e})"
+                f"{self.url}: damaged cache: clip table or attributes unreadable ({type(e).__name__}: {e})"
             ) from None
+        for key, value in sizes.items():
+            if not 0 <= value <= L.LIMITS[key]:
+                raise CacheError(
+                    f"{self.url}: damaged cache: size {key} = {value} is outside 0..{L.LIMITS[key]}"
+                )
         for name, spec in L.ARRAYS.items():
             if not self._has(name):
                 if name in L.OPTIONAL:
                     continue
                 raise CacheError(f"{self.url}: damaged cache: array {name} is missing")
-            arr = self.group[name]
+            try:
+                arr = self.group[name]
+            except Exception as e:  # noqa: BLE001 - unknown codec, bad metadata: name the array
+                raise CacheError(
+                    f"{self.url}: damaged cache: {name} cannot be opened ({type(e).__name__}: {e})"
+                ) from None
             want = spec.shape(sizes)
             if tuple(arr.shape) != want:
                 raise CacheError(
@@ -90,6 +105,12 @@ class FeatureCache:
                 )
             if spec.dtype != "str" and np.dtype(arr.dtype) != np.dtype(spec.dtype):
                 raise CacheError(f"{self.url}: damaged cache: {name} is {arr.dtype}, expected {spec.dtype}")
+            if spec.dtype != "str" and np.prod(want[1:]) * np.dtype(spec.dtype).itemsize > L.MAX_CHUNK_BYTES:
+                raise CacheError(
+                    f"{self.url}: damaged cache: one clip of {name} {want} exceeds {L.MAX_CHUNK_BYTES} bytes"
+                )
+            if spec.dtype == "str" and arr.dtype.kind not in "UTO":
+                raise CacheError(f"{self.url}: damaged cache: {name} is {arr.dtype}, expected text")
 
     def _check_lengths(self) -> None:
         cap = {"frames": self.meta["capacity"]["frames"], "flow": self.meta["capacity"]["frames"]}
@@ -115,6 +136,10 @@ class FeatureCache:
     @property
     def dims(self) -> dict[str, Any]:
         return dict(self.meta["dims"])
+
+    def notes(self) -> np.ndarray:
+        """``clips/note``: what extraction cut or kept per clip ("" when nothing; all "" for old stores)."""
+        return self.group[L.NOTE][:] if self._has(L.NOTE) else np.full(len(self.ids), "", dtype=object)
 
     @property
     def n_folds(self) -> int:
@@ -156,9 +181,32 @@ class FeatureCache:
             return out
         for key, name in L.FEATURES.items():
             n = self.lengths[key][idx]
-            block = self.group[name].get_orthogonal_selection((idx.tolist(), slice(0, max(int(n.max()), 1))))
-            out[key] = [np.ascontiguousarray(block[k, : n[k]]) for k in range(len(idx))]
+            block = self._read(name, idx, max(int(n.max()), 1))
+            for k, i in enumerate(idx):
+                rows = np.ascontiguousarray(block[k, : n[k]])
+                if not np.isfinite(rows).all():
+                    raise CacheError(
+                        f"{self.url}: clip {self.ids[i]} has non-finite values (NaN/inf) in {name}; "
+                        "re-extract it (aver extract --retry-failed after marking it) or drop it"
+                    )
+                out[key].append(rows)
         return out
+
+    def _read(self, name: str, idx: np.ndarray, length: int) -> np.ndarray:
+        """``name[idx, :length]`` in one bulk read; a chunk that cannot be decoded is named."""
+        arr = self.group[name]
+        try:
+            return arr.get_orthogonal_selection((idx.tolist(), slice(0, length)))
+        except Exception:  # noqa: BLE001 - find the damaged clip, then say which one it is
+            for i in idx:
+                try:
+                    arr[int(i), :length]
+                except Exception as e:  # noqa: BLE001
+                    raise CacheError(
+                        f"{self.url}: damaged cache: {name} of clip {self.ids[i]} (row {int(i)}) cannot be read "
+                        f"({type(e).__name__}: {e}); copy the store again or re-extract that clip"
+                    ) from None
+            raise
 
     def clip(self, i: int) -> ClipFeatures:
         """The valid rows of clip ``i`` (a committed clip; others raise ``CacheError``)."""

@@ -50,6 +50,12 @@ class CheckpointError(UserError, ValueError):
     exit_code = 5
 
 
+class TrainingError(UserError):
+    """Training cannot go on: a non-finite loss (the message names the batch's clips)."""
+
+    exit_code = 6
+
+
 class ClipError(AverError):
     """A failure confined to one clip: recorded in the cache with its cause; the run goes on.
 
@@ -71,6 +77,7 @@ EXIT_CODES = {
     3: "a missing optional dependency (the message names the pip install)",
     4: "a cache that is missing, inconsistent or not the one expected",
     5: "a checkpoint or run folder that does not fit",
+    6: "training stopped: a non-finite loss",
     130: "interrupted",
 }
 

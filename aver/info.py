@@ -8,6 +8,7 @@ import numpy as np
 
 from aver import layout as L
 from aver.cache import FeatureCache
+from aver.utils import printable
 
 
 def describe(url: str, storage_options: dict | None = None, max_failures: int = 20) -> str:
@@ -37,10 +38,17 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         name = m.get("arch") or m.get("model") or m.get("backend") or "-"
         sha = (m.get("weights_sha256") or "-")[:12]
         lines.append(f"{key:9} {name}  {m.get('weights') or m.get('variant') or ''}  sha256 {sha}")
+    notes = cache.notes()
+    noted = np.flatnonzero((notes != "") & done)
+    if len(noted):
+        lines.append(f"notes ({len(noted)} done clips were cut or kept despite lost frames):")
+        for i in noted[:max_failures]:
+            lines.append(f"  {cache.ids[i]}: {notes[int(i)]}")
     failed = np.flatnonzero(status == L.FAILED)
     if len(failed):
         errors = cache.array(L.ERROR)
         lines.append(f"failures ({len(failed)}):")
         for i in failed[:max_failures]:
             lines.append(f"  {cache.ids[i]}: {errors[int(i)]}")
-    return "\n".join(lines)
+    # Everything above may hold text from a data folder: no control character reaches the terminal.
+    return "\n".join(printable(line) for line in lines)

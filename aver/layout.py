@@ -13,6 +13,7 @@ from typing import Any
 
 LAYOUT_VERSION = 1
 ATTRS_KEY = "aver"  # group attribute holding the provenance JSON
+TEMPLATE_KEY = "template"  # "incomplete" while the template is being written (then absent)
 
 # clips/status: the commit marker, written last for each clip.
 PENDING, DONE, FAILED = 0, 1, 2
@@ -31,6 +32,7 @@ LABEL = "clips/label"
 TARGETS = "clips/targets"
 STATUS = "clips/status"
 ERROR = "clips/error"
+NOTE = "clips/note"
 N_FRAMES = "clips/n_frames"
 N_FLOW = "clips/n_flow"
 N_AUDIO = "clips/n_audio"
@@ -85,6 +87,7 @@ ARRAYS: dict[str, ArraySpec] = {
         _spec(FOLD_SPLIT, "int8", ["fold", "clip"], ["K", "N"], UNUSED, per_clip=False),
         _spec(STATUS, "int8", ["clip"], ["N"], PENDING),
         _spec(ERROR, "str", ["clip"], ["N"], ""),
+        _spec(NOTE, "str", ["clip"], ["N"], ""),
         _spec(N_FRAMES, "int32", ["clip"], ["N"], 0),
         _spec(N_FLOW, "int32", ["clip"], ["N"], 0),
         _spec(N_AUDIO, "int32", ["clip"], ["N"], 0),
@@ -104,11 +107,26 @@ ARRAYS: dict[str, ArraySpec] = {
         ),
     )
 }
-OPTIONAL = (TARGETS, FOLD_SPLIT)  # present only when the corpus has targets / folds
+# Present only when the corpus has targets / folds; clips/note only in stores written by aver >= 0.2.
+OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE)
 
 # Per-clip data arrays: reset to their fill value when a clip fails.
 CLIP_DATA = (FRAME_FEATURES, FLOW_FEATURES, AUDIO_FEATURES, TIMESTAMP, FACE_BOX, FACE_PROB, FACE_MASK)
 CLIP_SCALARS = (N_FRAMES, N_FLOW, N_AUDIO, FPS)
+
+
+# What a reader accepts, so that an edited or hostile store cannot make it allocate without bound.
+LIMITS = {
+    "N": 10_000_000,  # clips
+    "T": 1_000_000,  # frames per clip (11 h at 25 fps)
+    "A": 2_000_000,  # audio frames per clip (11 h at 50 Hz)
+    "L": 1_024,  # stored audio layers
+    "D_image": 65_536,
+    "D_audio": 65_536,
+    "K": 1_000,  # folds
+    "K_t": 1_000,  # continuous targets
+}
+MAX_CHUNK_BYTES = 2**31  # one clip's chunk of any array: a read decodes the whole chunk
 
 
 def sizes_from_meta(meta: dict[str, Any], n_clips: int, n_folds: int = 0) -> dict[str, int]:

@@ -63,6 +63,7 @@ class ClipResult:
     face_prob: np.ndarray  # float32 [T]
     face_mask: np.ndarray  # bool [T] True where MTCNN detected the face (else filled)
     fps: float
+    note: str = ""  # what was cut or kept and why (e.g. "cut at 300 of >= 750 frames: ..."), else ""
 
 
 def _compressors(dtype: str):
@@ -109,7 +110,7 @@ def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) ->
         L.FOLD_SPLIT: np.asarray(table.folds, dtype=np.int8) if table.folds.size else None,
     }
     for name, spec in L.ARRAYS.items():
-        if name in L.OPTIONAL and columns[name] is None:
+        if name in (L.TARGETS, L.FOLD_SPLIT) and columns[name] is None:
             continue
         _create(g, spec, sizes, columns.get(name))
 
@@ -146,10 +147,13 @@ class CacheWriter:
         Raises ``CacheMismatchError`` when the store exists with another config hash or clip list.
         """
         writer = cls(url, storage_options)
-        if L.store_exists(url, storage_options) and not overwrite:
+        if not overwrite and not cls.needs_template(url, storage_options):
             writer._validate(table, attrs)
             return writer
         g = L.open_root(url, "w", storage_options)
+        # Marked incomplete first: a run killed while the template is written leaves a store that
+        # the next run recognises and writes again (``needs_template``), never a half template.
+        g.attrs[L.ATTRS_KEY] = {L.TEMPLATE_KEY: "incomplete", "layout_version": L.LAYOUT_VERSION}
         _write_template(g, table, cap, dims)
         meta = dict(attrs)
         meta.update(
@@ -167,6 +171,18 @@ class CacheWriter:
         g.attrs[L.ATTRS_KEY] = meta
         writer._g = g
         return writer
+
+    @staticmethod
+    def needs_template(url: str, storage_options: dict | None = None) -> bool:
+        """True when there is no store at ``url`` yet, or only what an interrupted template left:
+        an empty group without attributes, or a template marked incomplete."""
+        if not L.store_exists(url, storage_options):
+            return True
+        g = L.open_root(url, "r", storage_options)
+        meta = g.attrs.get(L.ATTRS_KEY)
+        if meta is None:
+            return not any(True for _ in g.members())
+        return isinstance(meta, dict) and meta.get(L.TEMPLATE_KEY) == "incomplete"
 
     def _validate(self, table: ClipTable, attrs: dict[str, Any]) -> None:
         g = self.group
@@ -227,11 +243,16 @@ class CacheWriter:
             L.FACE_PROB: (r.face_prob, cap_t),
             L.FACE_MASK: (r.face_mask, cap_t),
         }
+        for name, (x, _) in data.items():
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                raise ValueError(f"{self.url}: clip {i}: {name} has non-finite values (NaN/inf); not written")
         for name, (x, length) in data.items():
             g[name][i] = _pad(x, length)
         for name, value in ((L.N_FRAMES, t), (L.N_FLOW, p), (L.N_AUDIO, a), (L.FPS, r.fps)):
             g[name][i] = value
         g[L.ERROR][i] = ""
+        if self._has_notes():
+            g[L.NOTE][i] = r.note
         g[L.STATUS][i] = L.DONE
 
     def write_failure(self, i: int, cause: str) -> None:
@@ -244,7 +265,15 @@ class CacheWriter:
         for name in L.CLIP_SCALARS:
             g[name][i] = 0
         g[L.ERROR][i] = cause
+        if self._has_notes():
+            g[L.NOTE][i] = ""
         g[L.STATUS][i] = L.FAILED
+
+    def _has_notes(self) -> bool:
+        """Stores written before aver 0.2 have no ``clips/note``; they stay writable as they are."""
+        if not hasattr(self, "_notes"):
+            self._notes = "note" in self.group["clips"]
+        return self._notes
 
 
 def _pad(x: np.ndarray, length: int) -> np.ndarray:

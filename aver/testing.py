@@ -26,6 +26,8 @@ def build_feature_cache(
     seed: int = 0,
     config_hash: str = "testcache",
     dataset: str = "toy",
+    class_names: list[str] | None = None,
+    id_prefix: str = "c",
 ) -> str:
     """Write a cache at ``url`` and return it.
 
@@ -35,7 +37,9 @@ def build_feature_cache(
     learn the classes; ``separation=0`` gives pure noise (throughput benchmarks).
     """
     labels = np.arange(n_clips) % n_classes
-    table = _table(n_clips, n_classes, labels, targets, n_speakers)
+    table = _table(n_clips, n_classes, labels, targets, n_speakers, id_prefix)
+    if class_names and not targets:
+        table.classes = list(class_names)
     dims = {"image": d_image, "audio": d_audio, "audio_layers": 1, "audio_rate_hz": 50.0}
     attrs = {
         "config_hash": config_hash,
@@ -81,11 +85,11 @@ def _write_clips(w, labels, frames, fps, separation, seed, d_image, d_audio, n_c
 
 
 def _table(
-    n_clips: int, n_classes: int, labels: np.ndarray, targets: tuple[str, ...], n_speakers: int
+    n_clips: int, n_classes: int, labels: np.ndarray, targets: tuple[str, ...], n_speakers: int, prefix: str
 ) -> ClipTable:
     speakers = [f"s{i % n_speakers}" for i in range(n_clips)]
     return ClipTable(
-        ids=[f"c{i:03d}" for i in range(n_clips)],
+        ids=[f"{prefix}{i:03d}" for i in range(n_clips)],
         speakers=speakers,
         videos=[f"c{i:05d}.mp4" for i in range(n_clips)],
         labels=np.full(n_clips, -1) if targets else labels,

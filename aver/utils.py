@@ -93,3 +93,19 @@ def save_safetensors(
     cpu = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     meta = {"format": "pt", **(metadata or {})}
     return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=meta))
+
+
+def printable(value: Any) -> str:
+    """``value`` as text safe for a terminal: control characters (escape sequences, newlines, tabs,
+    bidi overrides) are shown as ``\\x1b``-style escapes instead of acting on the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def csv_text(value: Any) -> str:
+    """A text cell safe for spreadsheets: a leading ``= + - @`` (or tab / CR) would make Excel,
+    LibreOffice and Sheets evaluate the cell as a formula, so such cells get a leading quote."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

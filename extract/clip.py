@@ -36,6 +36,7 @@ class Prepared:
     mask: np.ndarray  # bool [T]
     fps: float
     audio: np.ndarray  # float32 [S_audio] 16 kHz mono
+    notes: list[str]  # what was cut or kept, recorded in clips/note
 
     @property
     def n_frames(self) -> int:
@@ -50,8 +51,8 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
     rt = cfg.runtime
     info = probe_video(rec.video)
     max_seconds = cfg.max_seconds
-    dets, stamps, hw = [], [], None
-    for frames, ts in iter_video_frames(rec.video, rt.decode_batch, max_seconds):
+    dets, stamps, hw, notes = [], [], None, []
+    for frames, ts in iter_video_frames(rec.video, rt.decode_batch, max_seconds, notes=notes):
         frames, ts = frames[: cap.frames - len(stamps)], ts[: cap.frames - len(stamps)]
         hw = frames.shape[1:3]
         for k in range(0, len(frames), rt.detect_batch):
@@ -60,6 +61,10 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         stamps.extend(ts.tolist())
         if len(stamps) >= cap.frames:
             log.warning("%s: longer than the store capacity; cut at %d frames", rec.video, cap.frames)
+            notes.append(
+                f"cut at {cap.frames} frames ({stamps[-1]:.2f} s): the store's frame capacity, planned from "
+                "container headers, is shorter than this clip"
+            )
             break
     n = len(stamps)
     if n < cfg.flow.window + 1:
@@ -89,6 +94,7 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         track.mask.astype(bool),
         float(fps),
         audio,
+        notes,
     )
 
 
@@ -146,7 +152,12 @@ def compute_group(
 
     results = []
     for p, ff, of in zip(group, frame_feats, flow_feats, strict=True):
-        audio = models.audio(p.audio)[: cap.audio]
+        audio = models.audio(p.audio)
+        if len(audio) > cap.audio:
+            p.notes.append(
+                f"audio cut at {cap.audio} of {len(audio)} wav2vec2 frames: the store's audio capacity"
+            )
+            audio = audio[: cap.audio]
         results.append(
             ClipResult(
                 frame_features=_f16(ff, p.record.video, "frame"),
@@ -157,6 +168,7 @@ def compute_group(
                 face_prob=p.probs,
                 face_mask=p.mask,
                 fps=p.fps,
+                note="; ".join(p.notes),
             )
         )
     return results

@@ -113,15 +113,18 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         )
 
 
-def _decode_failed(path: str, err: Exception, n: int, expected: int, min_ratio: float) -> None:
-    """Apply the truncation policy of the module docstring: raise, or warn and keep ``n`` frames."""
+def _decode_failed(path: str, err: Exception, n: int, expected: int, min_ratio: float, notes: list) -> None:
+    """Apply the truncation policy of the module docstring: raise, or keep ``n`` frames with a note."""
     of = f" of {expected} announced" if expected else ""
     if n == 0 or (expected and n < min_ratio * expected):
         raise ClipError(path, f"video decoding failed after {n}{of} frames: {err}", "decode") from err
     log.warning("%s: video decoding stopped after %d%s frames (%s); keeping them", path, n, of, err)
+    notes.append(f"decoding stopped after {n}{of} frames ({err}); kept (policy: at least {min_ratio:.0%})")
 
 
-def _frames_with_times(container, stream, path: str, expected: int, min_ratio: float, max_seconds):
+def _frames_with_times(
+    container, stream, path: str, expected: int, min_ratio: float, max_seconds, notes: list
+):
     """Yield ``(rgb uint8 [H, W, 3], t seconds)`` per decoded frame; applies the truncation policy."""
     import av
 
@@ -136,7 +139,7 @@ def _frames_with_times(container, stream, path: str, expected: int, min_ratio: f
         except StopIteration:
             return
         except av.error.FFmpegError as e:
-            _decode_failed(path, e, n, expected, min_ratio)
+            _decode_failed(path, e, n, expected, min_ratio, notes)
             return
         if frame.time is not None:
             t = frame.time - origin
@@ -161,6 +164,7 @@ def iter_video_frames(
     batch_size: int,
     max_seconds: float | None = None,
     min_decoded_ratio: float = 0.5,
+    notes: list[str] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream a clip's frames at its native rate, ``batch_size`` at a time.
 
@@ -169,8 +173,10 @@ def iter_video_frames(
     stream's start. Frames at or after ``max_seconds`` are not decoded. Memory is bounded by one
     batch. Deterministic: two iterations give identical frames, whatever the batch size.
     Raises ``ClipError(stage="decode")`` as ``probe_video`` does, when no frame decodes, and on a
-    truncated/corrupt stream as the module docstring describes (``min_decoded_ratio``).
+    truncated/corrupt stream as the module docstring describes (``min_decoded_ratio``). A clip
+    kept although frames were lost gets a line appended to ``notes`` (recorded in the store).
     """
+    notes = notes if notes is not None else []
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if max_seconds is not None and max_seconds <= 0:
@@ -185,7 +191,8 @@ def iter_video_frames(
             expected = min(expected, math.ceil(max_seconds * fps - 1e-6))
         frames = timestamps = None
         k = n = 0
-        for rgb, t in _frames_with_times(container, stream, path, expected, min_decoded_ratio, max_seconds):
+        decoded = _frames_with_times(container, stream, path, expected, min_decoded_ratio, max_seconds, notes)
+        for rgb, t in decoded:
             if frames is None:
                 frames = np.empty((batch_size, *rgb.shape), dtype=np.uint8)
                 timestamps = np.empty(batch_size, dtype=np.float64)
@@ -206,6 +213,10 @@ def iter_video_frames(
         )
     if expected and n < expected - 1:
         log.warning("%s: decoded %d frames, the container announced %d", path, n, expected)
+        if not notes:
+            notes.append(
+                f"decoded {n} of {expected} announced frames; kept (policy: at least {min_decoded_ratio:.0%})"
+            )
 
 
 def load_audio(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aver.errors import ClipError
-from aver.layout import DONE, FAILED, PENDING, store_exists
+from aver.layout import DONE, FAILED, PENDING
 from aver.store import CacheWriter, Capacity
 
 from .config import ExtractConfig
@@ -75,7 +75,11 @@ def plan_capacity(index: DatasetIndex, cfg: ExtractConfig, audio_rate_hz: float)
         seconds = max(info.duration_s, info.audio_duration_s)
         if rec.audio:
             seconds = max(seconds, _audio_seconds(rec.audio))
-        return max(info.n_frames, math.ceil(info.duration_s * info.fps)), seconds
+        # A header may give neither a frame count nor a duration (raw H.264): then the audio's
+        # length at the stream's rate is the best estimate, so such a clip is not cut short.
+        return max(
+            info.n_frames, math.ceil(info.duration_s * info.fps), math.ceil(seconds * info.fps)
+        ), seconds
 
     with ThreadPoolExecutor(8) as pool:
         probed = list(pool.map(probe, index.clips))
@@ -279,7 +283,7 @@ def _open_store(cfg, index, url, models, overwrite, storage_options) -> CacheWri
         "libraries": _library_versions(),
         "notes": index.notes,
     }
-    fresh = overwrite or not store_exists(url, storage_options)
+    fresh = overwrite or CacheWriter.needs_template(url, storage_options)
     cap = plan_capacity(index, cfg, dims["audio_rate_hz"]) if fresh else Capacity(0, 0)
     return CacheWriter.create_or_open(
         url, index.table(), attrs, cap, dims, overwrite=overwrite, storage_options=storage_options

@@ -362,6 +362,27 @@ def render_clip(spec: SyntheticSpec, clip: ClipPlan) -> tuple[np.ndarray, np.nda
     return frames, audio
 
 
+def _remove_stale(root: Path, manifest: dict, wanted: set[str]) -> None:
+    """Delete the clips an earlier spec generated and the new one does not.
+
+    A manifest is data someone may hand you: an entry is deleted only if its path resolves to a file
+    inside ``root`` and the file's sha256 is the one recorded (so aver wrote it). Anything else is
+    left alone and logged.
+    """
+    base = root.resolve()
+    for entry in manifest.get("files", []):
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(rel, str) or rel in wanted:
+            continue
+        path = (base / rel).resolve()
+        if (base / rel).is_symlink() or not path.is_relative_to(base) or not path.is_file():
+            log.warning("synthetic: manifest entry %r is not a file inside %s; not deleted", rel, base)
+        elif sha256_file(path) != entry.get("sha256"):
+            log.warning("synthetic: %s differs from what aver generated; not deleted", path)
+        else:
+            path.unlink()
+
+
 def generate_corpus(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec()) -> list[Path]:
     """Write the corpus under ``root``; return the clip paths in plan order.
 
@@ -379,10 +400,7 @@ def generate_corpus(root: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec
     if old is not None and old.get("spec") == spec.to_dict():
         known = {f["path"]: f["sha256"] for f in old.get("files", [])}
     elif old is not None:
-        wanted = {c.relpath for c in plan}
-        for f in old.get("files", []):
-            if f.get("path") not in wanted:
-                (root / f["path"]).unlink(missing_ok=True)
+        _remove_stale(root, old, {c.relpath for c in plan})
     entries, written = [], 0
     for clip in plan:
         path = root / clip.relpath

@@ -157,3 +157,44 @@ def test_folder_adapter_missing_column_names_the_file(tmp_path):
 def test_unknown_dataset_lists_choices():
     with pytest.raises(ValueError, match="ravdess"):
         load_dataset("nope", DatasetOptions())
+
+
+FOLDER_HEADER = "video,speaker,label,valence\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("a.mp4,s1,happy,0.1\nb.mp4,s2\n", r"clips.csv, line 3: too few fields"),
+        (
+            "a.mp4,s1,happy,0.1\na.mp4,s2,sad,0.2\nc.mp4,s3,sad,0.3\n",
+            r"clips.csv: clip ids must be unique.*\['a'\]",
+        ),
+        ("a.mp4,s1,happy,nan\n", r"clips.csv, line 2: target valence='nan' is not finite"),
+        ("a.mp4,s1,happy,inf\n", r"line 2: target valence='inf' is not finite"),
+        ("a.mp4,s1,happy,x\n", r"line 2: target valence='x' is not a number"),
+    ],
+)
+def test_folder_csv_problems_are_one_clear_error(tmp_path, body, match):
+    (tmp_path / "clips.csv").write_text(FOLDER_HEADER + body)
+    with pytest.raises(ConfigError, match=match):
+        load_dataset("folder", DatasetOptions(labels=tmp_path / "clips.csv", targets=("valence",)))
+
+
+def test_folder_csv_in_latin1_names_the_file(tmp_path):
+    (tmp_path / "clips.csv").write_bytes((FOLDER_HEADER + "caf\xe9.mp4,s1,happy,0.1\n").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"clips.csv: not UTF-8 text"):
+        load_dataset("folder", DatasetOptions(labels=tmp_path / "clips.csv", targets=("valence",)))
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        (["a.wav,s1,Train", "b.wav,s2"], r"line 3: too few fields"),
+        (["a.wav,s1,Train", "a.wav,s1,Test"], r"line 3: a is listed again with another Split_Set"),
+    ],
+)
+def test_vavl_csv_problems_are_one_clear_error(tmp_path, rows, match):
+    (tmp_path / "f1.csv").write_text("FileName,SpkrID,Split_Set\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=match):
+        vavl_folds(str(tmp_path / "f1.csv"), ["a", "b"], ["s1", "s2"])

@@ -21,6 +21,7 @@ from aver.layout import DONE, FAILED, open_root
 PER_CLIP = [
     "clips/status",
     "clips/error",
+    "clips/note",
     "clips/n_frames",
     "clips/n_flow",
     "clips/n_audio",
@@ -258,3 +259,60 @@ def test_paper_preset_offline_names_every_missing_weight(tmp_path):
     for words in ("--face-weights", "facebook/wav2vec2-large-robust", "deepmind/optical-flow-perceiver"):
         assert words in out.stderr, out.stderr
     assert not (tmp_path / "c" / "synthetic.zarr").exists()  # nothing written before the models exist
+
+
+@pytest.mark.slow
+def test_a_cut_is_recorded_per_clip_and_shown_by_info(small_corpus, tiny_config, tmp_path, monkeypatch):
+    """Regression: a clip longer than the planned capacity was cut with status done and only a log line."""
+    import aver.extract.pipeline as pipeline
+    from aver.cache import FeatureCache
+    from aver.info import describe
+    from aver.store import Capacity
+
+    monkeypatch.setattr(pipeline, "plan_capacity", lambda *a: Capacity(frames=10, audio=30))
+    url = str(tmp_path / "cut.zarr")
+    summary = run_extraction(tiny_config, small_index(small_corpus), url, progress=False, limit=2)
+    assert summary.done == 2
+    cache = FeatureCache(url)
+    notes = cache.notes()
+    assert all("cut at 10 frames" in n and "audio cut at 30" in n for n in notes[:2]), notes
+    assert (cache.lengths["frames"][:2] == 10).all()
+    assert "notes (2 done clips" in describe(url) and "cut at 10 frames" in describe(url)
+
+
+def test_capacity_of_a_raw_stream_comes_from_its_audio(tmp_path):
+    """Regression: raw H.264 (no frame count, no duration) with a separate 10 s wav got a capacity
+    from the other clips (32 frames) and was cut to it."""
+    import av
+
+    from aver.extract.config import ExtractConfig
+    from aver.extract.datasets import DatasetOptions, load_dataset
+    from aver.extract.pipeline import plan_capacity
+    from aver.overrides import apply_overrides
+
+    raw = tmp_path / "raw.h264"
+    with av.open(str(raw), "w", format="h264") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(250):
+            for pkt in s.encode(
+                av.VideoFrame.from_ndarray(np.full((64, 64, 3), i % 200, np.uint8), format="rgb24")
+            ):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    wav = tmp_path / "raw.wav"
+    with av.open(str(wav), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 160000), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for pkt in s.encode(frame):
+            c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    rows = ["id,video,speaker,audio"] + [f"r{k},raw.h264,s{k},raw.wav" for k in range(3)]
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    index = load_dataset("folder", DatasetOptions(labels=tmp_path / "clips.csv"))
+    cfg = apply_overrides(ExtractConfig(dataset="folder"), {})
+    cap = plan_capacity(index, cfg, 50.0)
+    assert cap.frames >= 250 and cap.audio >= 500, cap

@@ -105,3 +105,41 @@ def test_capacity_is_enforced(tmp_path):
     )
     with pytest.raises(ValueError, match="capacity"):
         w.write_clip(0, _result(t=5))
+
+
+def test_a_template_interrupted_at_any_step_is_written_again(tmp_path, monkeypatch):
+    """Regression: a kill while the template was written left a store without attrs.aver that every
+    later run refused (KeyError: 'aver')."""
+    import aver.store as store
+
+    url = str(tmp_path / "t.zarr")
+    real = store._write_template
+
+    def dies(g, *a):
+        real(g, *a)
+        raise KeyboardInterrupt  # after the arrays, before the attributes
+
+    monkeypatch.setattr(store, "_write_template", dies)
+    with pytest.raises(KeyboardInterrupt):
+        CacheWriter.create_or_open(url, _index().table(), _attrs(), Capacity(7, 16), DIMS)
+    monkeypatch.setattr(store, "_write_template", real)
+    from aver.cache import FeatureCache
+    from aver.errors import CacheError
+
+    with pytest.raises(CacheError, match="interrupted while creating it"):
+        FeatureCache(url)
+    assert CacheWriter.needs_template(url)
+    w = CacheWriter.create_or_open(url, _index().table(), _attrs(), Capacity(7, 16), DIMS)
+    assert (w.status() == PENDING).all() and FeatureCache(url).n_folds == 3
+    # the very first step (an empty group, no attributes yet) is recognised too
+    empty = str(tmp_path / "e.zarr")
+    open_root(empty, "w")
+    assert CacheWriter.needs_template(empty)
+    # but a foreign Zarr store with content is never taken over
+    other = open_root(str(tmp_path / "o.zarr"), "w")
+    other.create_array("x", shape=(2,), dtype="int8")
+    assert not CacheWriter.needs_template(str(tmp_path / "o.zarr"))
+    with pytest.raises(CacheError, match="not an aver cache"):
+        CacheWriter.create_or_open(
+            str(tmp_path / "o.zarr"), _index().table(), _attrs(), Capacity(7, 16), DIMS
+        )

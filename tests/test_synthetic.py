@@ -214,3 +214,25 @@ def test_default_corpus(tmp_path):
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert len(manifest["files"]) == 96
     assert probe_video(paths[-1]).n_frames == 30
+
+
+def test_a_handed_manifest_cannot_delete_files_aver_did_not_create(tmp_path):
+    """Regression: entries such as ../x or absolute paths in manifest.json were deleted."""
+    from aver.extract.synthetic import _MANIFEST_VERSION
+    from aver.utils import sha256_file
+
+    root, outside = tmp_path / "corpus", tmp_path / "precious.txt"
+    root.mkdir()
+    outside.write_text("keep me")
+    (root / "notes.txt").write_text("mine, not aver's")
+    spec = SyntheticSpec(n_actors=3, emotions=("neutral",), clips_per_emotion=1, seconds=0.2)
+    other = SyntheticSpec(n_actors=3, emotions=("happy",), clips_per_emotion=1, seconds=0.2)
+    files = [
+        {"path": "../precious.txt", "sha256": sha256_file(outside)},
+        {"path": str(outside), "sha256": sha256_file(outside)},
+        {"path": "notes.txt", "sha256": "0" * 64},
+    ]
+    manifest = {"version": _MANIFEST_VERSION, "spec": other.to_dict(), "files": files}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    generate_corpus(root, spec)
+    assert outside.read_text() == "keep me" and (root / "notes.txt").exists()

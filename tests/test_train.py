@@ -42,7 +42,6 @@ def test_tiny_train_writes_a_complete_run(toy_cache, tmp_path):
         "checkpoint/model.safetensors",
         "checkpoint/checkpoint.json",
         "checkpoint/last.safetensors",
-        "checkpoint/trainer_state.json",
     ):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     saved = json.loads((run / "metrics.json").read_text())
@@ -76,6 +75,32 @@ def test_resume_continues_and_matches_an_uninterrupted_run(toy_cache, tmp_path):
     assert resumed["test"] == full["test"]
 
 
+def test_a_kill_while_saving_the_state_resumes_as_if_uninterrupted(toy_cache, tmp_path, monkeypatch):
+    """Regression: the resumable state was two files; a kill between their renames tore it."""
+    import aver.utils
+
+    full = train_fold(_cfg(toy_cache, tmp_path / "full", epochs=3, patience=10))
+    real_replace, calls = aver.utils.os.replace, []
+
+    def dying_replace(src, dst):
+        calls.append(dst)
+        if (
+            str(dst).endswith("last.safetensors")
+            and len([c for c in calls if str(c).endswith("last.safetensors")]) == 2
+        ):
+            raise KeyboardInterrupt  # killed while committing epoch 2
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(aver.utils.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(_cfg(toy_cache, tmp_path / "cut", epochs=3, patience=10))
+    monkeypatch.setattr(aver.utils.os, "replace", real_replace)
+    assert not list((tmp_path / "cut/checkpoint").glob(".*tmp*")), "no temporary file is left behind"
+    resumed = train_fold(_cfg(toy_cache, tmp_path / "cut", epochs=3, patience=10))
+    assert resumed["test"] == full["test"]
+    assert not (tmp_path / "cut/checkpoint/trainer_state.json").exists()
+
+
 def test_resume_refuses_another_architecture(toy_cache, tmp_path):
     train_fold(_cfg(toy_cache, tmp_path / "run", epochs=1))
     other = {**TINY_MODEL, "d_model": 8}
@@ -87,9 +112,16 @@ def test_evaluate_refuses_a_cache_with_other_provenance(toy_cache, tmp_path):
     train_fold(_cfg(toy_cache, tmp_path / "run", epochs=1))
     again = evaluate_run(str(tmp_path / "run"), toy_cache)
     assert again["reported_head"] in ("video", "audio", "fusion")
+    assert (tmp_path / "run/evaluations/toy.zarr/metrics.json").is_file()
     other = make_feature_cache(str(tmp_path / "other.zarr"), config_hash="another-extraction")
     with pytest.raises(CheckpointError, match="config_hash"):
         evaluate_run(str(tmp_path / "run"), other)
+    # regression: another subset extracted with the same config was accepted and overwrote the run
+    subset = make_feature_cache(str(tmp_path / "subset.zarr"), n_clips=30)
+    own = (tmp_path / "run/metrics.json").read_text()
+    with pytest.raises(CheckpointError, match="clips_sha256"):
+        evaluate_run(str(tmp_path / "run"), subset)
+    assert (tmp_path / "run/metrics.json").read_text() == own
 
 
 def test_regression_with_several_targets(tmp_path):
@@ -145,6 +177,7 @@ def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
         timeout=300,
     )
     assert ev.returncode == 0 and "fold 2" in ev.stdout, ev.stderr[-2000:]
+    assert (tmp_path / "cv/fold2/evaluations/toy.zarr/predictions.csv").is_file()
     other = make_feature_cache(str(tmp_path / "other.zarr"), config_hash="other")
     bad = subprocess.run(
         [*base, "evaluate", "--run", str(tmp_path / "cv/fold2"), "--cache", other],
@@ -153,3 +186,17 @@ def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 5 and "config_hash" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_hostile_names_reach_neither_spreadsheet_formulas_nor_mathtext(tmp_path):
+    """Regression: `=HYPERLINK(...)` ids went unescaped into predictions.csv; a `$` in a class name
+    crashed matplotlib after the metrics were written."""
+    import csv
+
+    names = ["=HYPERLINK(1)", "$x_1$", "@cmd"]
+    url = make_feature_cache(str(tmp_path / "h.zarr"), class_names=names, id_prefix="=1+")
+    train_fold(_cfg(url, tmp_path / "run", epochs=1))
+    rows = list(csv.reader(open(tmp_path / "run/predictions.csv")))
+    assert all(r[0].startswith("'=1+") for r in rows[1:])
+    assert all(cell[:1] not in "=+-@" for r in rows for cell in r[:3])
+    assert (tmp_path / "run/confusion.png").stat().st_size > 1000

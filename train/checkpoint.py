@@ -2,49 +2,79 @@
 
 A checkpoint folder holds ``model.safetensors`` and ``checkpoint.json`` (the resolved training
 config, the model config, and the provenance of the cache it was trained on). The resumable
-state adds ``last.safetensors`` (model, optimiser tensors, RNG state) and ``trainer_state.json``.
+state is ``last.safetensors`` alone (model, optimiser tensors, RNG state; the trainer state as metadata),
+so each save is one atomic rename. ``model.safetensors`` also carries its info as metadata.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from aver.cache import FeatureCache
 from aver.errors import CheckpointError
-from aver.utils import atomic_write_json, save_safetensors
+from aver.utils import atomic_write_json, json_hash, save_safetensors
+
+INFO_KEY = "aver.checkpoint"  # safetensors metadata: the checkpoint info (configs, cache identity)
+STATE_KEY = "aver.trainer_state"  # safetensors metadata: epoch, history, best, optimiser fields
 
 
-def cache_identity(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must agree on with a cache (from ``attrs.aver``)."""
+def cache_identity(cache: FeatureCache) -> dict[str, Any]:
+    """What a checkpoint must agree on with a cache: provenance, label space, feature sizes, and
+    the clip list and folds themselves (another subset with the same config is another corpus)."""
+    meta = cache.meta
     return {
         "dataset": meta.get("dataset"),
         "config_hash": meta.get("config_hash"),
         "classes": meta.get("classes"),
         "targets": meta.get("targets"),
         "dims": meta.get("dims"),
+        "clips_sha256": json_hash([str(i) for i in cache.ids], 64),
+        "folds_sha256": hashlib.sha256(
+            np.ascontiguousarray(cache.folds, dtype=np.int8).tobytes()
+        ).hexdigest(),
     }
 
 
-def check_cache(saved: dict[str, Any], meta: dict[str, Any], url: str, what: str) -> None:
-    """Refuse a cache whose provenance differs from the one the checkpoint was trained on."""
-    now = cache_identity(meta)
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs cache {now[k]!r}" for k in now if saved.get(k) != now[k]]
+def check_cache(saved: dict[str, Any], cache: FeatureCache, what: str) -> None:
+    """Refuse a cache whose identity differs from the one the checkpoint was trained on.
+
+    Keys a checkpoint from an older aver does not have are not compared.
+    """
+    now = cache_identity(cache)
+    diffs = [
+        f"{k}: checkpoint {saved[k]!r} vs cache {now[k]!r}" for k in now if k in saved and saved[k] != now[k]
+    ]
     if diffs:
         raise CheckpointError(
-            f"cannot {what}: the cache {url} is not the one this checkpoint was trained on ("
+            f"cannot {what}: the cache {cache.url} is not the one this checkpoint was trained on ("
             + "; ".join(diffs)
             + "). Use the original cache or train a new model."
         )
 
 
 def save_model(folder: Path, model: torch.nn.Module, info: dict[str, Any]) -> None:
+    """The best model: weights and ``info`` in one atomic file (``checkpoint.json`` is a readable copy)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_safetensors(model.state_dict(), folder / "model.safetensors")
+    meta = {INFO_KEY: json.dumps(info, sort_keys=True, default=str)}
+    save_safetensors(model.state_dict(), folder / "model.safetensors", metadata=meta)
     atomic_write_json(folder / "checkpoint.json", info)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -58,19 +88,28 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and info of the best model; the info comes from the same file as the weights."""
     path = folder / "model.safetensors"
-    if not path.exists() or not (folder / "checkpoint.json").exists():
+    if not path.exists():
         raise CheckpointError(
-            f"no checkpoint at {folder} (expected model.safetensors and checkpoint.json): "
-            "is this a run folder written by `aver train`?"
+            f"no checkpoint at {folder} (expected model.safetensors): is this a run folder written by `aver train`?"
         )
-    return load_file(str(path)), json.loads((folder / "checkpoint.json").read_text())
+    meta = _metadata(path)
+    if INFO_KEY in meta:
+        info = json.loads(meta[INFO_KEY])
+    elif (folder / "checkpoint.json").exists():  # runs written before aver 0.2
+        info = json.loads((folder / "checkpoint.json").read_text())
+    else:
+        raise CheckpointError(f"{path} carries no checkpoint information (and there is no checkpoint.json)")
+    return load_file(str(path)), info
 
 
 def save_state(
     folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """The resumable state: model, optimiser tensors and RNG in safetensors, the rest in JSON."""
+    """The resumable state in ONE file, ``last.safetensors``: model, optimiser tensors and RNG as
+    tensors, the trainer state and the optimiser's other fields as JSON metadata. One atomic rename
+    commits it, so a kill can never pair the tensors of one epoch with the state of another."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -83,18 +122,22 @@ def save_state(
             else:
                 opt_meta["state"][str(pid)][name] = value
     tensors["rng.torch"] = torch.get_rng_state()
-    save_safetensors(tensors, folder / "last.safetensors")
-    atomic_write_json(folder / "trainer_state.json", {**state, "optimizer": opt_meta})
+    meta = {STATE_KEY: json.dumps({**state, "optimizer": opt_meta}, default=str)}
+    save_safetensors(tensors, folder / "last.safetensors", metadata=meta)
 
 
 def load_state(
     folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any] | None:
     """Restore what ``save_state`` wrote; ``None`` when there is nothing to resume."""
-    if not (folder / "last.safetensors").exists() or not (folder / "trainer_state.json").exists():
+    path = folder / "last.safetensors"
+    if not path.exists():
         return None
-    tensors = load_file(str(folder / "last.safetensors"))
-    state = json.loads((folder / "trainer_state.json").read_text())
+    meta = _metadata(path)
+    if STATE_KEY not in meta:
+        raise CheckpointError(f"{path} carries no trainer state: resume with --no-resume or another --out")
+    tensors = load_file(str(path))
+    state = json.loads(meta[STATE_KEY])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_meta = state.pop("optimizer")
     opt_state: dict[int, dict[str, Any]] = {int(pid): dict(slots) for pid, slots in opt_meta["state"].items()}

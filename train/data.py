@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aver.cache import FeatureCache
-from aver.errors import ConfigError
+from aver.errors import CacheError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ def load_clips(
         idx = order[start : start + chunk]
         feats = cache.read_features(idx)
         for k, i in enumerate(idx):
+            if not np.isfinite(cache.targets[i]).all():
+                raise CacheError(
+                    f"{cache.url}: clip {cache.ids[i]} has non-finite targets {cache.targets[i].tolist()}"
+                )
             frag = audio_fragments(feats["audio"][k], cfg.audio_window, cfg.audio_hop, cfg.audio_layer)
             out.append(
                 ClipTensors(

@@ -23,6 +23,9 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Class names and clip ids come from data folders: a '$' must not be parsed as mathtext (which
+    # raised after the metrics were written). Our own labels use no mathtext.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -3,7 +3,7 @@
 Read this file first. A run directory holds ``config.json`` (resolved), ``train.log``,
 ``history.json``, ``metrics.json`` (per split and head), ``predictions.csv`` (test clips),
 ``checkpoint/`` (best ``model.safetensors`` + ``checkpoint.json``; the resumable
-``last.safetensors`` + ``trainer_state.json``; ``feature_stats.safetensors``) and the plots.
+``last.safetensors``, one atomic file; ``feature_stats.safetensors``) and the plots.
 """
 
 from __future__ import annotations
@@ -21,11 +21,19 @@ import numpy as np
 import torch
 
 from aver.cache import FeatureCache
-from aver.errors import CacheError, CheckpointError
+from aver.errors import CacheError, CheckpointError, TrainingError
 from aver.layout import SPLITS
 from aver.utils import autocast
 
-from .checkpoint import cache_identity, check_cache, load_state, save_model, save_state, save_tensors
+from .checkpoint import (
+    cache_identity,
+    check_cache,
+    load_model_state,
+    load_state,
+    save_model,
+    save_state,
+    save_tensors,
+)
 from .config import TrainConfig
 from .data import ClipTensors, FeatureStats, batches, collate, load_clips, to_device
 from .heads import HEADS, output_key
@@ -47,13 +55,14 @@ class Run:
     info: dict[str, Any]  # what checkpoints record: configs, variant, task, cache identity
     clips: dict[str, list[ClipTensors]] = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
+    ckpt_dir: Path | None = None  # default <dir>/checkpoint; an evaluation reads the run's own
     state: dict[str, Any] = field(
         default_factory=lambda: {"epoch": 0, "history": [], "best": -float("inf"), "bad": 0}
     )
 
     @property
     def ckpt(self) -> Path:
-        return self.dir / "checkpoint"
+        return self.ckpt_dir or self.dir / "checkpoint"
 
 
 def train_fold(cfg: TrainConfig) -> dict[str, Any]:
@@ -90,7 +99,7 @@ def setup(cfg: TrainConfig) -> Run:
         "variant": cfg.variant,
         "task": task.name,
         "names": task.names,
-        "cache": cache_identity(cache.meta),
+        "cache": cache_identity(cache),
     }
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,18 +137,14 @@ def setup_optimizer(run: Run) -> None:
     """AdamW (the paper's optimiser); restore model, optimiser and RNG when resuming."""
     cfg = run.cfg
     run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.resume and (run.ckpt / "trainer_state.json").exists():
-        saved = (
-            json.loads((run.ckpt / "checkpoint.json").read_text())
-            if (run.ckpt / "checkpoint.json").exists()
-            else run.info
-        )
+    if cfg.resume and (run.ckpt / "last.safetensors").exists():
+        saved = load_model_state(run.ckpt)[1] if (run.ckpt / "model.safetensors").exists() else run.info
         if saved["model_config"] != run.info["model_config"] or saved["variant"] != run.info["variant"]:
             raise CheckpointError(
                 f"{run.ckpt} holds a {saved['variant']} model with another architecture; resuming would "
                 "change it. Use another --out, or the original settings."
             )
-        check_cache(saved["cache"], run.cache.meta, run.cache.url, "resume")
+        check_cache(saved["cache"], run.cache, "resume")
         run.state = load_state(run.ckpt, run.model, run.optimizer)
         log.info("resumed from %s at epoch %d", run.ckpt, run.state["epoch"])
     (run.dir / "config.json").write_text(json.dumps(run.info, indent=2, sort_keys=True, default=str))
@@ -203,6 +208,11 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         with autocast(cfg.device, cfg.amp):
             out = model(batch)
         loss = run.task.loss(out, run.task.truth(batch))
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1} on the batch of clips "
+                f"{batch['clip_id']}: lower --lr or look at those clips (aver info); the last good epoch is saved"
+            )
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -80,18 +80,24 @@ def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
 
 
 def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """Re-score a finished run on a cache; refuses a cache the run was not trained on."""
+    """Re-score a finished run on its cache, into ``<run>/evaluations/<store>/`` (the run's own
+    metrics, predictions and plots are never overwritten). A cache with another identity (provenance,
+    clip list or folds) is refused."""
     from .models.variants import build_model
 
     run_dir = Path(run_dir)
     _, info = load_model_state(run_dir / "checkpoint")
     cache = FeatureCache(cache_url, storage_options)
-    check_cache(info["cache"], cache.meta, cache_url, "evaluate")
+    check_cache(info["cache"], cache, "evaluate")
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
     task = Task.from_cache(cache)
     model, _ = build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
-    run = Run(cfg, run_dir, cache, task, fold_splits(cache, cfg.fold), model, info)
-    with log_to(run_dir / "train.log"):
+    out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(
+        cfg, out, cache, task, fold_splits(cache, cfg.fold), model, info, ckpt_dir=run_dir / "checkpoint"
+    )
+    with log_to(out / "evaluate.log"):
         run.clips = {s: load_clips(cache, v, cfg.data) for s, v in run.splits.items()}
         stats = FeatureStats.from_tensors(load_tensors(run.ckpt / "feature_stats.safetensors"))
         for split in run.clips.values():

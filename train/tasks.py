@@ -17,6 +17,7 @@ from aver.errors import CacheError
 from aver.registry import Registry
 from aver.train.heads import HEADS, output_key
 from aver.train.losses import ccc_loss, classification_loss, total_loss
+from aver.utils import csv_text
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -95,13 +96,17 @@ class Classification(Task):
         return classification_metrics(truth, output.argmax(1), len(self.names), self.names)
 
     def csv_header(self, heads: list[str]) -> list[str]:
-        return ["clip_id", "label", "prediction"] + [f"{h}_{n}" for h in heads for n in self.names]
+        return ["clip_id", "label", "prediction"] + [csv_text(f"{h}_{n}") for h in heads for n in self.names]
 
     def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
         heads = [h for h in HEADS if h in pred]
         probs = {h: torch.softmax(torch.from_numpy(pred[h]), 1).numpy() for h in heads}
         return [
-            [cid, self.names[int(pred["truth"][k])], self.names[int(pred[head][k].argmax())]]
+            [
+                csv_text(cid),
+                csv_text(self.names[int(pred["truth"][k])]),
+                csv_text(self.names[int(pred[head][k].argmax())]),
+            ]
             + [f"{p:.5f}" for h in heads for p in probs[h][k]]
             for k, cid in enumerate(clip_ids)
         ]
@@ -137,7 +142,7 @@ class Regression(Task):
     def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
         heads = [h for h in HEADS if h in pred]
         return [
-            [cid]
+            [csv_text(cid)]
             + [f"{v:.5f}" for v in pred["truth"][k]]
             + [f"{v:.5f}" for v in pred[head][k]]
             + [f"{v:.5f}" for h in heads for v in pred[h][k]]

@@ -62,7 +62,7 @@ class DatasetIndex:
         ids = [c.clip_id for c in self.clips]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-            raise ValueError(f"dataset {self.name!r}: clip ids must be unique; duplicated: {dup}")
+            raise ConfigError(f"dataset {self.name!r}: clip ids must be unique; duplicated: {dup}")
         if self.folds.size and self.folds.shape[1] != len(self.clips):
             raise ValueError(
                 f"dataset {self.name!r}: folds cover {self.folds.shape[1]} clips, not {len(self.clips)}"
@@ -137,3 +137,35 @@ def finish_index(
         folds_source=source,
         notes=list(notes or []),
     )
+
+
+def read_csv(
+    path: Path, required: list[str], what: str
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Columns and ``(line number, row)`` pairs of a UTF-8 CSV, every row holding ``required``.
+
+    Every problem is a ``ConfigError`` naming the file (and line): a missing file, bytes that are
+    not UTF-8, a missing column, a row with fewer fields than the header.
+    """
+    import csv
+
+    path = Path(path).expanduser()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = list(enumerate(reader, start=2))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except (OSError, csv.Error) as e:
+        raise ConfigError(f"{what} {path}: cannot be read as CSV ({e})") from None
+    absent = [c for c in required if c not in columns]
+    if absent:
+        raise ConfigError(f"{what} {path}: missing columns {absent}; columns are {columns}")
+    for line, row in rows:
+        short = [c for c in required if row.get(c) is None]
+        if short:
+            raise ConfigError(f"{what} {path}, line {line}: too few fields (no value for {short})")
+    return columns, rows

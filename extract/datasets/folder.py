@@ -10,12 +10,11 @@ over speakers.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from aver.errors import ConfigError
 
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, read_csv
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -23,30 +22,36 @@ def _resolve(base: Path, value: str) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _targets(row: dict, names: tuple[str, ...], path: Path, line: int) -> tuple[float, ...]:
+    """The row's continuous targets; a value that is not a finite number is a ``ConfigError``."""
+    import math
+
+    values = []
+    for name in names:
+        try:
+            v = float(row[name])
+        except ValueError:
+            raise ConfigError(f"{path}, line {line}: target {name}={row[name]!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"{path}, line {line}: target {name}={row[name]!r} is not finite")
+        values.append(v)
+    return tuple(values)
+
+
 @DATASETS.register("folder")
 def folder(opts: DatasetOptions) -> DatasetIndex:
     if opts.labels is None:
         raise ConfigError("dataset 'folder' needs its clip table: --labels clips.csv (make: LABELS=...)")
     csv_path = Path(opts.labels).expanduser().resolve()
-    if not csv_path.is_file():
-        raise ConfigError(f"folder: clip table {csv_path} does not exist")
     base = Path(opts.data).expanduser().resolve() if opts.data else csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        absent = [c for c in ("video", "speaker", *opts.targets) if c not in cols]
-        if absent:
-            raise ConfigError(f"{csv_path}: missing columns {absent}; columns are {cols}")
-        rows = list(reader)
+    cols, numbered = read_csv(csv_path, ["video", "speaker", *opts.targets], "folder: clip table")
+    rows = [r for _, r in numbered]
     has_label = "label" in cols
-    classes = sorted({r["label"].strip() for r in rows if r["label"].strip()}) if has_label else []
+    classes = sorted({(r.get("label") or "").strip() for r in rows} - {""}) if has_label else []
     clips = []
-    for line, r in enumerate(rows, start=2):
-        try:
-            targets = tuple(float(r[t]) for t in opts.targets)
-        except ValueError as e:
-            raise ConfigError(f"{csv_path}, line {line}: target value is not a number ({e})") from None
-        label = r["label"].strip() if has_label else ""
+    for line, r in numbered:
+        targets = _targets(r, opts.targets, csv_path, line)
+        label = (r.get("label") or "").strip()
         video = _resolve(base, r["video"])
         clips.append(
             ClipRecord(
@@ -60,4 +65,10 @@ def folder(opts: DatasetOptions) -> DatasetIndex:
         )
     if not clips:
         raise ConfigError(f"{csv_path}: the clip table has no rows")
+    ids = [c.clip_id for c in clips]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ConfigError(
+            f"{csv_path}: clip ids must be unique (the id column, else the video's stem); duplicated: {dup}"
+        )
     return finish_index("folder", base, clips, opts, classes=classes, targets=list(opts.targets))

@@ -11,7 +11,6 @@ fold file does not list are ``unused`` in that fold.
 
 from __future__ import annotations
 
-import csv
 import glob
 import logging
 from pathlib import Path
@@ -81,21 +80,20 @@ def _stem(name: str) -> str:
 
 def read_vavl_csv(path: Path) -> dict[str, int]:
     """``{clip id: split code}`` from one VAVL partition CSV (FileName, ..., Split_Set)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        for col in ("FileName", "Split_Set"):
-            if col not in cols:
-                raise ConfigError(f"fold file {path}: missing column {col!r}; columns are {cols}")
-        out: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            split = _SPLITS.get(row["Split_Set"].strip().lower())
-            if split is None:
-                raise ConfigError(
-                    f"fold file {path}, line {line}: Split_Set {row['Split_Set']!r} is not "
-                    "Train, Development or Test"
-                )
-            out[_stem(row["FileName"])] = split
+    from .base import read_csv
+
+    _, rows = read_csv(path, ["FileName", "Split_Set"], "fold file")
+    out: dict[str, int] = {}
+    for line, row in rows:
+        split = _SPLITS.get(row["Split_Set"].strip().lower())
+        if split is None:
+            raise ConfigError(
+                f"fold file {path}, line {line}: Split_Set {row['Split_Set']!r} is not Train, Development or Test"
+            )
+        name = _stem(row["FileName"])
+        if out.get(name, split) != split:
+            raise ConfigError(f"fold file {path}, line {line}: {name} is listed again with another Split_Set")
+        out[name] = split
     return out
 
 

@@ -10,12 +10,11 @@ and, when present, a ``.wav`` of the same name (else the video's own audio). The
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from aver.errors import ConfigError
 
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, require_dir
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, read_csv, require_dir
 
 TARGET_COLUMNS = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".flv")
@@ -36,6 +35,21 @@ def index_media(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     return videos, wavs
 
 
+def _targets(row: dict, path: Path, line: int) -> tuple[float, ...]:
+    import math
+
+    out = []
+    for name, col in TARGET_COLUMNS.items():
+        try:
+            v = float(row[col])
+        except ValueError:
+            v = float("nan")
+        if not math.isfinite(v):
+            raise ConfigError(f"{path}, line {line}: {col} ({name}) = {row[col]!r} is not a finite number")
+        out.append(v)
+    return tuple(out)
+
+
 @DATASETS.register("mspimprov")
 def mspimprov(opts: DatasetOptions) -> DatasetIndex:
     root = require_dir(opts.data, "mspimprov")
@@ -45,26 +59,22 @@ def mspimprov(opts: DatasetOptions) -> DatasetIndex:
         )
     videos, wavs = index_media(root)
     clips, missing = [], []
-    with open(opts.labels, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        need = ["FileName", "SpkrID", *TARGET_COLUMNS.values()]
-        absent = [c for c in need if c not in (reader.fieldnames or [])]
-        if absent:
-            raise ConfigError(f"{opts.labels}: missing columns {absent}; columns are {reader.fieldnames}")
-        for row in reader:
-            stem = Path(row["FileName"].strip()).stem
-            if stem not in videos:
-                missing.append(stem)
-                continue
-            clips.append(
-                ClipRecord(
-                    clip_id=stem,
-                    video=str(videos[stem]),
-                    speaker=row["SpkrID"].strip(),
-                    audio=str(wavs[stem]) if stem in wavs else None,
-                    targets=tuple(float(row[c]) for c in TARGET_COLUMNS.values()),
-                )
+    need = ["FileName", "SpkrID", *TARGET_COLUMNS.values()]
+    _, rows = read_csv(opts.labels, need, "mspimprov: labels")
+    for line, row in rows:
+        stem = Path(row["FileName"].strip()).stem
+        if stem not in videos:
+            missing.append(stem)
+            continue
+        clips.append(
+            ClipRecord(
+                clip_id=stem,
+                video=str(videos[stem]),
+                speaker=row["SpkrID"].strip(),
+                audio=str(wavs[stem]) if stem in wavs else None,
+                targets=_targets(row, opts.labels, line),
             )
+        )
     if not clips:
         raise ConfigError(f"mspimprov: no video under {root} matches a FileName of {opts.labels}")
     clips.sort(key=lambda c: c.clip_id)

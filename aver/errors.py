@@ -78,6 +78,7 @@ EXIT_CODES = {
     4: "a cache that is missing, inconsistent or not the one expected",
     5: "a checkpoint or run folder that does not fit",
     6: "training stopped: a non-finite loss",
+    7: "the store is being written by another run",
     130: "interrupted",
 }
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from aver.errors import ClipError
 from aver.layout import DONE, FAILED, PENDING
+from aver.lease import StoreLease
 from aver.store import CacheWriter, Capacity
 
 from .config import ExtractConfig
@@ -245,12 +246,22 @@ def run_extraction(
 
     distributed = executor is not None or bool(cfg.runtime.workers or cfg.runtime.scheduler)
     models = Models.build(cfg, device="cpu" if distributed else cfg.runtime.device)
-    writer = _open_store(cfg, index, url, models, overwrite, storage_options)
-    cap = writer.capacity()
-    status = writer.status()
+    with StoreLease(url, storage_options):  # one driver per store (see aver.lease)
+        writer = _open_store(cfg, index, url, models, overwrite, storage_options)
+        todo = _pending(writer.status(), retry_failed, limit)
+        where = {"executor": executor, "storage_options": storage_options, "progress": progress}
+        return _run(cfg, index, url, writer, models, todo, distributed, **where)
+
+
+def _pending(status: np.ndarray, retry_failed: bool, limit: int | None) -> list[int]:
     wanted = (status == PENDING) | ((status == FAILED) if retry_failed else False)
-    todo = [int(i) for i in np.flatnonzero(wanted)][: limit if limit is not None else None]
-    summary = Summary(total=len(index.clips), skipped=int((status == DONE).sum()))
+    return [int(i) for i in np.flatnonzero(wanted)][: limit if limit is not None else None]
+
+
+def _run(cfg, index, url, writer, models, todo, distributed, *, executor, storage_options, progress):
+    """The pending clips of an open store, here or on the executor; the run log around them."""
+    cap = writer.capacity()
+    summary = Summary(total=len(index.clips), skipped=int((writer.status() == DONE).sum()))
     writer.log_run({"event": "start", "pending": len(todo), "runtime": cfg.to_dict()["runtime"]})
     t0 = time.perf_counter()
     if todo and not distributed:

@@ -1,0 +1,66 @@
+"""One writer per store: a live lease refuses a second run; a dead one is taken over."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from aver.lease import StoreBusyError, StoreLease, lease_url
+
+
+def test_a_live_lease_refuses_a_second_writer_and_is_released(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    with StoreLease(url) as first:
+        assert Path(lease_url(url)).is_file()
+        with pytest.raises(StoreBusyError, match="being written by another run") as e:
+            StoreLease(url).acquire()
+        assert first.owner in str(e.value) and e.value.exit_code == 7
+    assert not Path(lease_url(url)).exists()
+    StoreLease(url).acquire().release()  # free again
+
+
+def test_a_dead_lease_is_taken_over(tmp_path, caplog):
+    url = str(tmp_path / "s.zarr")
+    Path(lease_url(url)).write_text(json.dumps({"owner": "gone:1", "started": 0, "heartbeat": time.time() - 999}))
+    with caplog.at_level("WARNING"), StoreLease(url, ttl_s=60) as lease:
+        assert lease.read()["owner"] == lease.owner
+    assert any("taking over" in r.message for r in caplog.records)
+
+
+def test_a_garbage_lease_file_is_not_trusted(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    Path(lease_url(url)).write_bytes(b"\xff\xfe not json")
+    StoreLease(url).acquire().release()
+
+
+def test_the_heartbeat_keeps_the_lease_alive(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    with StoreLease(url, ttl_s=0.4) as lease:
+        first = lease.read()["heartbeat"]
+        time.sleep(0.5)
+        assert lease.read()["heartbeat"] > first
+        with pytest.raises(StoreBusyError):
+            StoreLease(url, ttl_s=0.4).acquire()
+
+
+def test_lease_on_an_object_store_url():
+    url = "memory://leases/t.zarr"
+    with StoreLease(url):
+        with pytest.raises(StoreBusyError):
+            StoreLease(url).acquire()
+    StoreLease(url).acquire().release()
+
+
+def test_extraction_refuses_a_store_another_run_is_writing(small_corpus, tiny_config, tmp_path):
+    from conftest import small_index
+
+    from aver.extract.pipeline import run_extraction
+
+    url = str(tmp_path / "busy.zarr")
+    with StoreLease(url):
+        with pytest.raises(StoreBusyError):
+            run_extraction(tiny_config, small_index(small_corpus), url, progress=False)
+    assert not Path(url).exists()  # refused before the template

@@ -5,7 +5,7 @@ read-modify-write of ``attrs.aver``). The driver of a run therefore holds a leas
 ``<store>.lease.json`` (a sibling of the store, so ``--overwrite`` never deletes it), refreshed
 every ``ttl_s / 4`` seconds. A second driver that finds a live lease (heartbeat younger than
 ``ttl_s``) is refused with the owner named; a lease whose heartbeat stopped (a killed run) is
-taken over. Works on local paths and fsspec URLs: the owner is re-read after writing, so two
+taken over (at once when its owner ran on this machine and its process is gone). Works on local paths and fsspec URLs: the owner is re-read after writing, so two
 drivers starting in the same instant on an object store still end with one owner (the
 last write wins and the other is refused).
 """
@@ -29,6 +29,22 @@ class StoreBusyError(UserError):
     """Another run is writing this store."""
 
     exit_code = 7
+
+
+def _dead_here(held: dict) -> bool:
+    """True when the owner ran on this machine and its process is gone (a killed run): its lease
+    is taken over at once instead of after ``ttl_s``."""
+    host, _, rest = str(held.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but not ours to signal
+        return False
+    return False
 
 
 def lease_url(store: str) -> str:
@@ -64,15 +80,12 @@ class StoreLease:
 
     def acquire(self) -> StoreLease:
         held = self.read()
-        if (
-            held
-            and held.get("owner") != self.owner
-            and time.time() - float(held.get("heartbeat", 0)) < self.ttl_s
-        ):
+        fresh = held and time.time() - float(held.get("heartbeat", 0)) < self.ttl_s
+        if fresh and held.get("owner") != self.owner and not _dead_here(held):
             raise self._busy(held)
         if held:
             log.warning(
-                "taking over the lease of %s from %s (no heartbeat for %.0f s)",
+                "taking over the lease of %s from %s (its run stopped; last heartbeat %.0f s ago)",
                 self.store,
                 held.get("owner"),
                 time.time() - float(held.get("heartbeat", 0)),

@@ -24,10 +24,12 @@ def test_a_live_lease_refuses_a_second_writer_and_is_released(tmp_path):
 
 def test_a_dead_lease_is_taken_over(tmp_path, caplog):
     url = str(tmp_path / "s.zarr")
-    Path(lease_url(url)).write_text(json.dumps({"owner": "gone:1", "started": 0, "heartbeat": time.time() - 999}))
+    Path(lease_url(url)).write_text(
+        json.dumps({"owner": "gone:1", "started": 0, "heartbeat": time.time() - 999})
+    )
     with caplog.at_level("WARNING"), StoreLease(url, ttl_s=60) as lease:
         assert lease.read()["owner"] == lease.owner
-    assert any("taking over" in r.message for r in caplog.records)
+    assert any("taking over" in r.getMessage() for r in caplog.records)
 
 
 def test_a_garbage_lease_file_is_not_trusted(tmp_path):
@@ -64,3 +66,19 @@ def test_extraction_refuses_a_store_another_run_is_writing(small_corpus, tiny_co
         with pytest.raises(StoreBusyError):
             run_extraction(tiny_config, small_index(small_corpus), url, progress=False)
     assert not Path(url).exists()  # refused before the template
+
+
+def test_the_lease_of_a_killed_local_run_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    owner = f"{socket.gethostname()}:{int(dead.stdout)}:abcd"
+    url = str(tmp_path / "s.zarr")
+    Path(lease_url(url)).write_text(
+        json.dumps({"owner": owner, "started": time.time(), "heartbeat": time.time()})
+    )
+    StoreLease(url).acquire().release()

@@ -54,22 +54,62 @@ class FeatureCache:
             )
         self.url = url
         self.meta: dict[str, Any] = meta
+        self._check_meta()
         self._check_arrays()
-        g = self.group
-        self.ids = np.asarray(g[L.CLIP_ID][:])
-        self.speakers = np.asarray(g[L.SPEAKER][:])
-        self.labels = g[L.LABEL][:].astype(np.int64)
+        self.ids = np.asarray(self._load(L.CLIP_ID))
+        self.speakers = np.asarray(self._load(L.SPEAKER))
+        self.labels = self._load(L.LABEL).astype(np.int64)
         n = len(self.ids)
-        self.targets = g[L.TARGETS][:] if self._has(L.TARGETS) else np.zeros((n, 0), np.float32)
-        self.status = g[L.STATUS][:]
-        self.lengths = {k: g[name][:].astype(np.int64) for k, name in L.LENGTHS.items()}
-        self.folds = g[L.FOLD_SPLIT][:] if self._has(L.FOLD_SPLIT) else np.zeros((0, n), np.int8)
-        self._check_lengths()
+        self.targets = self._load(L.TARGETS) if self._has(L.TARGETS) else np.zeros((n, 0), np.float32)
+        self.status = self._load(L.STATUS)
+        self.lengths = {k: self._load(name).astype(np.int64) for k, name in L.LENGTHS.items()}
+        self.folds = self._load(L.FOLD_SPLIT) if self._has(L.FOLD_SPLIT) else np.zeros((0, n), np.int8)
+        self._check_table()
+
+    def _load(self, name: str) -> np.ndarray:
+        """A whole clip-table array; a chunk that cannot be decoded is a ``CacheError`` naming it."""
+        try:
+            return self.group[name][:]
+        except Exception as e:  # noqa: BLE001 - decoder and metadata errors of any kind
+            raise CacheError(
+                f"{self.url}: damaged cache: {name} cannot be read ({type(e).__name__}: {e})"
+            ) from None
 
     # -- validation --------------------------------------------------------------------------
     def _has(self, name: str) -> bool:
         group, _, leaf = name.partition("/")
-        return group in self.group and leaf in self.group[group]
+        try:
+            return group in self.group and leaf in self.group[group]
+        except Exception:  # noqa: BLE001 - unreadable metadata: present, and opening it will say why
+            return True
+
+    def _check_meta(self) -> None:
+        """The attributes readers rely on have the types the layout gives them."""
+        m = self.meta
+        expect = {
+            "dims": lambda v: (
+                isinstance(v, dict)
+                and all(
+                    isinstance(v.get(k), int | float)
+                    for k in ("image", "audio", "audio_layers", "audio_rate_hz")
+                )
+            ),
+            "capacity": lambda v: (
+                isinstance(v, dict) and all(type(v.get(k)) is int for k in ("frames", "audio"))
+            ),
+            "classes": lambda v: v is None or isinstance(v, list) and all(isinstance(c, str) for c in v),
+            "targets": lambda v: v is None or isinstance(v, list) and all(isinstance(c, str) for c in v),
+            "models": lambda v: v is None or isinstance(v, dict),
+            "dataset": lambda v: v is None or isinstance(v, str),
+            "folds_source": lambda v: v is None or isinstance(v, str),
+        }
+        for key, ok in expect.items():
+            if not ok(m.get(key)):
+                raise CacheError(
+                    f"{self.url}: damaged cache: attrs.aver.{key} = {m.get(key)!r:.80} is not what the layout says"
+                )
+        if len(m.get("classes") or []) > 100_000 or len(m.get("targets") or []) > L.LIMITS["K_t"]:
+            raise CacheError(f"{self.url}: damaged cache: too many classes or targets in attrs.aver")
 
     def _check_arrays(self) -> None:
         """Every array present with the dtype and shape the layout and the attributes imply."""
@@ -98,6 +138,19 @@ class FeatureCache:
                     f"{self.url}: damaged cache: {name} cannot be opened ({type(e).__name__}: {e})"
                 ) from None
             want = spec.shape(sizes)
+            try:
+                chunks = tuple(int(c) for c in arr.chunks)
+            except Exception:  # noqa: BLE001 - an irregular or unknown chunk grid
+                chunks = ()
+            per_clip_ok = not spec.per_clip or chunks[:1] == (1,)
+            if (
+                len(chunks) != len(want)
+                or not per_clip_ok
+                or any(not 1 <= c <= max(w, 1) for c, w in zip(chunks, want, strict=False))
+            ):
+                raise CacheError(
+                    f"{self.url}: damaged cache: {name} has chunks {chunks or '?'} for shape {want}"
+                )
             if tuple(arr.shape) != want:
                 raise CacheError(
                     f"{self.url}: damaged cache: {name} has shape {tuple(arr.shape)}, expected {want} "
@@ -111,6 +164,25 @@ class FeatureCache:
                 )
             if spec.dtype == "str" and arr.dtype.kind not in "UTO":
                 raise CacheError(f"{self.url}: damaged cache: {name} is {arr.dtype}, expected text")
+
+    def _check_table(self) -> None:
+        """Codes and lengths within their ranges: statuses, labels, split codes, valid lengths."""
+        checks = [
+            (L.STATUS, self.status, np.isin(self.status, list(L.STATUS_NAMES))),
+            (
+                L.LABEL,
+                self.labels,
+                (self.labels >= -1) & (self.labels < max(len(self.classes), 0)) | (self.labels == -1),
+            ),
+            (L.FOLD_SPLIT, self.folds, np.isin(self.folds, list(L.SPLIT_CODES.values()))),
+        ]
+        for name, values, ok in checks:
+            if not np.all(ok):
+                bad = np.argwhere(~np.asarray(ok))[0]
+                raise CacheError(
+                    f"{self.url}: damaged cache: {name} holds {values[tuple(bad)]!r} at {tuple(bad)}"
+                )
+        self._check_lengths()
 
     def _check_lengths(self) -> None:
         cap = {"frames": self.meta["capacity"]["frames"], "flow": self.meta["capacity"]["frames"]}

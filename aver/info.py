@@ -34,7 +34,8 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
             f"frames:   {int(n_frames[done].sum())} in done clips (mean {n_frames[done].mean():.1f} per clip)"
         )
     for key in ("flow", "image", "audio"):
-        m = meta.get("models", {}).get(key) or {}
+        m = (meta.get("models") or {}).get(key)
+        m = m if isinstance(m, dict) else {}
         name = m.get("arch") or m.get("model") or m.get("backend") or "-"
         sha = (m.get("weights_sha256") or "-")[:12]
         lines.append(f"{key:9} {name}  {m.get('weights') or m.get('variant') or ''}  sha256 {sha}")

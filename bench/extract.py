@@ -1,6 +1,7 @@
 """Extraction throughput: each stage alone, then end to end, on the synthetic corpus.
 
     python bench/extract.py [--preset tiny] [--device cpu] [--flow dis] [--actors 3] [--seconds 2]
+    python bench/extract.py --long [5 60 300]     # peak memory against clip length
 
 Prints one table: frames/s of every stage run alone over the same clips (decode, MTCNN, crop,
 flow, frame encoder, flow image + encoder, audio, store write), end-to-end frames/s of a real
@@ -157,6 +158,71 @@ def write_time(cfg, index, models: Models, tmp: Path) -> float:
     return (time.perf_counter() - t0) * 1.0, n * len(index.clips)
 
 
+LONG_CHILD = """
+import json, resource, sys, time
+from aver.extract.api import extract_dataset
+t0 = time.perf_counter()
+s = extract_dataset("folder", labels=sys.argv[1], cache=sys.argv[2], preset="tiny", limit=1, progress=False,
+                    overrides={"runtime.device": sys.argv[3]})
+print(json.dumps({"rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "seconds": time.perf_counter() - t0, "frames": s.frames, "failed": s.failed}))
+"""
+
+
+def write_long_clip(path: Path, seconds: float, fps: int = 25, width: int = 320, height: int = 240) -> None:
+    """A real H.264 + AAC clip of ``seconds``, written frame by frame (a 5 s synthetic clip, looped),
+    so that writing it never holds the whole video in memory."""
+    import av
+
+    from aver.extract.synthetic import render_audio, render_frames
+
+    frames = render_frames(5 * fps, fps, width, height, actor=1, emotion="happy")
+    audio = render_audio(5.0, 48000, actor=1, emotion="happy")
+    with av.open(str(path), mode="w", format="mp4") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"preset": "veryfast", "crf": "20"}
+        a = c.add_stream("aac", rate=48000, layout="mono")
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
+            frame.pts = i
+            c.mux(v.encode(frame))
+        c.mux(v.encode(None))
+        for k in range(int(seconds)):
+            chunk = audio[(k % 5) * 48000 : (k % 5 + 1) * 48000][None].astype(np.float32)
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, k * 48000
+            c.mux(a.encode(af))
+        c.mux(a.encode(None))
+
+
+def long_clip_memory(durations: list[float], device: str) -> None:
+    """Peak RSS of a whole ``aver extract`` process (tiny preset) on one clip of each duration."""
+    import json
+    import subprocess
+
+    print(f"machine: {machine()}")
+    print("| clip length | frames | peak RSS (process) | wall |")
+    print("| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_long_clip(tmp / "short.mp4", 1.0)
+        for seconds in durations:
+            write_long_clip(tmp / "long.mp4", seconds)
+            table = tmp / f"clips{seconds:g}.csv"
+            table.write_text("id,video,speaker\na_long,long.mp4,s1\nb,short.mp4,s2\nc,short.mp4,s3\n")
+            out = subprocess.run(
+                [sys.executable, "-c", LONG_CHILD, str(table), str(tmp / f"cache{seconds:g}"), device],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"| {seconds:g} s | {r['frames']} | {r['rss_gib']:.2f} GiB | {r['seconds']:.0f} s |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -165,7 +231,17 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--set", action="append", default=[], help="config overrides, section.key=value")
+    ap.add_argument(
+        "--long",
+        nargs="*",
+        type=float,
+        metavar="SECONDS",
+        help="peak RSS of extracting one clip of each length instead (default 5 60 300)",
+    )
     args = ap.parse_args()
+    if args.long is not None:
+        long_clip_memory(args.long or [5.0, 60.0, 300.0], args.device)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import json
 

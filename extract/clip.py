@@ -29,7 +29,7 @@ class Prepared:
 
     index: int
     record: ClipRecord
-    crops: object  # torch.uint8 [T, 3, S, S] on the run's device
+    crops: object  # torch.uint8 [T, 3, S, S] on the run's device; None for a long (streamed) clip
     timestamps: np.ndarray  # float32 [T] seconds
     boxes: np.ndarray  # float32 [T, 4] smoothed crop boxes, source pixels
     probs: np.ndarray  # float32 [T]
@@ -73,7 +73,8 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         )
     track = track_face(dets, hw, rec.video)
     boxes = smooth_boxes(track.boxes, cfg.face.smooth_window, cfg.face.margin, hw)
-    crops = _crop_pass(rec.video, boxes, n, cfg, models.lock)
+    # a long clip's crops are made later, window by window, into a temporary file (streaming.py)
+    crops = None if n > rt.stream_frames else _crop_pass(rec.video, boxes, n, cfg, models.lock)
     fps = info.fps if info.fps > 0 else (n - 1) / max(stamps[-1] - stamps[0], 1e-6)
     audio = load_audio(rec.audio or rec.video, cfg.audio.sample_rate, max_seconds)
     video_s = n / fps
@@ -122,7 +123,22 @@ def _crop_pass(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
 def compute_group(
     group: list[Prepared], cfg: ExtractConfig, models: Models, cap: Capacity
 ) -> list[ClipResult]:
-    """Flow and features for every clip of ``group``, batched across clip boundaries."""
+    """Flow and features for every clip of ``group``: short clips batched across clip boundaries,
+    long ones (prepared without crops) streamed in windows (``streaming.compute_long``)."""
+    from .streaming import compute_long
+
+    short = [p for p in group if p.crops is not None]
+    done = (
+        dict(zip((id(p) for p in short), _compute_short(short, cfg, models, cap), strict=True))
+        if short
+        else {}
+    )
+    return [done[id(p)] if p.crops is not None else compute_long(p, cfg, models, cap) for p in group]
+
+
+def _compute_short(
+    group: list[Prepared], cfg: ExtractConfig, models: Models, cap: Capacity
+) -> list[ClipResult]:
     import torch
 
     from .flow import flow_pairs, flow_to_image, normalise_flow
@@ -149,29 +165,33 @@ def compute_group(
         [flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip) for f in flows.split(n_pairs)]
     )
     flow_feats = models.image.encode_batched(images, rt.image_batch).split(n_pairs)
-
-    results = []
-    for p, ff, of in zip(group, frame_feats, flow_feats, strict=True):
-        audio = models.audio(p.audio)
-        if len(audio) > cap.audio:
-            p.notes.append(
-                f"audio cut at {cap.audio} of {len(audio)} wav2vec2 frames: the store's audio capacity"
-            )
-            audio = audio[: cap.audio]
-        results.append(
-            ClipResult(
-                frame_features=_f16(ff, p.record.video, "frame"),
-                flow_features=_f16(of, p.record.video, "flow"),
-                audio_features=_f16(audio, p.record.audio or p.record.video, "audio"),
-                timestamps=p.timestamps,
-                face_box=p.boxes,
-                face_prob=p.probs,
-                face_mask=p.mask,
-                fps=p.fps,
-                note="; ".join(p.notes),
-            )
+    return [
+        ClipResult(
+            frame_features=_f16(ff, p.record.video, "frame"),
+            flow_features=_f16(of, p.record.video, "flow"),
+            **audio_result(p, models, cap),
         )
-    return results
+        for p, ff, of in zip(group, frame_feats, flow_feats, strict=True)
+    ]
+
+
+def audio_result(p: Prepared, models: Models, cap: Capacity) -> dict:
+    """The audio features and the per-frame face track of a clip, as ``ClipResult`` fields."""
+    audio = models.audio(p.audio)
+    if len(audio) > cap.audio:
+        p.notes.append(
+            f"audio cut at {cap.audio} of {len(audio)} wav2vec2 frames: the store's audio capacity"
+        )
+        audio = audio[: cap.audio]
+    return {
+        "audio_features": _f16(audio, p.record.audio or p.record.video, "audio"),
+        "timestamps": p.timestamps,
+        "face_box": p.boxes,
+        "face_prob": p.probs,
+        "face_mask": p.mask,
+        "fps": p.fps,
+        "note": "; ".join(p.notes),
+    }
 
 
 def _f16(x, path: str, what: str) -> np.ndarray:

@@ -20,6 +20,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# (section, field) pairs added after the first caches were written (see ``hashed_dict``).
+LATE_FIELDS = (("audio", "window_s"), ("audio", "context_s"))
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -104,11 +108,17 @@ class AudioEncoderConfig:
     model: str = "facebook/wav2vec2-large-robust"  # hub id or local folder (save_pretrained layout)
     layers: tuple[int, ...] = (-1,)  # hidden_states indices kept (0 = CNN projection, -1 = last)
     sample_rate: int = 16000
+    window_s: float = 30.0  # longer audio is encoded in overlapping windows (attention is quadratic)
+    context_s: float = 5.0  # each window's frames see at least this much audio on both sides
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(v) for v in self.layers)
         _check(len(self.layers) >= 1, "audio.layers needs at least one layer index")
         _check(self.sample_rate == 16000, "wav2vec2 models expect audio.sample_rate = 16000")
+        _check(
+            self.context_s >= 0 and self.window_s > 2 * self.context_s,
+            "audio.window_s must exceed 2 * context_s",
+        )
 
 
 @dataclass
@@ -122,13 +132,23 @@ class RuntimeConfig:
     detect_batch: int = 32  # frames per MTCNN call
     decode_batch: int = 64  # frames decoded at a time (bounds memory on long clips)
     group_frames: int = 1024  # clips are packed into groups of about this many frames
+    stream_frames: int = 256  # longer clips are streamed through temporary files (flat memory)
+    stream_window: int = 128  # frames (or flow pairs) per model window of a streamed clip
     prefetch: int = 2  # clip groups decoded ahead of the GPU
     workers: int = 0  # 0: this process; N: a local Dask cluster of N workers
     scheduler: str | None = None  # address of a running Dask scheduler (one worker per GPU)
 
     def __post_init__(self) -> None:
         check_device(self.device)
-        for name in ("image_batch", "flow_batch", "detect_batch", "decode_batch", "group_frames"):
+        for name in (
+            "image_batch",
+            "flow_batch",
+            "detect_batch",
+            "decode_batch",
+            "group_frames",
+            "stream_frames",
+            "stream_window",
+        ):
             _check(getattr(self, name) >= 1, f"runtime.{name} must be >= 1")
         _check(self.prefetch >= 0 and self.workers >= 0, "runtime.prefetch/workers must be >= 0")
 
@@ -157,6 +177,11 @@ class ExtractConfig:
     def hashed_dict(self) -> dict[str, Any]:
         d = self.to_dict()
         d.pop("runtime")
+        # Fields added after caches existed are hashed only when set away from their defaults, so
+        # a cache written before they existed keeps its hash and can be resumed.
+        for section, key in LATE_FIELDS:
+            if d[section][key] == getattr(type(getattr(self, section))(), key):
+                del d[section][key]
         return d
 
     def config_hash(self) -> str:

@@ -3,6 +3,8 @@
 Every per-clip failure is a ``ClipError`` naming the file and the cause (``stage="decode"`` for
 video, ``stage="audio"`` for audio), so a run records it and goes on with the next clip.
 
+Frames are returned upright: a display-matrix rotation (phone video) is applied when decoding.
+
 Truncated / corrupt video policy (``iter_video_frames``): decoding stops at the first decoder
 error, or ends quietly where a cut-off file runs out of packets. If no frame decoded, or fewer
 than ``min_decoded_ratio`` (default 0.5) of the frames the container announces, the clip fails
@@ -122,6 +124,14 @@ def _decode_failed(path: str, err: Exception, n: int, expected: int, min_ratio: 
     notes.append(f"decoding stopped after {n}{of} frames ({err}); kept (policy: at least {min_ratio:.0%})")
 
 
+def _upright(frame) -> np.ndarray:
+    """RGB ``[H, W, 3]`` as the video is meant to be shown: phones store portrait video as landscape
+    frames plus a display matrix ("rotate=90"), which players apply and raw decoding does not."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter = round(float(getattr(frame, "rotation", 0) or 0) / 90.0) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k=quarter)) if quarter else rgb
+
+
 def _frames_with_times(
     container, stream, path: str, expected: int, min_ratio: float, max_seconds, notes: list
 ):
@@ -156,7 +166,7 @@ def _frames_with_times(
             # Mid-stream resolution change (rare): keep one shape per clip.
             frame = frame.reformat(width=size[0], height=size[1])
         n += 1
-        yield frame.to_ndarray(format="rgb24"), t
+        yield _upright(frame), t
 
 
 def iter_video_frames(

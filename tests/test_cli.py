@@ -215,3 +215,16 @@ def test_help_is_cheap():
     code = "import sys; from aver.cli import make_parser; make_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_an_empty_split_is_one_line(tmp_path):
+    import zarr
+
+    url = build_feature_cache(str(tmp_path / "e.zarr"), n_clips=20)
+    g = zarr.open_group(url, mode="r+")
+    status = g["clips/status"][:]
+    status[g["folds/split"][0] == 1] = 2  # every validation clip of fold 1 failed
+    g["clips/status"][:] = status
+    out = aver("train", "--cache", url, "--preset", "tiny", "--out", str(tmp_path / "run"))
+    one_line_error(out, 4, "fold 1", "no extracted clips in ['validation']")
+    assert not (tmp_path / "run").exists()

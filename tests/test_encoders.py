@@ -371,3 +371,39 @@ def test_tiny_perceiver_config_runs_optical_flow() -> None:
     with torch.inference_mode():
         flow = model(inputs=torch.rand(1, 2, 27, 32, 32) * 2 - 1).logits
     assert flow.shape == (1, 32, 32, 2) and torch.isfinite(flow).all()
+
+
+def test_long_audio_is_encoded_in_overlapping_windows(tiny: dict[str, str]) -> None:
+    """Minutes of audio: windows tile the output frames exactly once, each keeping its centre, and a
+    clip within ``window_s`` is still one forward over the whole clip."""
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(16000 * 7)).astype(np.float32)
+    whole = AudioEncoder(AudioEncoderConfig(model=tiny["audio_model"], layers=(-1,)))
+    short = AudioEncoder(
+        AudioEncoderConfig(model=tiny["audio_model"], layers=(-1,), window_s=2.0, context_s=0.5)
+    )
+    spans = short.windows(len(wave))
+    assert len(spans) > 3 and spans[0][2] == 0
+    kept = [d - c for _, _, c, d in spans]
+    assert sum(kept) == whole.num_frames(len(wave))  # every frame once
+    for a, b, _, _ in spans:
+        assert b - a <= 2.0 * 16000 + 400 and a % 320 == 0
+    out_long, out_whole = short(wave), whole(wave)
+    assert out_long.shape == out_whole.shape
+    # each window's kept frames are those of a forward over exactly its input span
+    x = torch.from_numpy(
+        short.feature_extractor(wave, sampling_rate=16000, return_tensors="np")["input_values"][0]
+    )
+    a, b, c, d = spans[2]
+    offset = sum(kept[:2])
+    torch.testing.assert_close(out_long[offset : offset + d - c], short._forward(x[a:b])[c:d])
+    assert torch.equal(whole(wave[:16000]), short(wave[:16000]))  # within window_s: unchanged
+
+
+def test_late_config_fields_keep_old_cache_hashes() -> None:
+    from aver.extract.config import ExtractConfig
+
+    base = ExtractConfig(dataset="x")
+    assert "window_s" not in base.hashed_dict()["audio"]
+    changed = ExtractConfig(dataset="x", audio=AudioEncoderConfig(window_s=60.0))
+    assert changed.hashed_dict()["audio"]["window_s"] == 60.0 and changed.config_hash() != base.config_hash()

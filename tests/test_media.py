@@ -204,6 +204,10 @@ def test_truncated_faststart_keeps_frames_when_little_is_lost(clips, tmp_path, c
     idx = np.searchsorted(full_ts, ts)
     np.testing.assert_array_equal(full_ts[idx], ts)
     np.testing.assert_array_equal(frames, full[idx])
+    # The kept file says so in a note that extraction records in clips/note.
+    notes: list[str] = []
+    kept = sum(len(f) for f, _ in iter_video_frames(path, 4, notes=notes))
+    assert kept == len(frames) and len(notes) == 1 and f"of {N} announced frames" in notes[0], notes
     # With a stricter policy the same file is a failure.
     with pytest.raises(ClipError, match=rf"after {len(frames)} of {N} announced frames"):
         _decode_all(path, batch_size=4, min_decoded_ratio=1.0)
@@ -245,3 +249,28 @@ def test_flv_container_without_frame_count(tmp_path):
     decoded, ts, _ = _decode_all(path, 4)
     assert decoded.shape == (10, 360, 480, 3)
     np.testing.assert_allclose(ts, np.arange(10) / FPS, atol=1e-3)
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_rotated_phone_video_decodes_upright(tmp_path, rotation):
+    """Regression: a phone video with a rotation tag decoded sideways and MTCNN found no face."""
+    import av
+
+    from aver.extract.synthetic import render_frames
+
+    upright = render_frames(6, 25, 320, 240, actor=1, emotion="happy")
+    # stored as a phone stores it: the upright picture turned against the display rotation
+    stored = np.ascontiguousarray(np.rot90(upright, k=-(rotation // 90) % 4, axes=(1, 2)))
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = stored.shape[2], stored.shape[1], "yuv420p"
+        s.set_display_rotation(rotation)
+        for i, f in enumerate(stored):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    frames = np.concatenate([f for f, _ in iter_video_frames(path, 4)])
+    assert frames.shape == upright.shape
+    assert np.abs(frames.astype(int) - upright.astype(int)).mean() < 6  # codec error only

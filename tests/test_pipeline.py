@@ -316,3 +316,21 @@ def test_capacity_of_a_raw_stream_comes_from_its_audio(tmp_path):
     cfg = apply_overrides(ExtractConfig(dataset="folder"), {})
     cap = plan_capacity(index, cfg, 50.0)
     assert cap.frames >= 250 and cap.audio >= 500, cap
+
+
+@pytest.mark.slow
+def test_a_streamed_long_clip_gives_the_in_memory_numbers(
+    extracted_store, small_corpus, tiny_config, tmp_path
+):
+    """Streaming (crops and flow in temporary files, models on windows) changes memory, not numbers:
+    every clip streamed in windows of 7 frames equals the in-memory reference extraction."""
+    from aver.overrides import apply_overrides
+
+    cfg = apply_overrides(tiny_config, {"runtime.stream_frames": 5, "runtime.stream_window": 7})
+    url = str(tmp_path / "streamed.zarr")
+    summary = run_extraction(cfg, small_index(small_corpus), url, progress=False)
+    assert summary.done == 6, summary.report()
+    assert_same_arrays(url, extracted_store, exact=False)
+    a, b = open_root(url, "r"), open_root(extracted_store, "r")
+    for name in ("frames/features", "clips/n_flow", "frames/face_box"):
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)

@@ -144,7 +144,7 @@ class AudioEncoder:
         return autocast(self.device, self.amp)
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
-        """Encode one clip in one forward.
+        """Encode one clip: one forward, or overlapping windows for audio over ``cfg.window_s``.
 
         wave: ``[S]`` float32 mono samples at 16 kHz (amplitude as decoded, about [-1, 1]).
         Returns ``[T, L, dim]`` float32 on CPU, ``T = num_frames(S)`` (about 50 per second),
@@ -161,11 +161,49 @@ class AudioEncoder:
         if not np.isfinite(w).all():
             raise ValueError("wave contains NaN or infinite samples")
         inputs = self.feature_extractor(w, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
-        x = inputs["input_values"].to(self.device, torch.float32)  # [1, S]
+        x = inputs["input_values"][0].to(self.device, torch.float32)  # [S], normalised over the clip
+        spans = self.windows(x.shape[0])
+        return torch.cat([self._forward(x[a:b])[c:d] for a, b, c, d in spans]).to("cpu", torch.float32)
+
+    def windows(self, n_samples: int) -> list[tuple[int, int, int, int]]:
+        """``(a, b, c, d)`` per forward: samples ``[a, b)`` in, output frames ``[c, d)`` kept.
+
+        Audio up to ``cfg.window_s`` is one forward over the whole clip. Longer audio (minutes of
+        video) would need attention over every frame pair at once (memory quadratic in length), so
+        it is encoded in windows of ``window_s`` that overlap by ``context_s`` on each side; each
+        window keeps its central frames, so every output frame saw at least ``context_s`` of audio on
+        both sides (or the clip's edge) and the frames tile the clip exactly once.
+        """
+        total = self.num_frames(n_samples)
+        hop = math.prod(self.model.config.conv_stride)
+        field = (
+            sum(
+                (k - 1) * math.prod(self.model.config.conv_stride[:i])
+                for i, k in enumerate(self.model.config.conv_kernel)
+            )
+            + 1
+        )
+        win, ctx = (
+            int(self.cfg.window_s * self.cfg.sample_rate),
+            int(self.cfg.context_s * self.cfg.sample_rate),
+        )
+        ctx = -(-ctx // hop) * hop  # a whole number of frames
+        if n_samples <= win:
+            return [(0, n_samples, 0, total)]
+        core = max((win - 2 * ctx) // hop, 1)  # frames each window contributes
+        spans = []
+        for f0 in range(0, total, core):
+            f1 = min(f0 + core, total)
+            a = max(f0 * hop - ctx, 0)
+            b = min((f1 - 1) * hop + field + ctx, n_samples)
+            spans.append((a, b, f0 - a // hop, f1 - a // hop))
+        return spans
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[S]`` normalised samples -> ``[T, L, dim]`` hidden states of the kept layers."""
         with torch.inference_mode(), self._autocast():
-            out = self.model(x, output_hidden_states=True)
-            hidden = torch.stack([out.hidden_states[i] for i in self.cfg.layers], dim=2)  # [1, T, L, D]
-        return hidden[0].to("cpu", torch.float32).clone()
+            out = self.model(x[None], output_hidden_states=True)
+            return torch.stack([out.hidden_states[i] for i in self.cfg.layers], dim=2)[0].float()
 
     def provenance(self) -> dict[str, Any]:
         """Model id or folder, weight sha256 (and hub revision when read from the cache), layers, sizes."""

@@ -11,10 +11,12 @@ from typing import Any
 from ..config import FlowConfig
 from . import classical, perceiver, raft  # noqa: F401  (registration side effect)
 from .base import FLOW_BACKENDS, FlowBackend
-from .normalise import flow_pairs, flow_to_image, normalise_flow
+from .normalise import FlowSigma, apply_sigma, flow_pairs, flow_to_image, normalise_flow
 
 __all__ = [
     "FLOW_BACKENDS",
+    "FlowSigma",
+    "apply_sigma",
     "FlowBackend",
     "build_flow_backend",
     "flow_pairs",

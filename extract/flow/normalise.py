@@ -23,6 +23,51 @@ def _check_flow(flow: torch.Tensor, label: str) -> torch.Tensor:
     return flow.float()
 
 
+class FlowSigma:
+    """DE-III's per-pixel sigma, accumulated over a clip's flow maps window by window.
+
+    Two passes (``add_mean`` over every window, then ``add_var`` over every window) in float64, so
+    a clip processed in windows of any size (a long clip streamed through bounded memory) gets the
+    sigma that one pass over the whole clip would give, up to float64 rounding.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._sum: torch.Tensor | None = None
+        self._sq: torch.Tensor | None = None
+
+    @staticmethod
+    def _magnitude(flow: torch.Tensor) -> torch.Tensor:
+        # hypot, not linalg.vector_norm(dim=1): the strided 2-element reduction is ~50x slower on CPU
+        flow = _check_flow(flow, "flow")
+        return torch.hypot(flow[:, 0], flow[:, 1]).double()  # [T, H, W]
+
+    def add_mean(self, flow: torch.Tensor) -> None:
+        m = self._magnitude(flow)
+        self._sum = m.sum(0) if self._sum is None else self._sum + m.sum(0)
+        self.n += m.shape[0]
+
+    def add_var(self, flow: torch.Tensor) -> None:
+        if self._sum is None:
+            raise RuntimeError("FlowSigma.add_var before any add_mean")
+        d = self._magnitude(flow) - self._sum / self.n
+        self._sq = (d * d).sum(0) if self._sq is None else self._sq + (d * d).sum(0)
+
+    def sigma(self) -> torch.Tensor:
+        """``float32 [H, W]``: the population std (ddof = 0) over time of the flow magnitude."""
+        if self._sq is None:
+            raise RuntimeError("FlowSigma.sigma before add_var")
+        return (self._sq / self.n).sqrt().float()
+
+
+def apply_sigma(flow: torch.Tensor, sigma: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``flow / (sigma + eps)``; ``sigma=None`` (a clip with one flow map) divides by ``1 + eps``."""
+    flow = _check_flow(flow, "flow")
+    if sigma is None:
+        return flow / (1.0 + eps)
+    return flow / (sigma.to(flow.device) + eps)
+
+
 def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-pixel temporal std normalisation of a clip's flow.
 
@@ -32,6 +77,7 @@ def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
 
     With a single flow map (T == 1) a std over time does not exist (it would be 0 everywhere and
     turn the map into ``flow / eps``); the map is then divided by ``1 + eps``, i.e. left in pixels.
+    The same arithmetic as a long clip's windowed path (``FlowSigma``, ``apply_sigma``).
 
     Args:
         flow: ``float32 [T, 2, H, W]`` flow in pixels, T >= 1.
@@ -46,11 +92,11 @@ def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
         raise ValueError(f"eps must be > 0, got {eps}")
     if flow.shape[0] == 1:
         log.warning("normalise_flow: one flow map only; no temporal std, dividing by 1 + eps instead")
-        return flow / (1.0 + eps)
-    # hypot, not linalg.vector_norm(dim=1): the strided 2-element reduction is ~50x slower on CPU
-    magnitude = torch.hypot(flow[:, 0], flow[:, 1])  # [T, H, W]
-    sigma = magnitude.std(dim=0, correction=0)  # [H, W]
-    return flow / (sigma + eps)
+        return apply_sigma(flow, None, eps)
+    stats = FlowSigma()
+    stats.add_mean(flow)
+    stats.add_var(flow)
+    return apply_sigma(flow, stats.sigma(), eps)
 
 
 def flow_to_image(flow_norm: torch.Tensor, clip: float) -> torch.Tensor:

@@ -214,6 +214,15 @@ class FeatureCache:
         return self.group[L.NOTE][:] if self._has(L.NOTE) else np.full(len(self.ids), "", dtype=object)
 
     @property
+    def flow_schedule(self) -> tuple[int, int]:
+        """(window, stride) of the flow maps: map p lies between frames p*stride and p*stride+window."""
+        flow = (self.meta.get("config") or {}).get("flow") or {}
+        window, stride = flow.get("window", 1), flow.get("stride", 1)
+        if type(window) is not int or type(stride) is not int or window < 1 or stride < 1:
+            raise CacheError(f"{self.url}: damaged cache: flow window/stride {window!r}/{stride!r}")
+        return window, stride
+
+    @property
     def n_folds(self) -> int:
         return int(self.folds.shape[0])
 

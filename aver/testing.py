@@ -28,6 +28,8 @@ def build_feature_cache(
     dataset: str = "toy",
     class_names: list[str] | None = None,
     id_prefix: str = "c",
+    flow_window: int = 1,
+    flow_stride: int = 1,
 ) -> str:
     """Write a cache at ``url`` and return it.
 
@@ -43,7 +45,7 @@ def build_feature_cache(
     dims = {"image": d_image, "audio": d_audio, "audio_layers": 1, "audio_rate_hz": 50.0}
     attrs = {
         "config_hash": config_hash,
-        "config": {},
+        "config": {"flow": {"window": flow_window, "stride": flow_stride}},
         "dataset": dataset,
         "preset": "tiny",
         "tiny": True,
@@ -53,11 +55,12 @@ def build_feature_cache(
     }
     cap = Capacity(frames=frames[1] + 1, audio=2 * frames[1] + 8)
     w = CacheWriter.create_or_open(url, table, attrs, cap, dims, overwrite=True)
-    _write_clips(w, labels, frames, fps, separation, seed, d_image, d_audio, n_classes)
+    schedule = (flow_window, flow_stride)
+    _write_clips(w, labels, frames, fps, separation, seed, d_image, d_audio, n_classes, schedule)
     return url
 
 
-def _write_clips(w, labels, frames, fps, separation, seed, d_image, d_audio, n_classes) -> None:
+def _write_clips(w, labels, frames, fps, separation, seed, d_image, d_audio, n_classes, schedule) -> None:
     rng = np.random.default_rng(seed)
     centres_v = separation * rng.standard_normal((n_classes, d_image))
     centres_a = separation * rng.standard_normal((n_classes, d_audio))
@@ -73,7 +76,7 @@ def _write_clips(w, labels, frames, fps, separation, seed, d_image, d_audio, n_c
             i,
             ClipResult(
                 noisy(centres_v[k], (t, d_image)),
-                noisy(centres_v[k], (t - 1, d_image)),
+                noisy(centres_v[k], (len(range(0, t - schedule[0], schedule[1])), d_image)),
                 noisy(centres_a[k], (a, 1, d_audio)),
                 np.arange(t, dtype=np.float32) / fps,
                 np.zeros((t, 4), np.float32),

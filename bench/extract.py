@@ -120,7 +120,12 @@ def stage_times(cfg, index, models: Models) -> tuple[dict[str, float], int]:
     _, s = timed(
         dev,
         lambda: models.image.encode_batched(
-            torch.cat([flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip) for f in flows]),
+            torch.cat(
+                [
+                    flow_to_image(normalise_flow(f, cfg.flow.eps, cfg.flow.sigma), cfg.flow.image_clip)
+                    for f in flows
+                ]
+            ),
             rt.image_batch,
         ),
     )

@@ -162,7 +162,10 @@ def _compute_short(
         ]
     )  # float32 [sum P, 2, S, S]
     images = torch.cat(
-        [flow_to_image(normalise_flow(f, cfg.flow.eps), cfg.flow.image_clip) for f in flows.split(n_pairs)]
+        [
+            flow_to_image(normalise_flow(f, cfg.flow.eps, cfg.flow.sigma), cfg.flow.image_clip)
+            for f in flows.split(n_pairs)
+        ]
     )
     flow_feats = models.image.encode_batched(images, rt.image_batch).split(n_pairs)
     return [

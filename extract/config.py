@@ -20,8 +20,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-# (section, field) pairs added after the first caches were written (see ``hashed_dict``).
-LATE_FIELDS = (("audio", "window_s"), ("audio", "context_s"))
+# Fields added after the first caches were written, with the value that reproduces what caches
+# written before them hold: a field at that value is left out of the hash (see ``hashed_dict``), so
+# those caches keep their hash and can be resumed with ``--set`` of that value.
+LATE_FIELDS = {("audio", "window_s"): 30.0, ("audio", "context_s"): 5.0, ("flow", "sigma"): "pixel"}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -68,7 +70,8 @@ class FlowConfig:
     output_scale: float = 20.0  # perceiver: model output x this = pixels (as the public demo)
     window: int = 1  # flow between frame t and t + window (paper Table 4)
     stride: int = 1  # one flow map every `stride` frames (paper Table 4)
-    eps: float = 1e-3  # added to the per-pixel std before dividing
+    sigma: str = "clip"  # std normalisation: one sigma per clip ("clip") or per pixel over time ("pixel")
+    eps: float = 1e-3  # added to the std before dividing
     image_clip: float = 3.0  # normalised magnitude shown at full brightness in the flow image
 
     def __post_init__(self) -> None:
@@ -79,6 +82,7 @@ class FlowConfig:
         _check(self.stride >= 1, "flow.stride must be >= 1")
         _check(self.iters >= 1, "flow.iters must be >= 1")
         _check(self.eps > 0, "flow.eps must be > 0")
+        _check(self.sigma in ("clip", "pixel"), f"flow.sigma must be 'clip' or 'pixel', not {self.sigma!r}")
         _check(self.image_clip > 0, "flow.image_clip must be > 0")
         _check(self.tile_overlap >= 0, "flow.tile_overlap must be >= 0")
 
@@ -179,8 +183,8 @@ class ExtractConfig:
         d.pop("runtime")
         # Fields added after caches existed are hashed only when set away from their defaults, so
         # a cache written before they existed keeps its hash and can be resumed.
-        for section, key in LATE_FIELDS:
-            if d[section][key] == getattr(type(getattr(self, section))(), key):
+        for (section, key), legacy in LATE_FIELDS.items():
+            if d[section][key] == legacy:
                 del d[section][key]
         return d
 

@@ -13,6 +13,7 @@ builds the models once and writes its clips straight into the store (local path 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aver.errors import ClipError
+from aver.errors import CacheMismatchError, ClipError
 from aver.layout import DONE, FAILED, PENDING
 from aver.lease import StoreLease
 from aver.store import CacheWriter, Capacity
@@ -296,8 +297,28 @@ def _open_store(cfg, index, url, models, overwrite, storage_options) -> CacheWri
     }
     fresh = overwrite or CacheWriter.needs_template(url, storage_options)
     cap = plan_capacity(index, cfg, dims["audio_rate_hz"]) if fresh else Capacity(0, 0)
-    return CacheWriter.create_or_open(
-        url, index.table(), attrs, cap, dims, overwrite=overwrite, storage_options=storage_options
+    try:
+        return CacheWriter.create_or_open(
+            url, index.table(), attrs, cap, dims, overwrite=overwrite, storage_options=storage_options
+        )
+    except CacheMismatchError as e:
+        raise CacheMismatchError(f"{e}{_late_field_hint(cfg, url, storage_options)}") from None
+
+
+def _late_field_hint(cfg: ExtractConfig, url: str, storage_options) -> str:
+    """For a cache made before an option existed: the ``--set`` that continues it as it was made."""
+    from aver.layout import ATTRS_KEY, open_root
+
+    from .config import LATE_FIELDS
+
+    old = (open_root(url, "r", storage_options).attrs.get(ATTRS_KEY) or {}).get("config") or {}
+    sets = [
+        f"--set {sec}.{key}={json.dumps(legacy)}"
+        for (sec, key), legacy in LATE_FIELDS.items()
+        if key not in (old.get(sec) or {}) and getattr(getattr(cfg, sec), key) != legacy
+    ]
+    return (
+        f" This cache predates those options; to continue it as it was made: {' '.join(sets)}" if sets else ""
     )
 
 

@@ -96,7 +96,7 @@ def _flow_file(crops: Spill, pairs: np.ndarray, cfg: ExtractConfig, models: Mode
 
     rt = cfg.runtime
     flows = Spill(folder / "flow.f32", (2, *crops.row_shape[1:]), np.float32)
-    stats = FlowSigma()
+    stats = FlowSigma(cfg.flow.sigma)
     for a, b in _windows(len(pairs), rt.stream_window):
         lo, hi = int(pairs[a:b].min()), int(pairs[a:b].max()) + 1
         frames = torch.from_numpy(crops.read(lo, hi)).to(rt.device)
@@ -109,7 +109,7 @@ def _flow_file(crops: Spill, pairs: np.ndarray, cfg: ExtractConfig, models: Mode
         )
         flows.append(window.cpu().numpy())
         stats.add_mean(window)
-    if len(pairs) < 2:
+    if len(pairs) < 2 and cfg.flow.sigma == "pixel":
         return flows, None
     for a, b in _windows(len(pairs), rt.stream_window):
         stats.add_var(torch.from_numpy(flows.read(a, b)))

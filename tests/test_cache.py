@@ -137,3 +137,27 @@ def test_info_escapes_control_characters(tmp_path):
     url = build_feature_cache(str(tmp_path / "e.zarr"), n_clips=6, dataset="evil\x1b[2J\x07")
     text = describe(url)
     assert "\x1b" not in text and "\x07" not in text and "evil\\x1b[2J\\x07" in text
+
+
+def test_a_cache_written_before_aver_0_2_is_read_and_trains(tmp_path):
+    """Stores from aver 0.1 have no clips/note, no dimension names on the clip table, no flow.sigma
+    in their config and no digests in checkpoints: they are read, trained on and described as before."""
+    import shutil
+
+    from aver.info import describe
+    from aver.train import train_fold
+
+    url = build_feature_cache(str(tmp_path / "old.zarr"), n_clips=20)
+    shutil.rmtree(Path(url) / "clips" / "note")
+    for name in ("clips/id", "clips/speaker", "clips/video", "clips/label"):
+        _edit_json(Path(url) / name / "zarr.json", lambda m: m.pop("dimension_names", None))
+    g = zarr.open_group(url, mode="r+")
+    meta = dict(g.attrs["aver"])
+    meta["config"] = {}
+    meta.pop("split_codes")
+    g.attrs["aver"] = meta
+    cache = FeatureCache(url)
+    assert (cache.notes() == "").all() and cache.flow_schedule == (1, 1)
+    assert "clips:    20" in describe(url)
+    metrics = train_fold(url, 1, preset="tiny", out=str(tmp_path / "run"), epochs=1)
+    assert metrics["fold"] == 1

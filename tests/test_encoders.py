@@ -407,3 +407,20 @@ def test_late_config_fields_keep_old_cache_hashes() -> None:
     assert "window_s" not in base.hashed_dict()["audio"]
     changed = ExtractConfig(dataset="x", audio=AudioEncoderConfig(window_s=60.0))
     assert changed.hashed_dict()["audio"]["window_s"] == 60.0 and changed.config_hash() != base.config_hash()
+    # flow.sigma: the default ("clip") changed the numbers, so it is hashed; "pixel" (what caches
+    # written before the option hold) is not, so those caches resume with --set flow.sigma=pixel
+    from aver.extract.config import FlowConfig
+
+    assert base.hashed_dict()["flow"]["sigma"] == "clip"
+    assert "sigma" not in ExtractConfig(dataset="x", flow=FlowConfig(sigma="pixel")).hashed_dict()["flow"]
+
+
+def test_savchenko_weights_refuse_the_other_efficientnet_family(tmp_path: Path) -> None:
+    from aver.extract.encoders.image import check_known_provenance
+
+    for name in ("state_vggface2_enet2.pt", "enet_b2_8_best.pt", "enet_b2_7.safetensors"):
+        with pytest.raises(ConfigError, match="tf_efficientnet_"):
+            check_known_provenance(tmp_path / name, "efficientnet_b2")
+        check_known_provenance(tmp_path / name, "tf_efficientnet_b2")  # the right family: fine
+        check_known_provenance(tmp_path / name, "test_efficientnet")  # not the colliding family: not guessed
+    check_known_provenance(tmp_path / "my_model.pt", "efficientnet_b2")  # unknown provenance: not guessed

@@ -350,14 +350,39 @@ def test_normalise_flow_matches_numpy():
     flow = rng.normal(size=(6, 2, 5, 7)).astype(np.float32)
     mag = np.sqrt(flow[:, 0] ** 2 + flow[:, 1] ** 2)
     expected = flow / (mag.std(axis=0, ddof=0) + 1e-3)[None, None]
-    out = normalise_flow(torch.from_numpy(flow), eps=1e-3)
+    out = normalise_flow(torch.from_numpy(flow), eps=1e-3, mode="pixel")
     assert out.dtype == torch.float32 and out.shape == flow.shape
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+    clip = normalise_flow(torch.from_numpy(flow), eps=1e-3, mode="clip")
+    np.testing.assert_allclose(clip.numpy(), flow / (mag.std(ddof=0) + 1e-3), rtol=1e-5, atol=1e-6)
+
+
+def test_clip_sigma_keeps_background_noise_dark_and_face_motion_bright():
+    """DE-III's normalisation, read as one sigma per clip (the default), keeps a moving face region
+    apart from a static background's sensor noise; one sigma per pixel makes both equally bright."""
+    rng = np.random.default_rng(1)
+    t, h, w = 24, 32, 32
+    flow = (0.01 * rng.standard_normal((t, 2, h, w))).astype(np.float32)  # static background, 0.01 px noise
+    face = (slice(None), 0, slice(8, 24), slice(8, 24))
+    flow[face] = np.linspace(0.0, 3.0, t, dtype=np.float32)[:, None, None]  # the face moves 0-3 px
+    inside = np.zeros((h, w), bool)
+    inside[8:24, 8:24] = True
+
+    def brightness(mode):
+        img = flow_to_image(normalise_flow(torch.from_numpy(flow), 1e-3, mode), 3.0).amax(1).numpy()
+        return img[:, inside].mean(), img[:, ~inside].mean()
+
+    face_clip, bg_clip = brightness("clip")
+    face_pixel, bg_pixel = brightness("pixel")
+    assert face_clip > 0.4 and bg_clip < 0.05 and face_clip > 10 * bg_clip
+    assert abs(face_pixel - bg_pixel) < 0.2  # the per-pixel reading cannot tell them apart
 
 
 def test_normalise_flow_edge_cases():
     one = torch.full((1, 2, 3, 3), 2.0)
-    assert torch.allclose(normalise_flow(one, eps=1e-3), one / (1 + 1e-3))
+    assert torch.allclose(normalise_flow(one, eps=1e-3, mode="pixel"), one / (1 + 1e-3))
+    ramp = torch.arange(18.0).view(1, 2, 3, 3)  # one map: the clip sigma is spatial
+    assert torch.isfinite(normalise_flow(ramp, eps=1e-3, mode="clip")).all()
     with pytest.raises(ValueError, match="T == 0"):
         normalise_flow(torch.zeros(0, 2, 3, 3), eps=1e-3)
     with pytest.raises(ValueError, match=r"\[T, 2, H, W\]"):

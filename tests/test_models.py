@@ -114,9 +114,10 @@ def test_variant_ignores_padding(name):
     with torch.no_grad():
         alone = model(collate([clip]))
         mixed = model(collate([longer, clip], garbage=30.0))
-    for head in ("video", "audio", "fusion"):
+    heads = [h for h in ("video", "audio", "fusion") if f"logits_{h}" in alone]
+    for head in heads:
         torch.testing.assert_close(mixed[f"logits_{head}"][1], alone[f"logits_{head}"][0], **TOL)
-    n_v, n_a = int(alone["lengths_video"][0]), int(alone["lengths_audio"][0])
+    n_v, n_a = int(alone["lengths_video"][0]), int(alone.get("lengths_audio", torch.zeros(1))[0])
     if "beta" in alone:
         torch.testing.assert_close(mixed["beta"][1, :n_v], alone["beta"][0], **TOL)
     if "attn_video" in alone:
@@ -138,14 +139,17 @@ def test_variant_forward_backward(name):
 
     t_visual = 9 if cfg.visual == "frames" else 8  # frames-only keeps the first frame; others pair with flow
     video_cross, audio_cross = IFE_MODES[cfg.ife]
-    expected = {"logits_video", "logits_audio", "logits_fusion", "lengths_video", "lengths_audio"}
+    heads = ("video", "audio", "fusion") if cfg.audio else ("video",)
+    expected = (
+        {f"logits_{h}" for h in heads} | {"lengths_video"} | ({"lengths_audio"} if cfg.audio else set())
+    )
     expected |= {"beta"} if cfg.visual in FUSED_VISUAL else set()
     expected |= {"attn_video"} if video_cross else set()
     expected |= {"attn_audio"} if audio_cross else set()
     assert set(out) == expected
-    for head in ("video", "audio", "fusion"):
+    for head in heads:
         assert out[f"logits_{head}"].shape == (3, N_OUT)
-    assert out["lengths_audio"].tolist() == n_audio
+    assert not cfg.audio or out["lengths_audio"].tolist() == n_audio
     assert out["lengths_video"].tolist() == (
         n_frames if cfg.visual == "frames" else [n - 1 for n in n_frames]
     )
@@ -156,7 +160,7 @@ def test_variant_forward_backward(name):
     for key, value in out.items():
         assert torch.isfinite(value.float()).all(), key
 
-    loss = sum(out[f"logits_{head}"].pow(2).mean() for head in ("video", "audio", "fusion"))
+    loss = sum(out[f"logits_{head}"].pow(2).mean() for head in heads)
     loss.backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None, f"{name}: {pname} gets no gradient (unused parameter?)"
@@ -167,6 +171,7 @@ def test_variants_differ_only_in_their_switches():
     expected = {
         "de3": ("pae", "both", "conformer"),
         "none_ife": ("pae", "none", "conformer"),
+        "none_ife_av": ("pae", "none", "conformer"),
         "ife_video_only": ("pae", "video", "conformer"),
         "ife_audio_only": ("pae", "audio", "conformer"),
         "flow_only": ("flow", "both", "conformer"),
@@ -178,10 +183,11 @@ def test_variants_differ_only_in_their_switches():
         "transformer": ("pae", "both", "transformer"),
     }
     assert set(VARIANTS) == set(expected)
-    other = variant_config("transformer", variant_config("none_ife", BASE))
+    other = variant_config("transformer", variant_config("none_ife_av", BASE))
     for name, switches in expected.items():
         cfg = variant_config(name, other)  # a variant resets every switch, whatever the base had
         assert (cfg.visual, cfg.ife, cfg.encoder) == switches
+        assert cfg.audio == (name != "none_ife")
         assert (cfg.d_hidden, cfg.blocks_flow, cfg.encoder_audio) == (24, 1, "conformer")
 
 
@@ -271,3 +277,21 @@ def test_config_is_validated():
     assert DE3Config.from_dict(BASE.to_dict()) == BASE
     with pytest.raises(ValueError, match="unknown DE3Config fields"):
         DE3Config.from_dict({**BASE.to_dict(), "n_layers": 3})
+
+
+def test_ife_feed_forward_block_readings():
+    """``linear`` is the paper's two linear layers (x'' = W2 W1 x'); ``residual`` refines x'."""
+    from aver.train.models.de3 import InterModalAttention
+
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 4, 8), torch.randn(2, 5, 8)
+    lx, ly = torch.tensor([4, 3]), torch.tensor([5, 2])
+    for ffb in ("linear", "residual"):
+        ife = InterModalAttention(8, 0.0, ffb=ffb).eval()
+        out, alpha = ife(x, lx, y, ly)
+        attended = x + alpha @ ife.value(y)
+        w1, w2 = ife.ffb[0], ife.ffb[1]
+        expected = w2(w1(attended)) if ffb == "linear" else attended + ife.ffb(attended)
+        torch.testing.assert_close(out[0], expected[0])
+        torch.testing.assert_close(out[1, :3], expected[1, :3])
+        assert torch.all(out[1, 3:] == 0)

@@ -334,3 +334,18 @@ def test_a_streamed_long_clip_gives_the_in_memory_numbers(
     a, b = open_root(url, "r"), open_root(extracted_store, "r")
     for name in ("frames/features", "clips/n_flow", "frames/face_box"):
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_cache_from_before_an_option_is_refused_with_the_set_that_continues_it(
+    small_corpus, tiny_config, tmp_path
+):
+    from aver.overrides import apply_overrides
+
+    url = str(tmp_path / "old.zarr")
+    legacy = apply_overrides(tiny_config, {"flow.sigma": "pixel"})  # hashes like a cache from aver 0.1
+    run_extraction(legacy, small_index(small_corpus), url, progress=False, limit=1)
+    assert "sigma" not in open_root(url, "r").attrs["aver"]["config"]["flow"]
+    with pytest.raises(CacheMismatchError, match=r'flow.sigma: None -> .clip.*--set flow.sigma="pixel"'):
+        run_extraction(tiny_config, small_index(small_corpus), url, progress=False, limit=1)
+    assert run_extraction(legacy, small_index(small_corpus), url, progress=False, limit=1).done == 1

@@ -135,8 +135,10 @@ def test_regression_with_several_targets(tmp_path):
 
 
 def test_summarise_folds():
-    s = summarise_folds({1: {"accuracy": 0.5, "f1_macro": 0.4}, 2: {"accuracy": 0.7, "f1_macro": 0.6}})
-    assert s["accuracy"] == {"mean": 0.6, "std": pytest.approx(0.1), "n": 2}
+    s = summarise_folds({1: {"accuracy": 0.5, "n": 8}, 2: {"accuracy": 0.7, "n": 9}})
+    assert s["accuracy"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1414, abs=1e-4), "n": 2}
+    assert "n" not in s  # the test-set size is not a metric
+    assert summarise_folds({1: {"accuracy": 0.5}})["accuracy"]["std"] is None
 
 
 def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
@@ -168,7 +170,12 @@ def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
     )
     assert cv.returncode == 0, cv.stderr[-2000:]
     summary = json.loads((tmp_path / "cv/cv_summary.json").read_text())
-    assert set(summary["folds"]) == {"1", "2"} and summary["summary"]["accuracy"]["n"] == 2
+    assert set(summary["runs"]) == {"fold1", "fold2"} and summary["summary"]["reported"]["accuracy"]["n"] == 2
+    assert (
+        set(summary["summary"]) == {"reported", "video", "audio", "fusion"} and "ddof = 1" in summary["std"]
+    )
+    assert (tmp_path / "cv/cv_summary.csv").read_text().startswith("head,metric,mean,std,n")
+    assert "| reported | f1_macro |" in (tmp_path / "cv/cv_summary.md").read_text()
     assert "accuracy" in cv.stdout and "mean" in cv.stdout
     ev = subprocess.run(
         [*base, "evaluate", "--run", str(tmp_path / "cv/fold2"), "--cache", toy_cache],
@@ -200,3 +207,95 @@ def test_hostile_names_reach_neither_spreadsheet_formulas_nor_mathtext(tmp_path)
     assert all(r[0].startswith("'=1+") for r in rows[1:])
     assert all(cell[:1] not in "=+-@" for r in rows for cell in r[:3])
     assert (tmp_path / "run/confusion.png").stat().st_size > 1000
+
+
+def test_resume_with_changed_settings_is_refused_and_restart_starts_over(toy_cache, tmp_path):
+    """Regression: a fold resumed at epoch 3 with `epochs: 2` and the summary silently included it."""
+    train_fold(_cfg(toy_cache, tmp_path / "run", epochs=3, patience=10))
+    with pytest.raises(CheckpointError, match=r"trained 3 epochs, more than --epochs 2.*--restart"):
+        train_fold(_cfg(toy_cache, tmp_path / "run", epochs=2, patience=10))
+    with pytest.raises(CheckpointError, match=r"other settings \(lr: 0.001 -> 0.002\).*--restart"):
+        train_fold(_cfg(toy_cache, tmp_path / "run", epochs=3, patience=10, lr=2e-3))
+    metrics = train_fold(_cfg(toy_cache, tmp_path / "run", epochs=2, patience=10, resume=False))
+    assert len(json.loads((tmp_path / "run/history.json").read_text())) == 2 and metrics["fold"] == 1
+
+
+def test_a_forced_head_chooses_the_epoch_and_is_reported_as_forced(toy_cache, tmp_path):
+    metrics = train_fold(_cfg(toy_cache, tmp_path / "run", epochs=3, head="audio"))
+    assert metrics["reported_head"] == "audio" and metrics["head_selection"] == "forced (--head)"
+    history = json.loads((tmp_path / "run/history.json").read_text())
+    assert {h["val_head"] for h in history} == {"audio"}
+    best = max(history, key=lambda h: h["val_audio"])
+    saved = json.loads((tmp_path / "run/checkpoint/checkpoint.json").read_text())
+    assert saved["epoch"] == best["epoch"] and saved["val_head"] == "audio"
+
+
+def test_cross_validation_with_seeds(toy_cache, tmp_path):
+    from aver.train import cross_validate
+
+    model = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+    summary = cross_validate(
+        toy_cache, [1], seeds=2, preset="tiny", out=str(tmp_path / "cv"), epochs=1, overrides=model
+    )
+    assert summary["reported"]["accuracy"]["n"] == 2
+    for s in (0, 1):
+        saved = json.loads((tmp_path / f"cv/fold1/seed{s}/checkpoint/checkpoint.json").read_text())
+        assert saved["train_config"]["seed"] == s
+
+
+TABLE4 = [(1, 1), (3, 1), (5, 1), (7, 1), (3, 3), (5, 5), (7, 7)]  # the paper's flow window / stride
+
+
+@pytest.mark.parametrize(("window", "stride"), TABLE4)
+def test_every_table4_setting_trains_every_variant(tmp_path, window, stride):
+    """Regression: window/stride other than 1/1 were refused by `pair_frames_with_flow`."""
+    import torch
+
+    from aver.cache import FeatureCache
+    from aver.train.data import DataConfig, collate, load_clips
+    from aver.train.models.variants import VARIANTS, build_model
+    from aver.train.tasks import Task
+
+    url = make_feature_cache(
+        str(tmp_path / "t4.zarr"), n_clips=10, frames=(16, 24), flow_window=window, flow_stride=stride
+    )
+    cache = FeatureCache(url)
+    clips = load_clips(cache, np.arange(10), DataConfig())
+    for c in clips:
+        assert len(c.frames) == len(c.flow) + 1  # each flow map has its end frame
+    batch = collate(clips[:4])
+    task = Task.from_cache(cache)
+    for name in VARIANTS:
+        model, _ = build_model(name, cache.dims, len(task.names), {f: v for f, v in TINY_MODEL.items()})
+        loss = task.loss(model(batch), task.truth(batch))
+        loss.backward()
+        assert torch.isfinite(loss), name
+    if (window, stride) == (3, 3):
+        metrics = train_fold(_cfg(url, tmp_path / "run", epochs=1))
+        assert metrics["fold"] == 1
+
+
+def test_paper_additions_are_switchable(toy_cache, tmp_path):
+    """Additions the paper does not mention can be turned off: standardisation, clipping; and the
+    selection metric can be chosen."""
+    from aver.errors import ConfigError
+
+    cfg = make_config(
+        "tiny",
+        {
+            "data.standardise": False,
+            "grad_clip": 0,
+            "metric": "uar",
+            **{f"model.{k}": v for k, v in TINY_MODEL.items()},
+        },
+        cache=toy_cache,
+        out=str(tmp_path / "run"),
+        epochs=1,
+    )
+    metrics = train_fold(cfg)
+    assert metrics["select_metric"] == "uar"
+    with pytest.raises(ConfigError, match="ccc_mean"):
+        train_fold(
+            make_config("tiny", {"metric": "ccc_mean"}, cache=toy_cache, out=str(tmp_path / "x"), epochs=1)
+        )
+    assert not (tmp_path / "x").exists()

@@ -49,14 +49,20 @@ def cross_validate(
     cache: str | TrainConfig,
     folds: list[int] | None = None,
     *,
+    seeds: int = 1,
     preset: str = "paper",
     variant: str = "de3",
     out: str | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
     **fields: Any,
-) -> dict[str, dict[str, float]]:
-    """Every fold (or ``folds``) into ``<out>/fold<k>``, then mean ± std of the reported test metrics,
-    written to ``<out>/cv_summary.json`` and returned."""
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Every fold (or ``folds``), ``seeds`` times each, then mean ± sample std (ddof = 1) over the
+    runs of every test metric, per head and for the reported head.
+
+    Runs go to ``<out>/fold<k>`` (``<out>/fold<k>/seed<s>`` with several seeds; seed ``s`` is the
+    config's seed + s). Writes ``cv_summary.json``, ``.csv`` and ``.md`` into ``<out>`` and returns
+    ``{"reported" | head: {metric: {"mean", "std", "n"}}}``.
+    """
     if isinstance(cache, TrainConfig):
         cfg = cache
     else:
@@ -66,23 +72,55 @@ def cross_validate(
     folds = folds or list(range(1, store.n_folds + 1))
     for k in folds:
         store.check_fold(k)
-    per_fold = {}
+    runs = {}
     for k in folds:
-        fold_cfg = TrainConfig.from_dict({**cfg.to_dict(), "fold": k, "out": str(Path(cfg.out) / f"fold{k}")})
-        per_fold[k] = _train_fold(fold_cfg)["test_reported"]
-    summary = summarise_folds(per_fold)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "cv_summary.json").write_text(
-        json.dumps({"folds": per_fold, "summary": summary}, indent=2)
-    )
+        for s in range(seeds):
+            name = f"fold{k}" if seeds == 1 else f"fold{k}/seed{s}"
+            run_cfg = {**cfg.to_dict(), "fold": k, "seed": cfg.seed + s, "out": str(Path(cfg.out) / name)}
+            metrics = _train_fold(TrainConfig.from_dict(run_cfg))
+            runs[name] = {"reported": metrics["test_reported"], **metrics["test"]}
+    summary = {
+        part: summarise_folds({n: r[part] for n, r in runs.items() if part in r}) for part in _parts(runs)
+    }
+    write_cv_summary(Path(cfg.out), runs, summary)
     return summary
 
 
-def summarise_folds(per_fold: dict[int, dict]) -> dict[str, dict[str, float]]:
-    """Mean and std (population) of every scalar metric across folds."""
-    keys = [k for k, v in next(iter(per_fold.values())).items() if isinstance(v, int | float)]
+def _parts(runs: dict[str, dict]) -> list[str]:
+    first = next(iter(runs.values()))
+    return [p for p in first if isinstance(first[p], dict)]
+
+
+# Not metrics: the test-set size, and class-wise dicts (summarised in their own right elsewhere).
+_NOT_METRICS = ("n", "loss")
+
+
+def summarise_folds(per_run: dict[Any, dict]) -> dict[str, dict[str, float]]:
+    """Mean and SAMPLE std (ddof = 1; None for a single run) of every scalar metric over runs."""
+    first = next(iter(per_run.values()))
+    keys = [k for k, v in first.items() if isinstance(v, int | float) and k not in _NOT_METRICS]
     out = {}
     for k in keys:
-        vals = np.array([m[k] for m in per_fold.values()], dtype=float)
-        out[k] = {"mean": float(vals.mean()), "std": float(vals.std()), "n": len(vals)}
+        vals = np.array([m[k] for m in per_run.values()], dtype=float)
+        std = float(vals.std(ddof=1)) if len(vals) > 1 else None
+        out[k] = {"mean": float(vals.mean()), "std": std, "n": len(vals)}
     return out
+
+
+def write_cv_summary(folder: Path, runs: dict, summary: dict) -> None:
+    """``cv_summary.json`` (every run and the summary), ``.csv`` (head, metric, mean, std, n), ``.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"std": "sample standard deviation over runs (ddof = 1)", "runs": runs, "summary": summary}
+    (folder / "cv_summary.json").write_text(json.dumps(doc, indent=2))
+    rows = [
+        (part, k, v["mean"], v["std"], v["n"])
+        for part, metrics in summary.items()
+        for k, v in metrics.items()
+    ]
+    lines = ["head,metric,mean,std,n"] + [
+        f"{p},{k},{m:.6f},{'' if s is None else f'{s:.6f}'},{n}" for p, k, m, s, n in rows
+    ]
+    (folder / "cv_summary.csv").write_text("\n".join(lines) + "\n")
+    md = ["| head | metric | mean | std (sample) | runs |", "| --- | --- | --- | --- | --- |"]
+    md += [f"| {p} | {k} | {m:.4f} | {'-' if s is None else f'{s:.4f}'} | {n} |" for p, k, m, s, n in rows]
+    (folder / "cv_summary.md").write_text("\n".join(md) + "\n")

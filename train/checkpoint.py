@@ -135,7 +135,9 @@ def load_state(
         return None
     meta = _metadata(path)
     if STATE_KEY not in meta:
-        raise CheckpointError(f"{path} carries no trainer state: resume with --no-resume or another --out")
+        raise CheckpointError(
+            f"{path} carries no trainer state: start over with --restart or use another --out"
+        )
     tensors = load_file(str(path))
     state = json.loads(meta[STATE_KEY])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

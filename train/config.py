@@ -42,7 +42,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     head: str = "best"  # head reported on test: best on validation, or a name in HEADS
     resume: bool = True  # continue from <out>/checkpoint/last.* when present
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm (paper: not mentioned); 0 disables
+    metric: str = "auto"  # validation metric that picks epochs and the head: auto = f1_macro / ccc_mean
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -59,6 +60,8 @@ class TrainConfig:
             raise ConfigError("epochs and patience must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError("lr must be > 0 and weight_decay >= 0")
+        if self.grad_clip < 0:
+            raise ConfigError("grad_clip must be >= 0 (0 disables clipping)")
         VARIANTS.check(self.variant)
         TRAIN_PRESETS.check(self.preset)
         if self.head != "best":
@@ -102,6 +105,9 @@ TRAIN_PRESETS.add(
             "head_hidden": 32,
             "dropout": 0.1,
             "conv_kernel": 7,
+            # At toy scale (32-d, one block, 25 epochs) the paper's purely linear IFE block learns
+            # slowly; the tiny preset keeps the residual reading. The paper preset uses the paper's.
+            "ife_ffb": "residual",
         },
         "data": {"batch_size": 8},
     },

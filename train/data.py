@@ -34,6 +34,7 @@ class DataConfig:
     audio_layer: int | None = None
     batch_size: int = 16
     bucket: bool = True  # batches of similar length (less padding); order shuffled per epoch
+    standardise: bool = True  # features standardised with training-split statistics (paper: not mentioned)
 
     def __post_init__(self) -> None:
         if self.audio_window < 1 or self.audio_hop < 1:
@@ -70,12 +71,27 @@ def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None
     return ((csum[starts + window] - csum[starts]) / window).astype(np.float32)
 
 
+def flow_end_frames(frames: np.ndarray, n_flow: int, window: int, stride: int) -> np.ndarray:
+    """Frames paired with flow (paper Table 4): flow map p ends on frame ``p*stride + window``.
+
+    The models pair flow map p with ``frames[p + 1]`` (``pair_frames_with_flow``), the paper's
+    o_i / v_i. With window = stride = 1 that is every frame; otherwise the frames are resampled to
+    the first frame followed by each flow map's end frame, so every variant trains on every flow
+    window and stride (frames-only variants then see the frames at the flow's rate).
+    """
+    if window == 1 and stride == 1:
+        return frames
+    idx = np.array([0, *(p * stride + window for p in range(n_flow))], dtype=np.int64)
+    return np.ascontiguousarray(frames[idx])
+
+
 def load_clips(
     cache: FeatureCache, indices: np.ndarray, cfg: DataConfig, chunk: int = 64
 ) -> list[ClipTensors]:
     """Committed clips ``indices`` as tensors (sorted by cache row), read ``chunk`` clips at a time
     through ``FeatureCache.read_features`` (one bulk read per array and chunk)."""
     out: list[ClipTensors] = []
+    window, stride = cache.flow_schedule
     order = np.sort(np.asarray(indices, dtype=np.int64))
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
@@ -90,7 +106,9 @@ def load_clips(
                 ClipTensors(
                     index=int(i),
                     clip_id=str(cache.ids[i]),
-                    frames=torch.from_numpy(feats["frames"][k]),
+                    frames=torch.from_numpy(
+                        flow_end_frames(feats["frames"][k], len(feats["flow"][k]), window, stride)
+                    ),
                     flow=torch.from_numpy(feats["flow"][k]),
                     audio=torch.from_numpy(frag.astype(np.float16)),
                     label=int(cache.labels[i]),
@@ -124,6 +142,13 @@ class FeatureStats:
             mean[m] = rows.mean(0)
             std[m] = rows.std(0, unbiased=False).clamp_min(eps)
         return cls(mean, std)
+
+    @classmethod
+    def identity(cls, clips: list[ClipTensors]) -> FeatureStats:
+        """Mean 0, std 1: ``data.standardise=false`` feeds the cached features unchanged."""
+        c = clips[0]
+        dims = {m: getattr(c, m).shape[-1] for m in MODALITIES}
+        return cls({m: torch.zeros(d) for m, d in dims.items()}, {m: torch.ones(d) for m, d in dims.items()})
 
     def apply(self, clips: list[ClipTensors]) -> None:
         """Standardise ``clips`` in place (kept as float16: standardised values are O(1))."""

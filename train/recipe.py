@@ -88,7 +88,7 @@ def setup(cfg: TrainConfig) -> Run:
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.device == "cpu", warn_only=True)
     cache = FeatureCache(cfg.cache, cfg.storage_options)
-    task = Task.from_cache(cache)
+    task = Task.from_cache(cache, cfg.metric)
     splits = fold_splits(cache, cfg.fold)
     from .models.variants import build_model
 
@@ -119,7 +119,11 @@ def setup_data(run: Run) -> None:
     """Read the fold into memory and standardise it with training statistics (kept with the checkpoint)."""
     t0 = time.perf_counter()
     run.clips = {s: load_clips(run.cache, v, run.cfg.data) for s, v in run.splits.items()}
-    stats = FeatureStats.from_clips(run.clips["train"])
+    stats = (
+        FeatureStats.from_clips(run.clips["train"])
+        if run.cfg.data.standardise
+        else FeatureStats.identity(run.clips["train"])
+    )
     for split in run.clips.values():
         stats.apply(split)
     save_tensors(run.ckpt / "feature_stats.safetensors", stats.tensors())
@@ -145,12 +149,36 @@ def setup_optimizer(run: Run) -> None:
                 "change it. Use another --out, or the original settings."
             )
         check_cache(saved["cache"], run.cache, "resume")
+        changed = _changed_settings(saved.get("train_config", {}), run.info["train_config"])
+        if changed:
+            raise CheckpointError(
+                f"{run.ckpt} was trained with other settings ({changed}); resuming would mix them. "
+                "Use the original settings, another --out, or --restart to start this run over."
+            )
         run.state = load_state(run.ckpt, run.model, run.optimizer)
+        if run.state["epoch"] > cfg.epochs:
+            raise CheckpointError(
+                f"{run.ckpt} has trained {run.state['epoch']} epochs, more than --epochs {cfg.epochs}: its "
+                "results would not be a run of that length. Use --restart, or another --out."
+            )
         log.info("resumed from %s at epoch %d", run.ckpt, run.state["epoch"])
     (run.dir / "config.json").write_text(json.dumps(run.info, indent=2, sort_keys=True, default=str))
 
 
 # -- fit ----------------------------------------------------------------------------------------
+# Settings that may differ between a run and its resumption: where things are, not what is learned;
+# and ``epochs``, which may grow (more epochs continue the same trajectory; fewer cannot undo any).
+_RESUMABLE = ("cache", "out", "device", "resume", "storage_options", "epochs")
+
+
+def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    from aver.store import diff_dicts
+
+    keep = lambda d: {k: v for k, v in d.items() if k not in _RESUMABLE}  # noqa: E731
+    diff = diff_dicts(keep(saved), keep(now))
+    return "" if diff == "none" else diff
+
+
 def fit(run: Run) -> None:
     """Epochs until ``cfg.epochs`` or ``cfg.patience`` epochs without validation gain.
 
@@ -161,7 +189,7 @@ def fit(run: Run) -> None:
     for epoch in range(state["epoch"], cfg.epochs):
         stats = train_epoch(run, epoch)
         val = task.score(predict(run.model, run.clips["validation"], cfg, task))
-        head, value = task.best_head(val)
+        head, value = task.best_head(val, forced=cfg.head)
         per_head = {f"val_{h}": val[h][task.select_metric] for h in HEADS if h in val}
         row = {
             "epoch": epoch + 1,

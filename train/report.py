@@ -33,9 +33,10 @@ def report(run: Run) -> dict[str, Any]:
     model.to(cfg.device)
     preds = {s: predict(model, c, cfg, task) for s, c in run.clips.items()}
     metrics: dict[str, Any] = {s: task.score(p) for s, p in preds.items()}
-    head = cfg.head if cfg.head != "best" else task.best_head(metrics["validation"])[0]
+    head = task.best_head(metrics["validation"], forced=cfg.head)[0]
     metrics.update(
         reported_head=head,
+        head_selection="forced (--head)" if cfg.head != "best" else "best on validation",
         select_metric=task.select_metric,
         test_reported=metrics["test"][head],
         fold=cfg.fold,
@@ -90,7 +91,7 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
     cache = FeatureCache(cache_url, storage_options)
     check_cache(info["cache"], cache, "evaluate")
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
-    task = Task.from_cache(cache)
+    task = Task.from_cache(cache, cfg.metric)
     model, _ = build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
     out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
     out.mkdir(parents=True, exist_ok=True)

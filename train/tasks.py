@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aver.cache import FeatureCache
-from aver.errors import CacheError
+from aver.errors import CacheError, ConfigError
 from aver.registry import Registry
 from aver.train.heads import HEADS, output_key
 from aver.train.losses import ccc_loss, classification_loss, total_loss
@@ -28,15 +28,24 @@ class Task:
     name = ""
     select_metric = ""  # validation metric that picks the epoch and the reported head
 
-    def __init__(self, names: list[str]) -> None:
+    metrics = ()  # scalar metrics a split reports, any of which can select (``--set metric=...``)
+
+    def __init__(self, names: list[str], metric: str = "auto") -> None:
         self.names = list(names)
+        if metric != "auto":
+            if metric not in self.metrics:
+                raise ConfigError(
+                    f"metric {metric!r} is not a {self.name} metric; choose one of {list(self.metrics)}"
+                )
+            self.select_metric = metric
 
     @staticmethod
-    def from_cache(cache: FeatureCache) -> Task:
+    def from_cache(cache: FeatureCache, metric: str = "auto") -> Task:
+        """The cache's task; ``metric`` (default: the task's own) picks epochs and the reported head."""
         if cache.classes:
-            return Classification(cache.classes)
+            return Classification(cache.classes, metric)
         if cache.target_names:
-            return Regression(cache.target_names)
+            return Regression(cache.target_names, metric)
         raise CacheError(f"{cache.url} has neither classes nor continuous targets to train on")
 
     # -- training ----------------------------------------------------------------------------
@@ -63,9 +72,14 @@ class Task:
                 out[h] = self.head_metrics(pred["truth"], pred[h])
         return out
 
-    def best_head(self, scores: dict[str, Any]) -> tuple[str, float]:
-        """The head with the highest ``select_metric`` in ``scores`` (from ``score``)."""
+    def best_head(self, scores: dict[str, Any], forced: str = "best") -> tuple[str, float]:
+        """The head with the highest ``select_metric`` in ``scores`` (from ``score``), or the
+        ``forced`` head (``--head video``: epochs and checkpoints are then chosen on that head)."""
         values = {h: scores[h][self.select_metric] for h in HEADS if h in scores}
+        if forced != "best":
+            if forced not in values:
+                raise ConfigError(f"--head {forced}: this model has no {forced} head (it has {list(values)})")
+            return forced, values[forced]
         head = max(values, key=values.get)
         return head, values[head]
 
@@ -83,6 +97,7 @@ class Classification(Task):
 
     name = "classification"
     select_metric = "f1_macro"
+    metrics = ("f1_macro", "accuracy", "uar", "f1_micro")
 
     def truth(self, batch: dict) -> torch.Tensor:
         return batch["labels"]
@@ -118,6 +133,7 @@ class Regression(Task):
 
     name = "regression"
     select_metric = "ccc_mean"
+    metrics = ("ccc_mean",)
 
     def truth(self, batch: dict) -> torch.Tensor:
         return batch["targets"]

@@ -52,7 +52,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         choices=LazyChoices("aver.train.heads", "HEADS", extra=("best",)),
         help="head reported on test, %(choices)s (default: best on validation)",
     )
-    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over, ignoring a checkpoint in --out (resuming is the default)",
+    )
     set_option(p, "model.d_model=256 or data.audio_window=20")
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
 
@@ -67,6 +71,9 @@ def register(sub) -> None:
     p = sub.add_parser("cv", help="train every fold, then mean ± std across folds")
     _common(p)
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="train every fold with this many seeds (seed, seed+1, ...)"
+    )
     p.set_defaults(func=cmd_cv)
     p = sub.add_parser("evaluate", help="re-score a run on a cache (refuses another cache)")
     p.add_argument("--run", required=True, help="a run folder written by `aver train`")
@@ -93,7 +100,7 @@ def _config(args: argparse.Namespace, fold: int, out: str):
         fold=fold,
         out=out,
         variant=args.variant,
-        resume=not args.no_resume,
+        resume=not args.restart,
         storage_options=parse_kv(args.storage_option, "--storage-option"),
     )
 
@@ -102,7 +109,8 @@ def print_report(metrics: dict) -> None:
     head, test = metrics["reported_head"], metrics["test_reported"]
     scalars = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
     print(
-        f"fold {metrics['fold']} | variant {metrics['variant']} | reported head: {head} (best on validation)"
+        f"fold {metrics['fold']} | variant {metrics['variant']} | reported head: {head} "
+        f"({metrics.get('head_selection', 'best on validation')})"
     )
     print("test: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
     if "recall" in test:
@@ -133,12 +141,21 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--folds takes comma-separated fold numbers such as 1,2,3, not {args.folds!r}"
         ) from None
-    summary = cross_validate(cfg, folds)
-    n = next(iter(summary.values()))["n"]
-    print(f"{'metric':16} {'mean':>8} {'std':>8}  (test, reported head, {n} folds)")
-    for k, v in summary.items():
-        print(f"{k:16} {v['mean']:8.4f} {v['std']:8.4f}")
-    print(f"runs: {cfg.out}")
+    summary = cross_validate(cfg, folds, seeds=args.seeds)
+    reported = summary["reported"]
+    n = next(iter(reported.values()))["n"]
+    print(f"test metrics of the reported head over {n} runs: mean ± sample std")
+    print(f"{'metric':16} {'mean':>8} {'std':>8}")
+    for k, v in reported.items():
+        std = "-" if v["std"] is None else f"{v['std']:8.4f}"
+        print(f"{k:16} {v['mean']:8.4f} {std:>8}")
+    for head, metrics in summary.items():
+        if head != "reported":
+            key = next(iter(k for k in ("f1_macro", "ccc_mean") if k in metrics), None)
+            if key:
+                std = "-" if metrics[key]["std"] is None else f"{metrics[key]['std']:.4f}"
+                print(f"{head} head: {key} {metrics[key]['mean']:.4f} ± {std}")
+    print(f"runs: {cfg.out} (cv_summary.json, .csv, .md)")
     return 0
 
 

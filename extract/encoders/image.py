@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,27 @@ def _check_and_filter(
     )
 
 
+# Weight files whose provenance is known from their name, and the timm family they were saved
+# from. The two EfficientNet families share parameter names and shapes, so a mismatch loads
+# without error and gives features ~71 % away from the right ones: it is refused instead.
+KNOWN_WEIGHTS = (
+    # Savchenko's face models (EmotiEffLib / HSEmotion): tf_efficientnet_b*_ns (same padding, BN eps 1e-3)
+    (re.compile(r"^(state_vggface2_enet\d|enet_b\d_\d+(_best|_vgaf)?)", re.I), "tf_efficientnet_"),
+)
+
+
+def check_known_provenance(path: Path, arch: str) -> None:
+    """Refuse a weight file whose known provenance contradicts ``arch`` (see ``KNOWN_WEIGHTS``)."""
+    for pattern, family in KNOWN_WEIGHTS:
+        # only the known collision is refused: the same file in the other EfficientNet family
+        if pattern.match(path.name) and arch.startswith("efficientnet_"):
+            raise ConfigError(
+                f"{path.name} is one of Savchenko's face models, saved from timm's {family}* family "
+                f"(TF 'same' padding, BN eps 1e-3), but image.arch is {arch!r}: with these weights it would "
+                f'load silently and give features ~71 % off. Use --set image.arch="{family}b2" (the paper preset).'
+            )
+
+
 class ImageEncoder:
     """A timm backbone without its classifier: images ``[B, 3, H, W]`` -> embeddings ``[B, dim]``.
 
@@ -112,6 +134,8 @@ class ImageEncoder:
         self.cfg = cfg
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
+        if cfg.weights:
+            check_known_provenance(Path(cfg.weights), cfg.arch)
         model = _create(cfg.arch)
         self._weights_sha256: str | None = None
         if cfg.weights:

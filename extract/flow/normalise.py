@@ -1,7 +1,12 @@
 """DE-III flow normalisation, the colour-wheel flow image and the frame-pair schedule.
 
 DE-III divides flow "by a standard deviation calculated from the local optical flow magnitude at
-every pixel position within an entire video clip": one sigma per pixel, taken over time.
+every pixel position within an entire video clip". Two readings (``flow.sigma``):
+
+- ``clip`` (default, the design card's "per-clip std"): one sigma over every pixel of every flow map
+  of the clip. Static background noise stays dark and face motion bright.
+- ``pixel``: one sigma per pixel position, taken over time. It makes a pixel that barely moves (tiny
+  background noise) as bright as real face motion, since each pixel is scaled by its own spread.
 """
 
 from __future__ import annotations
@@ -23,15 +28,21 @@ def _check_flow(flow: torch.Tensor, label: str) -> torch.Tensor:
     return flow.float()
 
 
+SIGMA_MODES = ("clip", "pixel")
+
+
 class FlowSigma:
-    """DE-III's per-pixel sigma, accumulated over a clip's flow maps window by window.
+    """DE-III's sigma (``mode`` = ``clip`` or ``pixel``), accumulated over a clip's flow maps window by window.
 
     Two passes (``add_mean`` over every window, then ``add_var`` over every window) in float64, so
     a clip processed in windows of any size (a long clip streamed through bounded memory) gets the
     sigma that one pass over the whole clip would give, up to float64 rounding.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "clip") -> None:
+        if mode not in SIGMA_MODES:
+            raise ValueError(f"flow sigma mode must be one of {SIGMA_MODES}, not {mode!r}")
+        self.mode = mode
         self.n = 0
         self._sum: torch.Tensor | None = None
         self._sq: torch.Tensor | None = None
@@ -42,19 +53,23 @@ class FlowSigma:
         flow = _check_flow(flow, "flow")
         return torch.hypot(flow[:, 0], flow[:, 1]).double()  # [T, H, W]
 
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(0) if self.mode == "pixel" else x.sum()
+
     def add_mean(self, flow: torch.Tensor) -> None:
         m = self._magnitude(flow)
-        self._sum = m.sum(0) if self._sum is None else self._sum + m.sum(0)
-        self.n += m.shape[0]
+        self._sum = self._reduce(m) if self._sum is None else self._sum + self._reduce(m)
+        self.n += m.shape[0] if self.mode == "pixel" else m.numel()
 
     def add_var(self, flow: torch.Tensor) -> None:
         if self._sum is None:
             raise RuntimeError("FlowSigma.add_var before any add_mean")
         d = self._magnitude(flow) - self._sum / self.n
-        self._sq = (d * d).sum(0) if self._sq is None else self._sq + (d * d).sum(0)
+        self._sq = self._reduce(d * d) if self._sq is None else self._sq + self._reduce(d * d)
 
     def sigma(self) -> torch.Tensor:
-        """``float32 [H, W]``: the population std (ddof = 0) over time of the flow magnitude."""
+        """Population std (ddof = 0) of the flow magnitude: ``float32 [H, W]`` over time (``pixel``)
+        or a ``float32`` scalar over all pixels and frames (``clip``)."""
         if self._sq is None:
             raise RuntimeError("FlowSigma.sigma before add_var")
         return (self._sq / self.n).sqrt().float()
@@ -68,20 +83,20 @@ def apply_sigma(flow: torch.Tensor, sigma: torch.Tensor | None, eps: float) -> t
     return flow / (sigma.to(flow.device) + eps)
 
 
-def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
-    """Per-pixel temporal std normalisation of a clip's flow.
+def normalise_flow(flow: torch.Tensor, eps: float, mode: str = "clip") -> torch.Tensor:
+    """DE-III's std normalisation of a clip's flow (``mode``: see the module docstring).
 
-    ``sigma[y, x]`` is the population std (ddof = 0) over t of ``|flow_t[y, x]|`` (Euclidean magnitude,
-    pixels); both components are divided by ``sigma + eps``. A pixel whose magnitude never changes
-    has sigma 0 and is scaled by ``1 / eps``; the flow image clips it.
-
-    With a single flow map (T == 1) a std over time does not exist (it would be 0 everywhere and
-    turn the map into ``flow / eps``); the map is then divided by ``1 + eps``, i.e. left in pixels.
-    The same arithmetic as a long clip's windowed path (``FlowSigma``, ``apply_sigma``).
+    ``clip``: sigma is the population std (ddof = 0) of ``|flow_t[y, x]|`` over every t, y, x.
+    ``pixel``: ``sigma[y, x]`` is the population std over t of ``|flow_t[y, x]|``; a pixel whose
+    magnitude never changes is scaled by ``1 / eps`` (the flow image clips it), and with a single
+    flow map (T == 1), where no std over time exists, the map is divided by ``1 + eps``.
+    Both components are divided by ``sigma + eps``. The same arithmetic as a long clip's windowed
+    path (``FlowSigma``, ``apply_sigma``).
 
     Args:
         flow: ``float32 [T, 2, H, W]`` flow in pixels, T >= 1.
         eps: > 0, added to sigma (pixels).
+        mode: ``clip`` or ``pixel``.
     Returns:
         ``float32 [T, 2, H, W]``, dimensionless.
     """
@@ -90,10 +105,10 @@ def normalise_flow(flow: torch.Tensor, eps: float) -> torch.Tensor:
         raise ValueError("normalise_flow needs at least one flow map (T == 0)")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if flow.shape[0] == 1:
+    stats = FlowSigma(mode)
+    if flow.shape[0] == 1 and mode == "pixel":
         log.warning("normalise_flow: one flow map only; no temporal std, dividing by 1 + eps instead")
         return apply_sigma(flow, None, eps)
-    stats = FlowSigma()
     stats.add_mean(flow)
     stats.add_var(flow)
     return apply_sigma(flow, stats.sigma(), eps)

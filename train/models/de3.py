@@ -29,6 +29,9 @@ from torch.nn import functional as F
 from aver.registry import Registry
 from aver.train.models.conformer import ENCODERS, build_encoder, padding_mask, zero_padding
 
+# IFE feed-forward block: the paper's "two linear layers" (eq. 6; "the linear feed-forward block"),
+# or a pre-LayerNorm ReLU block with a residual (refines rather than replaces the features).
+IFE_FFB = ("linear", "residual")
 # ife mode -> (V-cross: video attends to audio, A-cross: audio attends to video)
 IFE_MODES: dict[str, tuple[bool, bool]] = {
     "both": (True, True),
@@ -67,6 +70,8 @@ class DE3Config:
     visual: str = "pae"
     ife: str = "both"
     conv_kernel: int = 31
+    ife_ffb: str = "linear"  # IFE feed-forward block: "linear" (paper: two linear layers) or "residual"
+    audio: bool = True  # False: no audio path at all (the paper's None-IFE: RGB and flow only)
 
     def __post_init__(self) -> None:
         for f in fields(self):  # f.type is the annotation string (postponed annotations)
@@ -86,10 +91,13 @@ class DE3Config:
             "encoder_audio": ENCODERS,
             "visual": VISUAL_FRONTENDS,
             "ife": IFE_MODES,
+            "ife_ffb": IFE_FFB,
         }
         for name, choices in registries.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"DE3Config.{name}={getattr(self, name)!r}; choose one of {list(choices)}")
+        if not self.audio and self.ife != "none":
+            raise ValueError("DE3Config.audio=False leaves nothing to attend to: it needs ife='none'")
         if self.visual in ("temporal_concat", "sum") and self.d_frames != self.d_flow:
             raise ValueError(
                 f"visual={self.visual!r} puts frame and flow features in one sequence, so d_frames "
@@ -128,8 +136,9 @@ def pair_frames_with_flow(
     """Pair flow o_i with frame v_i: ``(frames[:, 1:], flow, lengths)``, both float ``[B, T', D]``.
 
     ``frames`` float ``[B, T, Dv]``, ``flow`` float ``[B, P, Do]``, lengths long ``[B]``. Requires
-    ``flow_lengths == frame_lengths - 1`` (flow window = stride = 1); a cache made with another
-    flow window needs its frames resampled to the flow's end frames before batching.
+    ``flow_lengths == frame_lengths - 1``: for a cache made with another flow window or stride the
+    data layer has already resampled the frames to each flow map's end frame
+    (``aver.train.data.flow_end_frames``).
     """
     frame_lengths, flow_lengths = frame_lengths.to(frames.device), flow_lengths.to(frames.device)
     if frame_lengths.shape != flow_lengths.shape or not torch.equal(flow_lengths, frame_lengths - 1):
@@ -311,26 +320,30 @@ class InterModalAttention(nn.Module):
     """IFE (eq. 4-6), single head: target x attends to the other modality y by cosine similarity.
 
     ``s_ij = cos(W_q x_i, W_k y_j)``; ``alpha = softmax_j(s)`` over valid j; ``x'_i = sum_j alpha_ij
-    W_v y_j + x_i``; then a feed-forward block of two linear layers, which we give a pre-LayerNorm
-    and a residual (``x'' = x' + W_2 relu(W_1 LN(x'))``) so that, like eq. 6, it refines rather than
-    replaces the features; widths stay ``d``. As in eq. 5 there is no temperature: scores lie in
+    W_v y_j + x_i``; then the feed-forward block: ``ffb="linear"`` is the paper's two linear layers
+    (``x'' = W_2 W_1 x'``), ``ffb="residual"`` adds a pre-LayerNorm, a ReLU and a residual
+    (``x'' = x' + W_2 relu(W_1 LN(x'))``); widths stay ``d``. As in eq. 5 there is no temperature: scores lie in
     [-1, 1], so attention is soft (weights differ by at most a factor e^2). Dropout acts on the
     attended update and in the FFB, never on ``alpha``, so the returned maps are the true weights.
     """
 
-    def __init__(self, d: int, dropout: float, eps: float = 1e-8) -> None:
+    def __init__(self, d: int, dropout: float, eps: float = 1e-8, ffb: str = "linear") -> None:
         super().__init__()
         self.query, self.key, self.value = (nn.Linear(d, d) for _ in range(3))
         self.eps = eps
         self.dropout = nn.Dropout(dropout)
-        self.ffb = nn.Sequential(
-            nn.LayerNorm(d),
-            nn.Linear(d, d),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(d, d),
-            nn.Dropout(dropout),
-        )
+        self.residual_ffb = ffb == "residual"
+        if self.residual_ffb:
+            self.ffb = nn.Sequential(
+                nn.LayerNorm(d),
+                nn.Linear(d, d),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(d, d),
+                nn.Dropout(dropout),
+            )
+        else:
+            self.ffb = nn.Sequential(nn.Linear(d, d), nn.Linear(d, d))
 
     def scores(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cosine similarities (eq. 4): ``x`` ``[B, Tx, d]``, ``y`` ``[B, Ty, d]`` -> float ``[B, Tx, Ty]`` in [-1, 1]."""
@@ -349,7 +362,7 @@ class InterModalAttention(nn.Module):
         s = self.scores(x, y).masked_fill(y_mask[:, None, :], float("-inf"))
         alpha = torch.softmax(s, dim=-1).masked_fill(x_mask[..., None], 0.0)
         x = x + self.dropout(alpha @ self.value(y))
-        x = x + self.ffb(x)
+        x = x + self.ffb(x) if self.residual_ffb else self.ffb(x)
         return zero_padding(x, x_mask), alpha
 
 
@@ -380,17 +393,19 @@ class DE3(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.visual = VISUAL_FRONTENDS.get(cfg.visual)(cfg)
-        self.audio_encoder = _encoder(cfg, cfg.d_audio, cfg.blocks_audio, kind=cfg.encoder_audio)
         video_cross, audio_cross = IFE_MODES[cfg.ife]
-        self.ife_video = InterModalAttention(cfg.d_hidden, cfg.dropout) if video_cross else None
-        self.ife_audio = InterModalAttention(cfg.d_hidden, cfg.dropout) if audio_cross else None
+        ife = partial(InterModalAttention, cfg.d_hidden, cfg.dropout, ffb=cfg.ife_ffb)
+        self.ife_video = ife() if video_cross else None
+        self.ife_audio = ife() if audio_cross else None
         self.head_video = PredictionHead(cfg.d_hidden, cfg.head_hidden, cfg.n_outputs, cfg.dropout)
-        self.head_audio = PredictionHead(cfg.d_hidden, cfg.head_hidden, cfg.n_outputs, cfg.dropout)
-        self.head_fusion = PredictionHead(2 * cfg.d_hidden, cfg.head_hidden, cfg.n_outputs, cfg.dropout)
+        if cfg.audio:  # the paper's None-IFE has no audio path: the video head alone
+            self.audio_encoder = _encoder(cfg, cfg.d_audio, cfg.blocks_audio, kind=cfg.encoder_audio)
+            self.head_audio = PredictionHead(cfg.d_hidden, cfg.head_hidden, cfg.n_outputs, cfg.dropout)
+            self.head_fusion = PredictionHead(2 * cfg.d_hidden, cfg.head_hidden, cfg.n_outputs, cfg.dropout)
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The keys this variant reads, features cast to the model's dtype (caches store float16)."""
-        needed = (*self.visual.required, "audio", "audio_lengths")
+        needed = (*self.visual.required, *(("audio", "audio_lengths") if self.cfg.audio else ()))
         missing = [k for k in needed if k not in batch]
         if missing:
             raise ValueError(
@@ -413,10 +428,14 @@ class DE3(nn.Module):
         """
         batch = self._inputs(batch)
         ov, v_lengths, beta = self.visual(batch)
-        a, a_lengths = self.audio_encoder(batch["audio"], batch["audio_lengths"])
-        out: dict[str, torch.Tensor] = {"lengths_video": v_lengths, "lengths_audio": a_lengths}
+        out: dict[str, torch.Tensor] = {"lengths_video": v_lengths}
         if beta is not None:
             out["beta"] = beta
+        if not self.cfg.audio:
+            out["logits_video"] = self.head_video(masked_max(ov, v_lengths))
+            return out
+        a, a_lengths = self.audio_encoder(batch["audio"], batch["audio_lengths"])
+        out["lengths_audio"] = a_lengths
         # both directions read the pre-IFE features, so neither direction depends on the other
         v_fused, a_fused = ov, a
         if self.ife_video is not None:

@@ -24,10 +24,12 @@ VARIANTS: Registry[Variant] = Registry("model variant")
 register_variant = VARIANTS.register
 
 
-def _with(base: DE3Config, visual: str = "pae", ife: str = "both", encoder: str = "conformer") -> DE3Config:
+def _with(
+    base: DE3Config, visual: str = "pae", ife: str = "both", encoder: str = "conformer", audio: bool = True
+) -> DE3Config:
     # dataclasses.replace re-runs DE3Config.__post_init__, so an impossible combination (e.g. 'sum'
     # with different frame and flow widths) is refused here.
-    return replace(base, visual=visual, ife=ife, encoder=encoder)
+    return replace(base, visual=visual, ife=ife, encoder=encoder, audio=audio)
 
 
 @register_variant("de3")
@@ -38,7 +40,15 @@ def de3(base: DE3Config) -> DE3Config:
 
 @register_variant("none_ife")
 def none_ife(base: DE3Config) -> DE3Config:
-    """None-IFE (Table 2): no inter-modal attention; the heads read the encoders' features directly."""
+    """None-IFE (Table 2) as the paper says: RGB and flow only, no audio path, the video head alone.
+
+    The paper: "without any inter-modality fusion, only RGB images and flow maps"."""
+    return _with(base, ife="none", audio=False)
+
+
+@register_variant("none_ife_av")
+def none_ife_av(base: DE3Config) -> DE3Config:
+    """None-IFE, another reading: both modalities and all three heads, but no inter-modal attention."""
     return _with(base, ife="none")
 
 

@@ -295,3 +295,36 @@ def test_ife_feed_forward_block_readings():
         torch.testing.assert_close(out[0], expected[0])
         torch.testing.assert_close(out[1, :3], expected[1, :3])
         assert torch.all(out[1, 3:] == 0)
+
+
+def test_relative_positions_are_padding_safe_and_used():
+    from aver.train.models.conformer import ConformerEncoder
+
+    torch.manual_seed(0)
+    enc = ConformerEncoder(
+        6, d_model=8, d_out=8, n_blocks=1, n_heads=2, conv_kernel=3, pos_enc="relative"
+    ).eval()
+    x = torch.randn(1, 5, 6)
+    padded = torch.cat([x, 50 * torch.randn(1, 9, 6)], dim=1)
+    with torch.no_grad():
+        alone, _ = enc(x, torch.tensor([5]))
+        mixed, _ = enc(torch.cat([padded, torch.randn(1, 14, 6)]), torch.tensor([5, 14]))
+    torch.testing.assert_close(mixed[0, :5], alone[0], **TOL)
+    # the positional term matters: zeroing its projection changes the output
+    with torch.no_grad():
+        enc.blocks[0].attn.pos.weight.zero_()
+        enc.blocks[0].attn.bias_v.zero_()
+        without, _ = enc(x, torch.tensor([5]))
+    assert not torch.allclose(without, alone)
+
+
+def test_checkpoints_of_older_models_rebuild_as_they_were():
+    from aver.train.models.de3 import DE3Config
+
+    old = {
+        k: v
+        for k, v in DE3Config(10, 10, 10, 2).to_dict().items()
+        if k not in ("ife_ffb", "pos_enc", "audio")
+    }
+    cfg = DE3Config.from_dict(old)
+    assert (cfg.ife_ffb, cfg.pos_enc, cfg.audio) == ("residual", "none", True)

@@ -35,6 +35,7 @@ def test_tiny_train_writes_a_complete_run(toy_cache, tmp_path):
         "metrics.json",
         "predictions.csv",
         "history.json",
+        "history.csv",
         "train.log",
         "confusion.png",
         "learning_curves.png",

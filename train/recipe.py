@@ -168,7 +168,7 @@ def setup_optimizer(run: Run) -> None:
 # -- fit ----------------------------------------------------------------------------------------
 # Settings that may differ between a run and its resumption: where things are, not what is learned;
 # and ``epochs``, which may grow (more epochs continue the same trajectory; fewer cannot undo any).
-_RESUMABLE = ("cache", "out", "device", "resume", "storage_options", "epochs")
+_RESUMABLE = ("cache", "out", "device", "resume", "storage_options", "epochs", "progress")
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
@@ -185,7 +185,10 @@ def fit(run: Run) -> None:
     The best epoch (validation ``task.select_metric`` of its best head) is saved as the model;
     the resumable state is saved after every epoch, so a killed run loses at most one epoch.
     """
+    from tqdm import tqdm
+
     cfg, task, state = run.cfg, run.task, run.state
+    bar = tqdm(total=cfg.epochs, initial=state["epoch"], unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in range(state["epoch"], cfg.epochs):
         stats = train_epoch(run, epoch)
         val = task.score(predict(run.model, run.clips["validation"], cfg, task))
@@ -218,10 +221,13 @@ def fit(run: Run) -> None:
             state["bad"] += 1
         state["epoch"] = epoch + 1
         save_state(run.ckpt, run.model, run.optimizer, state)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['train_loss']:.3f}", val=f"{value:.3f}", head=head)
         if state["bad"] >= cfg.patience:
             log.info("early stop: no validation improvement for %d epochs", cfg.patience)
             break
-    (run.dir / "history.json").write_text(json.dumps(state["history"], indent=2))
+    bar.close()
+    write_history(run.dir, state["history"])
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
@@ -282,6 +288,18 @@ def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> di
 
 
 # -- small helpers --------------------------------------------------------------------------------
+def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
+    """Per-epoch scalars as ``history.json`` and ``history.csv`` (one row per epoch)."""
+    import csv
+
+    (folder / "history.json").write_text(json.dumps(history, indent=2))
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    with open(folder / "history.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -24,11 +24,9 @@ from .tasks import Task
 
 def report(run: Run) -> dict[str, Any]:
     """Load the best checkpoint, score every split and head, write metrics, predictions and plots."""
-    from .models.variants import build_model
-
     cfg, task = run.cfg, run.task
     state, info = load_model_state(run.ckpt)
-    model, _ = build_model(info["variant"], run.cache.dims, len(task.names), cfg.model)
+    model = saved_model(info)
     model.load_state_dict(state)
     model.to(cfg.device)
     preds = {s: predict(model, c, cfg, task) for s, c in run.clips.items()}
@@ -51,6 +49,14 @@ def report(run: Run) -> dict[str, Any]:
         writer.writerows(task.csv_rows(test_ids, preds["test"], head))
     _plots(run, model, metrics, head)
     return metrics
+
+
+def saved_model(info: dict[str, Any]):
+    """The architecture a checkpoint records (``model_config``), freshly built: a run saved by an
+    older aver is rebuilt as it was (``DE3Config.LEGACY``), whatever today's defaults are."""
+    from .models.de3 import DE3, DE3Config
+
+    return DE3(DE3Config.from_dict(info["model_config"]))
 
 
 def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
@@ -84,15 +90,13 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
     """Re-score a finished run on its cache, into ``<run>/evaluations/<store>/`` (the run's own
     metrics, predictions and plots are never overwritten). A cache with another identity (provenance,
     clip list or folds) is refused."""
-    from .models.variants import build_model
-
     run_dir = Path(run_dir)
     _, info = load_model_state(run_dir / "checkpoint")
     cache = FeatureCache(cache_url, storage_options)
     check_cache(info["cache"], cache, "evaluate")
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
     task = Task.from_cache(cache, cfg.metric)
-    model, _ = build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
+    model = saved_model(info)
     out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
     out.mkdir(parents=True, exist_ok=True)
     run = Run(

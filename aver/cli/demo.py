@@ -36,7 +36,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary.report())
     print(describe(summary.store))
     out = str(Path(args.runs) / "synthetic" / "de3" / "fold1")
-    metrics = train_fold(summary.store, 1, preset="tiny", out=out, device=args.device)
+    metrics = train_fold(
+        summary.store, 1, preset="tiny", out=out, device=args.device, progress=not args.quiet
+    )
     print_report(metrics)
     chance = 1 / len(metrics["test_reported"]["recall"])
     print(f"chance level: {chance:.2f}; run: {out} (metrics.json, predictions.csv, plots)")

@@ -57,6 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start over, ignoring a checkpoint in --out (resuming is the default)",
     )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     set_option(p, "model.d_model=256 or data.audio_window=20")
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
 
@@ -101,6 +102,7 @@ def _config(args: argparse.Namespace, fold: int, out: str):
         out=out,
         variant=args.variant,
         resume=not args.restart,
+        progress=not args.quiet,
         storage_options=parse_kv(args.storage_option, "--storage-option"),
     )
 

@@ -15,10 +15,10 @@ Padding is masked everywhere, so a clip's output never depends on how much paddi
   both make a frame's output depend on its batch; LayerNorm normalises each frame on its own;
 * every block zeroes its output at padded rows, so downstream code can rely on zeros there.
 
-Positional information: the Conformer adds no explicit positions. Its depthwise convolution gives
-each frame relative, translation-equivariant position cues (as in torchaudio's Conformer, which the
-DE-III reference builds on, and which expects no positional encoding), and absolute positions of a
-face-video frame carry little meaning for emotion. The Transformer has no convolution, so it adds
+Positional information: the Conformer's self-attention uses relative sinusoidal positions as in
+Gulati et al. (``pos_enc="relative"``, the default; padding-safe because a score depends on the
+offset i - j only); ``pos_enc="none"`` leaves positions to the depthwise convolution, as
+torchaudio's Conformer does. The Transformer has no convolution, so it adds
 the sinusoidal absolute encoding of the original Transformer at its input, as a vanilla Transformer
 does: without it self-attention would be permutation-invariant.
 """
@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from aver.registry import Registry
+
+POS_ENCODINGS = ("relative", "none")
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -114,14 +116,71 @@ class ConvModule(nn.Module):
         return zero_padding(self.dropout(y), mask)
 
 
-class ConformerBlock(nn.Module):
-    """FFN/2 -> MHSA -> convolution module -> FFN/2 -> LayerNorm, each with a residual (Gulati et al.)."""
+class RelPositionAttention(nn.Module):
+    """Multi-head self-attention with relative sinusoidal positions (Transformer-XL; Gulati et al.'s
+    Conformer): ``score_ij = (q_i + u) k_j + (q_i + v) W_p r_{i-j}``, with learned biases ``u, v``.
 
-    def __init__(self, d_model: int, n_heads: int, ff_mult: int, conv_kernel: int, dropout: float) -> None:
+    ``r_{i-j}`` is the sinusoid of the offset ``i - j`` alone, so a frame's output does not depend
+    on the padded length of its batch (keys at padding are masked as usual).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
+        self.h, self.d_k = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.pos = nn.Linear(d_model, d_model, bias=False)
+        self.bias_u = nn.Parameter(torch.zeros(n_heads, self.d_k))
+        self.bias_v = nn.Parameter(torch.zeros(n_heads, self.d_k))
+        nn.init.xavier_uniform_(self.bias_u)
+        nn.init.xavier_uniform_(self.bias_v)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` float ``[B, T, D]``, ``mask`` bool ``[B, T]`` (True = padded) -> ``[B, T, D]``."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.h, self.d_k).unbind(2)  # each [B, T, H, d_k]
+        offsets = torch.arange(t - 1, -t, -1, device=x.device)  # row r holds offset t-1-r
+        r = self.pos(sinusoidal_positions(2 * t - 1, d, x.device, x.dtype, offsets)).view(
+            2 * t - 1, self.h, self.d_k
+        )
+        ac = torch.einsum("bihd,bjhd->bhij", q + self.bias_u, k)
+        bd = torch.einsum("bihd,rhd->bhir", q + self.bias_v, r)  # [B, H, T, 2T-1]
+        i = torch.arange(t, device=x.device)
+        index = (t - 1 - i[:, None] + i[None, :]).expand(b, self.h, t, t)  # offset i - j
+        scores = (ac + torch.gather(bd, 3, index)) / math.sqrt(self.d_k)
+        scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
+        attn = self.dropout(torch.softmax(scores, dim=-1))
+        y = torch.einsum("bhij,bjhd->bihd", attn, v).reshape(b, t, d)
+        return self.out(y)
+
+
+class ConformerBlock(nn.Module):
+    """FFN/2 -> MHSA -> convolution module -> FFN/2 -> LayerNorm, each with a residual (Gulati et al.).
+
+    ``pos_enc="relative"``: self-attention with relative sinusoidal positions, as Gulati's block;
+    ``"none"``: plain multi-head attention (positions come from the convolution module only).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ff_mult: int,
+        conv_kernel: int,
+        dropout: float,
+        pos_enc: str = "relative",
+    ) -> None:
+        super().__init__()
+        if pos_enc not in POS_ENCODINGS:
+            raise ValueError(f"pos_enc must be one of {POS_ENCODINGS}, got {pos_enc!r}")
         self.ff1 = FeedForward(d_model, ff_mult, dropout)
         self.attn_norm = nn.LayerNorm(d_model)
-        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.relative = pos_enc == "relative"
+        if self.relative:
+            self.attn = RelPositionAttention(d_model, n_heads, dropout)
+        else:
+            self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.attn_dropout = nn.Dropout(dropout)
         self.conv = ConvModule(d_model, conv_kernel, dropout)
         self.ff2 = FeedForward(d_model, ff_mult, dropout)
@@ -131,7 +190,10 @@ class ConformerBlock(nn.Module):
         """``x`` float ``[B, T, D]``, ``mask`` bool ``[B, T]`` (True = padded) -> ``[B, T, D]``, zero at padding."""
         x = x + 0.5 * self.ff1(x)
         h = self.attn_norm(x)
-        h, _ = self.attn(h, h, h, key_padding_mask=mask, need_weights=False)
+        if self.relative:
+            h = self.attn(h, mask)
+        else:
+            h, _ = self.attn(h, h, h, key_padding_mask=mask, need_weights=False)
         x = x + self.attn_dropout(h)
         x = x + self.conv(x, mask)
         x = x + 0.5 * self.ff2(x)
@@ -154,12 +216,13 @@ class ConformerEncoder(nn.Module):
         ff_mult: int = 4,
         conv_kernel: int = 31,
         dropout: float = 0.1,
+        pos_enc: str = "relative",
     ) -> None:
         super().__init__()
         _check_dims(d_model, n_heads, n_blocks)
         self.input = nn.Linear(d_in, d_model)
         self.blocks = nn.ModuleList(
-            ConformerBlock(d_model, n_heads, ff_mult, conv_kernel, dropout) for _ in range(n_blocks)
+            ConformerBlock(d_model, n_heads, ff_mult, conv_kernel, dropout, pos_enc) for _ in range(n_blocks)
         )
         self.output = nn.Linear(d_model, d_out)
 
@@ -176,9 +239,12 @@ class ConformerEncoder(nn.Module):
         return zero_padding(self.output(x), mask), lengths
 
 
-def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The original Transformer's absolute positional encoding: float ``[length, dim]``."""
-    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+def sinusoidal_positions(
+    length: int, dim: int, device: torch.device, dtype: torch.dtype, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The original Transformer's sinusoidal encoding of ``positions`` (default ``0..length-1``;
+    negative offsets for relative attention): float ``[length, dim]``."""
+    position = (torch.arange(length, device=device) if positions is None else positions).float()[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, device=device, dtype=torch.float32)
     table[:, 0::2] = torch.sin(position * freq)
@@ -190,8 +256,9 @@ class TransformerEncoder(nn.Module):
     """Vanilla Transformer encoder with the Conformer's signature (the IFE-V-Trans ablation).
 
     Input Linear + sinusoidal positions, ``n_blocks`` pre-norm ``nn.TransformerEncoderLayer``, a final
-    LayerNorm (pre-norm stacks need one) and the output Linear. ``conv_kernel`` is accepted so both
-    encoders build from the same arguments, and ignored: this encoder has no convolution.
+    LayerNorm (pre-norm stacks need one) and the output Linear. ``conv_kernel`` and ``pos_enc`` are
+    accepted so both encoders build from the same arguments, and ignored: this encoder has no
+    convolution and always uses the vanilla Transformer's absolute positions.
     """
 
     def __init__(
@@ -204,6 +271,7 @@ class TransformerEncoder(nn.Module):
         ff_mult: int = 4,
         conv_kernel: int = 31,
         dropout: float = 0.1,
+        pos_enc: str = "absolute",
     ) -> None:
         super().__init__()
         _check_dims(d_model, n_heads, n_blocks)

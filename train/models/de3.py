@@ -27,8 +27,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from aver.registry import Registry
-from aver.train.models.conformer import ENCODERS, build_encoder, padding_mask, zero_padding
+from aver.train.models.conformer import ENCODERS, POS_ENCODINGS, build_encoder, padding_mask, zero_padding
 
+# Fields added after aver 0.1, with the value a model saved before them was built with.
+LEGACY = {"ife_ffb": "residual", "pos_enc": "none", "audio": True}
 # IFE feed-forward block: the paper's "two linear layers" (eq. 6; "the linear feed-forward block"),
 # or a pre-LayerNorm ReLU block with a residual (refines rather than replaces the features).
 IFE_FFB = ("linear", "residual")
@@ -71,6 +73,7 @@ class DE3Config:
     ife: str = "both"
     conv_kernel: int = 31
     ife_ffb: str = "linear"  # IFE feed-forward block: "linear" (paper: two linear layers) or "residual"
+    pos_enc: str = "relative"  # Conformer self-attention: relative sinusoidal positions (Gulati) or "none"
     audio: bool = True  # False: no audio path at all (the paper's None-IFE: RGB and flow only)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class DE3Config:
             "visual": VISUAL_FRONTENDS,
             "ife": IFE_MODES,
             "ife_ffb": IFE_FFB,
+            "pos_enc": POS_ENCODINGS,
         }
         for name, choices in registries.items():
             if getattr(self, name) not in choices:
@@ -109,11 +113,14 @@ class DE3Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DE3Config:
-        """The inverse of ``to_dict``; unknown keys are an error (a checkpoint from another version)."""
+        """The inverse of ``to_dict``; unknown keys are an error (a checkpoint from another version).
+
+        Fields a checkpoint from an older aver lacks take the value that reproduces it (``LEGACY``).
+        """
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown DE3Config fields {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{**LEGACY, **data})
 
 
 def _encoder(cfg: DE3Config, d_in: int, n_blocks: int, d_out: int | None = None, kind: str | None = None):
@@ -127,6 +134,7 @@ def _encoder(cfg: DE3Config, d_in: int, n_blocks: int, d_out: int | None = None,
         ff_mult=cfg.ff_mult,
         conv_kernel=cfg.conv_kernel,
         dropout=cfg.dropout,
+        pos_enc=cfg.pos_enc,
     )
 
 

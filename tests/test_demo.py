@@ -37,6 +37,7 @@ def test_demo_extracts_trains_and_beats_chance(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "done now: 96" in out.stdout and "failed: 0" in out.stdout
     assert "reported head" in out.stdout and "chance level: 0.25" in out.stdout
+    assert "report: " in out.stdout and (tmp_path / "runs" / "report.md").is_file()
     metrics = json.loads((tmp_path / "runs/synthetic/de3/fold1/metrics.json").read_text())
     # 4 balanced classes: chance is 0.25; the corpus is built to be learnable from faces, flow and voice
     assert metrics["test_reported"]["accuracy"] >= 0.5, metrics["test_reported"]

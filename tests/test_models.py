@@ -328,3 +328,61 @@ def test_checkpoints_of_older_models_rebuild_as_they_were():
     }
     cfg = DE3Config.from_dict(old)
     assert (cfg.ife_ffb, cfg.pos_enc, cfg.audio) == ("residual", "none", True)
+
+
+def test_both_readings_of_the_conformer_widths():
+    """'map ... to vectors of 1408-dimension ... hidden dimensionality of 512, 8 heads': width 512 with
+    FFN 2048 and a 1408 projection (default), or width 1408 with FFN 512 (torchaudio's reading)."""
+    from aver.train.models.de3 import DE3Config
+    from aver.train.models.variants import create_model
+
+    dims = (D_FRAMES, D_FLOW, D_AUDIO, 3)
+    a = create_model("de3", DE3Config(*dims, d_model=16, d_hidden=44, n_heads=4, conv_kernel=3))
+    b = create_model("de3", DE3Config(*dims, d_model=44, d_hidden=44, n_heads=4, ff_dim=16, conv_kernel=3))
+    ff_a = a.audio_encoder.blocks[0].ff1.net[1]
+    ff_b = b.audio_encoder.blocks[0].ff1.net[1]
+    assert (ff_a.in_features, ff_a.out_features) == (16, 64) and (ff_b.in_features, ff_b.out_features) == (
+        44,
+        16,
+    )
+    out = b(collate([make_clip(0, 5, 6)]))
+    assert out["logits_fusion"].shape == (1, 3)
+
+
+def test_masked_batchnorm_pools_valid_frames_only():
+    """Gulati's BatchNorm in the convolution module, made padding-safe: training statistics come from
+    valid frames only, so a clip's output does not depend on its batch's padding."""
+    from aver.train.models.conformer import MaskedBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4)
+    mask = torch.tensor([[False] * 6, [False] * 3 + [True] * 3])
+    noisy = x.clone()
+    noisy[1, 3:] = 1e4  # garbage in the padding
+    bn, ref = MaskedBatchNorm(4).train(), MaskedBatchNorm(4).train()
+    out, out_noisy = bn(x, mask), ref(noisy, mask)
+    torch.testing.assert_close(out[~mask], out_noisy[~mask])
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    valid = x[~mask]
+    torch.testing.assert_close(
+        out[~mask], (valid - valid.mean(0)) / torch.sqrt(valid.var(0, unbiased=False) + bn.eps)
+    )
+    bn.eval()
+    torch.testing.assert_close(bn(noisy, mask)[~mask], bn(x, mask)[~mask])
+
+
+def test_conformer_with_batchnorm_ignores_padding():
+    from aver.train.models.conformer import ConformerEncoder
+
+    torch.manual_seed(0)
+    enc = ConformerEncoder(
+        6, d_model=8, d_out=8, n_blocks=1, n_heads=2, conv_kernel=3, conv_norm="batch"
+    ).eval()
+    x = torch.randn(1, 5, 6)
+    with torch.no_grad():
+        alone, _ = enc(x, torch.tensor([5]))
+        mixed, _ = enc(
+            torch.cat([torch.cat([x, 99 * torch.ones(1, 4, 6)], 1), torch.randn(1, 9, 6)]),
+            torch.tensor([5, 9]),
+        )
+    torch.testing.assert_close(mixed[0, :5], alone[0], **TOL)

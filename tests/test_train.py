@@ -300,3 +300,40 @@ def test_paper_additions_are_switchable(toy_cache, tmp_path):
             make_config("tiny", {"metric": "ccc_mean"}, cache=toy_cache, out=str(tmp_path / "x"), epochs=1)
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_report_lays_our_runs_beside_the_paper(tmp_path):
+    from aver.train import cross_validate
+    from aver.train.paper import write_report
+
+    url = make_feature_cache(str(tmp_path / "cremad.zarr"), dataset="cremad")
+    model = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+    cross_validate(
+        url, [1, 2], preset="tiny", out=str(tmp_path / "runs/cremad/de3"), epochs=1, overrides=model
+    )
+    train_fold(
+        url,
+        1,
+        preset="tiny",
+        variant="none_ife",
+        out=str(tmp_path / "runs/cremad/none_ife/fold1"),
+        epochs=1,
+        overrides=model,
+    )
+    path = write_report(tmp_path / "runs")
+    text = path.read_text()
+    assert "## cremad" in text
+    assert "| de3 | video | f1_macro |" in text and "| 79.5 | Table 1 |" in text  # the paper's CREMA-D row
+    assert "| de3 | fusion | f1_macro |" in text and "Table 2 (IFE-Fusion)" in text
+    assert "| none_ife | video | f1_micro |" in text and "78.6 | Table 2 (None-IFE)" in text
+    assert "(n=2)" in text and "±" in text
+    page = path.with_suffix(".html").read_text()
+    assert page.count("<table>") == 1 and "<th>variant</th>" in page and "Table 1" in page
+
+
+def test_report_cli_on_an_empty_folder(tmp_path):
+    from aver.cli import main
+
+    assert main(["report", str(tmp_path)]) == 0
+    assert "No runs found" in (tmp_path / "report.md").read_text()
+    assert main(["report", str(tmp_path / "missing")]) == 2

@@ -97,6 +97,7 @@ _NOT_METRICS = ("n", "loss")
 
 def summarise_folds(per_run: dict[Any, dict]) -> dict[str, dict[str, float]]:
     """Mean and SAMPLE std (ddof = 1; None for a single run) of every scalar metric over runs."""
+    per_run = {name: flat_metrics(m) for name, m in per_run.items()}
     first = next(iter(per_run.values()))
     keys = [k for k, v in first.items() if isinstance(v, int | float) and k not in _NOT_METRICS]
     out = {}
@@ -104,6 +105,18 @@ def summarise_folds(per_run: dict[Any, dict]) -> dict[str, dict[str, float]]:
         vals = np.array([m[k] for m in per_run.values()], dtype=float)
         std = float(vals.std(ddof=1)) if len(vals) > 1 else None
         out[k] = {"mean": float(vals.mean()), "std": std, "n": len(vals)}
+    return out
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Scalars as they are, and one level of named scalars flattened (``ccc.arousal`` -> ``ccc_arousal``,
+    ``recall.happy`` -> ``recall_happy``); lists (confusion matrices) are left out."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = v
+        elif isinstance(v, dict) and k not in ("support",):
+            out.update({f"{k}_{sub}": x for sub, x in v.items() if isinstance(x, int | float)})
     return out
 
 

@@ -42,4 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_report(metrics)
     chance = 1 / len(metrics["test_reported"]["recall"])
     print(f"chance level: {chance:.2f}; run: {out} (metrics.json, predictions.csv, plots)")
+    from aver.train.paper import write_report
+
+    print(f"report: {write_report(args.runs)}")
     return 0

@@ -81,6 +81,10 @@ def register(sub) -> None:
     p.add_argument("--cache", required=True)
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("report", help="our runs beside the paper's tables: report.md and report.html")
+    p.add_argument("runs", help="a folder of runs (searched recursively)")
+    p.add_argument("--out", help="the Markdown file to write (default RUNS/report.md; .html beside it)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("variants", help="list the model variants (the paper's ablations)")
     p.set_defaults(func=cmd_variants)
 
@@ -149,6 +153,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
     print(f"test metrics of the reported head over {n} runs: mean ± sample std")
     print(f"{'metric':16} {'mean':>8} {'std':>8}")
     for k, v in reported.items():
+        if k.startswith(("precision_", "recall_", "f1_")) and k not in (
+            "f1_macro",
+            "f1_micro",
+            "precision_macro",
+            "recall_macro",
+        ):
+            continue  # per-class values: in cv_summary.csv
         std = "-" if v["std"] is None else f"{v['std']:8.4f}"
         print(f"{k:16} {v['mean']:8.4f} {std:>8}")
     for head, metrics in summary.items():
@@ -168,6 +179,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print_report(
         evaluate_run(args.run, args.cache, parse_kv(args.storage_option, "--storage-option") or None)
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aver.errors import UserError
+    from aver.train.paper import write_report
+
+    if not Path(args.runs).is_dir():
+        raise UserError(f"{args.runs} is not a folder of runs (run `aver train` or `aver cv` first)")
+    path = write_report(args.runs, args.out)
+    print(f"report: {path} and {path.with_suffix('.html')}")
     return 0
 
 

@@ -10,9 +10,11 @@ Padding is masked everywhere, so a clip's output never depends on how much paddi
 * padded rows are zeroed before every depthwise convolution: torchaudio's stored Conformer convolves
   over whatever sits in the padding (after the feed-forward and attention layers it is no longer
   zero), so a clip near the end of a short sequence sees its batch neighbours' padding length;
-* the convolution module normalises with LayerNorm over channels instead of BatchNorm. BatchNorm's
-  statistics pool over batch and time, padded frames included, and GroupNorm's pool over time, so
-  both make a frame's output depend on its batch; LayerNorm normalises each frame on its own;
+* the convolution module normalises with LayerNorm over channels by default (``conv_norm="layer"``).
+  Plain BatchNorm's statistics pool over batch and time, padded frames included, so a frame's
+  output would depend on its batch's padding; LayerNorm normalises each frame on its own.
+  ``conv_norm="batch"`` is Gulati's BatchNorm made padding-safe (``MaskedBatchNorm``: statistics of
+  valid frames only);
 * every block zeroes its output at padded rows, so downstream code can rely on zeros there.
 
 Positional information: the Conformer's self-attention uses relative sinusoidal positions as in
@@ -67,20 +69,54 @@ def _check_dims(d_model: int, n_heads: int, n_blocks: int) -> None:
 class FeedForward(nn.Module):
     """Pre-norm position-wise feed-forward module: ``[B, T, D] -> [B, T, D]`` (no residual)."""
 
-    def __init__(self, d_model: int, ff_mult: int, dropout: float) -> None:
+    def __init__(self, d_model: int, ff_dim: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.LayerNorm(d_model),
-            nn.Linear(d_model, ff_mult * d_model),
+            nn.Linear(d_model, ff_dim),
             nn.SiLU(),
             nn.Dropout(dropout),
-            nn.Linear(ff_mult * d_model, d_model),
+            nn.Linear(ff_dim, d_model),
             nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` float ``[B, T, D]`` -> float ``[B, T, D]``."""
         return self.net(x)
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over channels whose batch statistics pool the VALID frames only (``[B, T, D]`` input).
+
+    Gulati's convolution module normalises with BatchNorm; plain BatchNorm would pool padded frames
+    too, so a clip's output would depend on its batch's padding. Here training statistics come from
+    valid rows and update the running estimates as ``nn.BatchNorm1d`` does; evaluation uses them.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return nn.functional.batch_norm(
+                x.transpose(1, 2),
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                False,
+                0.0,
+                self.eps,
+            ).transpose(1, 2)
+        valid = x[~mask]  # [N_valid, D]
+        mean, var = valid.mean(0), valid.var(0, unbiased=False)
+        with torch.no_grad():
+            n = valid.shape[0]
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            unbiased = var.detach() * n / max(n - 1, 1)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked += 1
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+CONV_NORMS = ("layer", "batch")
 
 
 class ConvModule(nn.Module):
@@ -91,15 +127,17 @@ class ConvModule(nn.Module):
     dropout. Only the depthwise conv mixes time steps, so zeroing right before it is sufficient.
     """
 
-    def __init__(self, d_model: int, kernel: int, dropout: float) -> None:
+    def __init__(self, d_model: int, kernel: int, dropout: float, norm: str = "layer") -> None:
         super().__init__()
+        if norm not in CONV_NORMS:
+            raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {norm!r}")
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"conv_kernel must be odd and positive ('same' padding), got {kernel}")
         self.in_norm = nn.LayerNorm(d_model)
         self.pointwise_in = nn.Conv1d(d_model, 2 * d_model, 1)
         self.glu = nn.GLU(dim=1)
         self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
-        self.mid_norm = nn.LayerNorm(d_model)
+        self.mid_norm = nn.LayerNorm(d_model) if norm == "layer" else MaskedBatchNorm(d_model)
         self.act = nn.SiLU()
         self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
         self.dropout = nn.Dropout(dropout)
@@ -111,7 +149,8 @@ class ConvModule(nn.Module):
         """
         y = self.glu(self.pointwise_in(self.in_norm(x).transpose(1, 2)))  # [B, D, T]
         y = y.masked_fill(mask[:, None, :], 0.0)
-        y = self.mid_norm(self.depthwise(y).transpose(1, 2))  # [B, T, D]
+        y = self.depthwise(y).transpose(1, 2)  # [B, T, D]
+        y = self.mid_norm(y) if isinstance(self.mid_norm, nn.LayerNorm) else self.mid_norm(y, mask)
         y = self.pointwise_out(self.act(y).transpose(1, 2)).transpose(1, 2)
         return zero_padding(self.dropout(y), mask)
 
@@ -170,11 +209,13 @@ class ConformerBlock(nn.Module):
         conv_kernel: int,
         dropout: float,
         pos_enc: str = "relative",
+        ff_dim: int | None = None,
+        conv_norm: str = "layer",
     ) -> None:
         super().__init__()
         if pos_enc not in POS_ENCODINGS:
             raise ValueError(f"pos_enc must be one of {POS_ENCODINGS}, got {pos_enc!r}")
-        self.ff1 = FeedForward(d_model, ff_mult, dropout)
+        self.ff1 = FeedForward(d_model, ff_mult * d_model if ff_dim is None else ff_dim, dropout)
         self.attn_norm = nn.LayerNorm(d_model)
         self.relative = pos_enc == "relative"
         if self.relative:
@@ -182,8 +223,8 @@ class ConformerBlock(nn.Module):
         else:
             self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.attn_dropout = nn.Dropout(dropout)
-        self.conv = ConvModule(d_model, conv_kernel, dropout)
-        self.ff2 = FeedForward(d_model, ff_mult, dropout)
+        self.conv = ConvModule(d_model, conv_kernel, dropout, conv_norm)
+        self.ff2 = FeedForward(d_model, ff_mult * d_model if ff_dim is None else ff_dim, dropout)
         self.out_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -217,12 +258,15 @@ class ConformerEncoder(nn.Module):
         conv_kernel: int = 31,
         dropout: float = 0.1,
         pos_enc: str = "relative",
+        ff_dim: int | None = None,
+        conv_norm: str = "layer",
     ) -> None:
         super().__init__()
         _check_dims(d_model, n_heads, n_blocks)
         self.input = nn.Linear(d_in, d_model)
         self.blocks = nn.ModuleList(
-            ConformerBlock(d_model, n_heads, ff_mult, conv_kernel, dropout, pos_enc) for _ in range(n_blocks)
+            ConformerBlock(d_model, n_heads, ff_mult, conv_kernel, dropout, pos_enc, ff_dim, conv_norm)
+            for _ in range(n_blocks)
         )
         self.output = nn.Linear(d_model, d_out)
 
@@ -272,13 +316,20 @@ class TransformerEncoder(nn.Module):
         conv_kernel: int = 31,
         dropout: float = 0.1,
         pos_enc: str = "absolute",
+        ff_dim: int | None = None,
+        conv_norm: str = "layer",
     ) -> None:
         super().__init__()
         _check_dims(d_model, n_heads, n_blocks)
         self.input = nn.Linear(d_in, d_model)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
-                d_model, n_heads, ff_mult * d_model, dropout, batch_first=True, norm_first=True
+                d_model,
+                n_heads,
+                ff_mult * d_model if ff_dim is None else ff_dim,
+                dropout,
+                batch_first=True,
+                norm_first=True,
             )
             for _ in range(n_blocks)
         )

@@ -27,7 +27,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from aver.registry import Registry
-from aver.train.models.conformer import ENCODERS, POS_ENCODINGS, build_encoder, padding_mask, zero_padding
+from aver.train.models.conformer import (
+    CONV_NORMS,
+    ENCODERS,
+    POS_ENCODINGS,
+    build_encoder,
+    padding_mask,
+    zero_padding,
+)
 
 # Fields added after aver 0.1, with the value a model saved before them was built with.
 LEGACY = {"ife_ffb": "residual", "pos_enc": "none", "audio": True}
@@ -66,6 +73,8 @@ class DE3Config:
     blocks_flow: int = 2
     head_hidden: int = 512
     ff_mult: int = 4
+    ff_dim: int | None = None  # encoder feed-forward width; None = ff_mult * d_model (see the README)
+    conv_norm: str = "layer"  # Conformer convolution-module norm: LayerNorm, or BatchNorm over valid frames
     dropout: float = 0.1
     encoder: str = "conformer"
     encoder_audio: str = "conformer"
@@ -81,6 +90,10 @@ class DE3Config:
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"DE3Config.{f.name} must be a positive integer, got {value!r}")
+        if self.ff_dim is not None and (
+            isinstance(self.ff_dim, bool) or not isinstance(self.ff_dim, int) or self.ff_dim < 1
+        ):
+            raise ValueError(f"DE3Config.ff_dim must be a positive integer or None, got {self.ff_dim!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"DE3Config.d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
@@ -96,6 +109,7 @@ class DE3Config:
             "ife": IFE_MODES,
             "ife_ffb": IFE_FFB,
             "pos_enc": POS_ENCODINGS,
+            "conv_norm": CONV_NORMS,
         }
         for name, choices in registries.items():
             if getattr(self, name) not in choices:
@@ -135,6 +149,8 @@ def _encoder(cfg: DE3Config, d_in: int, n_blocks: int, d_out: int | None = None,
         conv_kernel=cfg.conv_kernel,
         dropout=cfg.dropout,
         pos_enc=cfg.pos_enc,
+        ff_dim=cfg.ff_dim,
+        conv_norm=cfg.conv_norm,
     )
 
 

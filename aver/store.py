@@ -110,7 +110,7 @@ def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) ->
         L.FOLD_SPLIT: np.asarray(table.folds, dtype=np.int8) if table.folds.size else None,
     }
     for name, spec in L.ARRAYS.items():
-        if name in (L.TARGETS, L.FOLD_SPLIT) and columns[name] is None:
+        if name in columns and columns[name] is None:  # targets / folds the corpus does not have
             continue
         _create(g, spec, sizes, columns.get(name))
 
@@ -123,6 +123,7 @@ class CacheWriter:
         self.url = url
         self.storage_options = storage_options or {}
         self._g = None
+        self._notes: bool | None = None
 
     @property
     def group(self):
@@ -271,7 +272,7 @@ class CacheWriter:
 
     def _has_notes(self) -> bool:
         """Stores written before aver 0.2 have no ``clips/note``; they stay writable as they are."""
-        if not hasattr(self, "_notes"):
+        if self._notes is None:
             self._notes = "note" in self.group["clips"]
         return self._notes
 

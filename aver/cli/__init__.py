@@ -61,3 +61,24 @@ def kv_option(p: argparse.ArgumentParser, flag: str, help: str) -> None:
 def set_option(p: argparse.ArgumentParser, example: str) -> None:
     """``--set KEY=VALUE``: the one override syntax of every config (``aver.overrides``)."""
     kv_option(p, "--set", f"override any config field by its dotted path, e.g. {example}")
+
+
+def choice_option(
+    p, flag: str, module: str, registry: str, help: str, extra: tuple[str, ...] = (), **kw
+) -> None:
+    """An option whose value must be a name in ``module.registry`` (imported only when checked);
+    ``%(choices)s`` in ``help`` lists them."""
+    from aver.registry import LazyChoices
+
+    p.add_argument(flag, metavar="NAME", choices=LazyChoices(module, registry, extra), help=help, **kw)
+
+
+def flag_overrides(args, fields: dict[str, str]) -> list[str]:
+    """Convenience flags as ``--set`` overrides: ``{attr: "dotted.field"}`` for every flag given."""
+    import json
+
+    return [
+        f"{key}={json.dumps(getattr(args, attr))}"
+        for attr, key in fields.items()
+        if getattr(args, attr) is not None
+    ]

@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from aver.registry import LazyChoices
-
 # CLI flag -> config field it overrides (the same as ``--set field=value``).
 FLAG_FIELDS = {
     "device": "runtime.device",
@@ -43,26 +41,23 @@ def register(sub) -> None:
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     """What to extract and where to: dataset, raw data, labels, folds, the cache."""
-    from . import kv_option
+    from . import choice_option, kv_option
 
-    p.add_argument(
-        "--dataset",
-        required=True,
-        metavar="NAME",
-        choices=LazyChoices("aver.extract.datasets", "DATASETS"),
-        help="dataset adapter: %(choices)s",
+    choice_option(
+        p, "--dataset", "aver.extract.datasets", "DATASETS", "dataset adapter: %(choices)s", required=True
     )
     p.add_argument("--data", type=Path, help="raw dataset folder (synthetic: where the corpus is generated)")
     p.add_argument(
         "--cache", default="caches", help="cache folder or fsspec URL; the store is <cache>/<dataset>.zarr"
     )
     p.add_argument("--store", help="explicit store path/URL (overrides --cache)")
-    p.add_argument(
+    choice_option(
+        p,
         "--preset",
+        "aver.extract.presets",
+        "PRESETS",
+        "extraction preset (%(choices)s): paper = the real models (default); tiny = small random models, tests and demo only",
         default="paper",
-        metavar="NAME",
-        choices=LazyChoices("aver.extract.presets", "PRESETS"),
-        help="extraction preset (%(choices)s): paper = the real models (default); tiny = small random models, tests and demo only",
     )
     p.add_argument("--labels", type=Path, help="labels CSV (mspimprov: VAVL labels; folder: the clip table)")
     p.add_argument(
@@ -74,6 +69,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     """The models and their weights (each flag is a shorthand for one ``--set`` field)."""
+    from . import choice_option
+
     p.add_argument(
         "--face-weights", help="EfficientNet-B2 face weights file (.safetensors, .pt state_dict, ...)"
     )
@@ -82,12 +79,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--audio-model", help="wav2vec2 hub id or local folder")
     p.add_argument("--audio-layers", help="comma-separated hidden-state indices, e.g. -1 or 12,18,24")
-    p.add_argument(
-        "--flow",
-        metavar="NAME",
-        choices=LazyChoices("aver.extract.flow", "FLOW_BACKENDS"),
-        help="flow backend: %(choices)s",
-    )
+    choice_option(p, "--flow", "aver.extract.flow", "FLOW_BACKENDS", "flow backend: %(choices)s")
     p.add_argument("--flow-variant", help="raft: large|small; dis: ultrafast|fast|medium")
     p.add_argument("--flow-weights", help="flow weights: raft file, perceiver hub id or folder")
     p.add_argument("--image-size", type=int, help="EfficientNet input size (224 as the paper, 260 native)")
@@ -111,11 +103,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def overrides_from_flags(args: argparse.Namespace) -> list[str]:
     """The flags as ``field=value`` overrides, then ``--set`` (which wins)."""
-    sets = [
-        f"{key}={json.dumps(getattr(args, attr))}"
-        for attr, key in FLAG_FIELDS.items()
-        if getattr(args, attr) is not None
-    ]
+    from . import flag_overrides
+
+    sets = flag_overrides(args, FLAG_FIELDS)
     if args.audio_layers:
         sets.append(f"audio.layers={json.dumps([int(v) for v in args.audio_layers.split(',')])}")
     if args.allow_pickle:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-
-from aver.registry import LazyChoices
 
 # CLI flag -> TrainConfig field (the same as ``--set field=value``).
 FLAG_FIELDS = {
@@ -21,23 +18,25 @@ FLAG_FIELDS = {
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from . import kv_option, set_option
+    from . import choice_option, kv_option, set_option
 
     p.add_argument("--cache", required=True, help="the dataset's store: a .zarr path or fsspec URL")
     p.add_argument("--out", help="run directory (default runs/<store>/<variant>[/fold<k>])")
-    p.add_argument(
+    choice_option(
+        p,
         "--variant",
+        "aver.train.models.variants",
+        "VARIANTS",
+        "model variant (`aver variants` describes them): %(choices)s",
         default="de3",
-        metavar="NAME",
-        choices=LazyChoices("aver.train.models.variants", "VARIANTS"),
-        help="model variant (`aver variants` describes them): %(choices)s",
     )
-    p.add_argument(
+    choice_option(
+        p,
         "--preset",
+        "aver.train.config",
+        "TRAIN_PRESETS",
+        "training preset (%(choices)s): paper = the paper's hyper-parameters (default); tiny = tests, demo",
         default="paper",
-        metavar="NAME",
-        choices=LazyChoices("aver.train.config", "TRAIN_PRESETS"),
-        help="training preset (%(choices)s): paper = the paper's hyper-parameters (default); tiny = tests, demo",
     )
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--epochs", type=int, help="most epochs (preset: paper 20)")
@@ -46,11 +45,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="clips per batch")
     p.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
     p.add_argument("--seed", type=int, help="random seed (runs with one seed are reproducible on CPU)")
-    p.add_argument(
+    choice_option(
+        p,
         "--head",
-        metavar="NAME",
-        choices=LazyChoices("aver.train.heads", "HEADS", extra=("best",)),
-        help="head reported on test, %(choices)s (default: best on validation)",
+        "aver.train.heads",
+        "HEADS",
+        "head reported on test, %(choices)s (default: best on validation)",
+        extra=("best",),
     )
     p.add_argument(
         "--restart",
@@ -93,14 +94,11 @@ def _config(args: argparse.Namespace, fold: int, out: str):
     from aver.overrides import parse_kv
     from aver.train.config import make_config
 
-    sets = [
-        f"{key}={json.dumps(getattr(args, attr))}"
-        for attr, key in FLAG_FIELDS.items()
-        if getattr(args, attr) is not None
-    ]
+    from . import flag_overrides
+
     return make_config(
         args.preset,
-        sets + list(args.set),
+        flag_overrides(args, FLAG_FIELDS) + list(args.set),
         cache=args.cache,
         fold=fold,
         out=out,

@@ -169,3 +169,20 @@ def read_csv(
         if short:
             raise ConfigError(f"{what} {path}, line {line}: too few fields (no value for {short})")
     return columns, rows
+
+
+def row_targets(row: dict[str, str], columns: list[str], path: Path, line: int) -> tuple[float, ...]:
+    """The continuous targets of one CSV row; a value that is not a finite number is a ``ConfigError``
+    naming the file, the line and the column."""
+    import math
+
+    values = []
+    for col in columns:
+        try:
+            v = float(row[col])
+        except ValueError:
+            raise ConfigError(f"{path}, line {line}: target {col}={row[col]!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"{path}, line {line}: target {col}={row[col]!r} is not finite")
+        values.append(v)
+    return tuple(values)

@@ -14,28 +14,12 @@ from pathlib import Path
 
 from aver.errors import ConfigError
 
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, read_csv
+from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, read_csv, row_targets
 
 
 def _resolve(base: Path, value: str) -> str:
     p = Path(value.strip()).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _targets(row: dict, names: tuple[str, ...], path: Path, line: int) -> tuple[float, ...]:
-    """The row's continuous targets; a value that is not a finite number is a ``ConfigError``."""
-    import math
-
-    values = []
-    for name in names:
-        try:
-            v = float(row[name])
-        except ValueError:
-            raise ConfigError(f"{path}, line {line}: target {name}={row[name]!r} is not a number") from None
-        if not math.isfinite(v):
-            raise ConfigError(f"{path}, line {line}: target {name}={row[name]!r} is not finite")
-        values.append(v)
-    return tuple(values)
 
 
 @DATASETS.register("folder")
@@ -50,7 +34,7 @@ def folder(opts: DatasetOptions) -> DatasetIndex:
     classes = sorted({(r.get("label") or "").strip() for r in rows} - {""}) if has_label else []
     clips = []
     for line, r in numbered:
-        targets = _targets(r, opts.targets, csv_path, line)
+        targets = row_targets(r, list(opts.targets), csv_path, line)
         label = (r.get("label") or "").strip()
         video = _resolve(base, r["video"])
         clips.append(

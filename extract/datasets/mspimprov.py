@@ -14,7 +14,16 @@ from pathlib import Path
 
 from aver.errors import ConfigError
 
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, read_csv, require_dir
+from .base import (
+    DATASETS,
+    ClipRecord,
+    DatasetIndex,
+    DatasetOptions,
+    finish_index,
+    read_csv,
+    require_dir,
+    row_targets,
+)
 
 TARGET_COLUMNS = {"arousal": "EmoAct", "valence": "EmoVal", "dominance": "EmoDom"}
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".flv")
@@ -33,21 +42,6 @@ def index_media(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
             raise ConfigError(f"two files named {path.stem}{suffix}: {table[path.stem]} and {path}")
         table[path.stem] = path
     return videos, wavs
-
-
-def _targets(row: dict, path: Path, line: int) -> tuple[float, ...]:
-    import math
-
-    out = []
-    for name, col in TARGET_COLUMNS.items():
-        try:
-            v = float(row[col])
-        except ValueError:
-            v = float("nan")
-        if not math.isfinite(v):
-            raise ConfigError(f"{path}, line {line}: {col} ({name}) = {row[col]!r} is not a finite number")
-        out.append(v)
-    return tuple(out)
 
 
 @DATASETS.register("mspimprov")
@@ -72,7 +66,7 @@ def mspimprov(opts: DatasetOptions) -> DatasetIndex:
                 video=str(videos[stem]),
                 speaker=row["SpkrID"].strip(),
                 audio=str(wavs[stem]) if stem in wavs else None,
-                targets=_targets(row, opts.labels, line),
+                targets=row_targets(row, list(TARGET_COLUMNS.values()), opts.labels, line),
             )
         )
     if not clips:

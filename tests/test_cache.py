@@ -85,6 +85,13 @@ def test_a_damaged_chunk_names_the_clip_and_the_array(toy):
     cache = FeatureCache(toy)
     with pytest.raises(CacheError, match=r"flow/features of clip c005 \(row 5\) cannot be read"):
         cache.read_features(np.arange(12))
+    # found while the fold loads, before the run folder is made
+    from aver.train import train_fold
+
+    run = Path(toy).parent / "run"
+    with pytest.raises(CacheError, match="c005"):
+        train_fold(toy, 1, preset="tiny", out=str(run), epochs=1)
+    assert not run.exists()
 
 
 def test_non_finite_features_and_targets_are_refused_at_load(toy, tmp_path):

@@ -55,6 +55,10 @@ class Run:
     info: dict[str, Any]  # what checkpoints record: configs, variant, task, cache identity
     clips: dict[str, list[ClipTensors]] = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
+    stats: FeatureStats | None = None  # training-split standardisation (saved with the checkpoint)
+    loaded: tuple[dict[str, int], float] = field(
+        default_factory=lambda: ({}, 0.0)
+    )  # clips per split, seconds
     ckpt_dir: Path | None = None  # default <dir>/checkpoint; an evaluation reads the run's own
     state: dict[str, Any] = field(
         default_factory=lambda: {"epoch": 0, "history": [], "best": -float("inf"), "bad": 0}
@@ -73,8 +77,11 @@ def train_fold(cfg: TrainConfig) -> dict[str, Any]:
     with another architecture or another cache is refused. Returns the metrics dict.
     """
     run = setup(cfg)
+    run.dir.mkdir(parents=True, exist_ok=True)
     with log_to(run.dir / "train.log"):
-        setup_data(run)
+        sizes, seconds = run.loaded
+        log.info("fold %d of %s: %s clips loaded in %.1f s", cfg.fold, run.cache.url, sizes, seconds)
+        save_tensors(run.ckpt / "feature_stats.safetensors", run.stats.tensors())
         setup_optimizer(run)
         fit(run)
         from .report import report
@@ -84,7 +91,8 @@ def train_fold(cfg: TrainConfig) -> dict[str, Any]:
 
 # -- setup ------------------------------------------------------------------------------------
 def setup(cfg: TrainConfig) -> Run:
-    """Open the cache, pick the fold's clips, build the model; then (only then) make the run folder."""
+    """Open the cache, pick the fold's clips, build the model, load the data: everything that can
+    refuse (a damaged chunk included) happens here, before ``train_fold`` makes the run folder."""
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.device == "cpu", warn_only=True)
     cache = FeatureCache(cfg.cache, cfg.storage_options)
@@ -101,9 +109,9 @@ def setup(cfg: TrainConfig) -> Run:
         "names": task.names,
         "cache": cache_identity(cache),
     }
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return Run(cfg, run_dir, cache, task, splits, model.to(cfg.device), info)
+    run = Run(cfg, Path(cfg.out), cache, task, splits, model.to(cfg.device), info)
+    setup_data(run)
+    return run
 
 
 def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
@@ -126,15 +134,8 @@ def setup_data(run: Run) -> None:
     )
     for split in run.clips.values():
         stats.apply(split)
-    save_tensors(run.ckpt / "feature_stats.safetensors", stats.tensors())
-    sizes = {s: len(v) for s, v in run.clips.items()}
-    log.info(
-        "fold %d of %s: %s clips loaded in %.1f s",
-        run.cfg.fold,
-        run.cache.url,
-        sizes,
-        time.perf_counter() - t0,
-    )
+    run.stats = stats
+    run.loaded = ({s: len(v) for s, v in run.clips.items()}, time.perf_counter() - t0)
 
 
 def setup_optimizer(run: Run) -> None:

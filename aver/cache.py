@@ -61,6 +61,7 @@ class FeatureCache:
         self.labels = self._load(L.LABEL).astype(np.int64)
         n = len(self.ids)
         self.targets = self._load(L.TARGETS) if self._has(L.TARGETS) else np.zeros((n, 0), np.float32)
+        self.soft_labels = self._load(L.SOFT_LABEL) if self._has(L.SOFT_LABEL) else None
         self.status = self._load(L.STATUS)
         self.lengths = {k: self._load(name).astype(np.int64) for k, name in L.LENGTHS.items()}
         self.folds = self._load(L.FOLD_SPLIT) if self._has(L.FOLD_SPLIT) else np.zeros((0, n), np.int8)
@@ -102,6 +103,7 @@ class FeatureCache:
             "models": lambda v: v is None or isinstance(v, dict),
             "dataset": lambda v: v is None or isinstance(v, str),
             "folds_source": lambda v: v is None or isinstance(v, str),
+            "label_source": lambda v: v is None or isinstance(v, str),
         }
         for key, ok in expect.items():
             if not ok(m.get(key)):
@@ -182,7 +184,23 @@ class FeatureCache:
                 raise CacheError(
                     f"{self.url}: damaged cache: {name} holds {values[tuple(bad)]!r} at {tuple(bad)}"
                 )
+        self._check_soft_labels()
         self._check_lengths()
+
+    def _check_soft_labels(self) -> None:
+        """Each consensus row is a distribution (finite, >= 0, sums to 1) or all NaN (no consensus)."""
+        if self.soft_labels is None:
+            return
+        s = self.soft_labels
+        empty = np.isnan(s).all(1)
+        rows = s[~empty]
+        ok = np.isfinite(rows).all(1) & (rows >= 0).all(1) & (np.abs(rows.sum(1) - 1) < 1e-3)
+        if not ok.all():
+            i = int(np.flatnonzero(~empty)[np.flatnonzero(~ok)[0]])
+            raise CacheError(
+                f"{self.url}: damaged cache: {L.SOFT_LABEL} of clip {self.ids[i]} is not a distribution "
+                f"({s[i].tolist()})"
+            )
 
     def _check_lengths(self) -> None:
         cap = {"frames": self.meta["capacity"]["frames"], "flow": self.meta["capacity"]["frames"]}
@@ -200,6 +218,11 @@ class FeatureCache:
     @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [])
+
+    @property
+    def label_source(self) -> str:
+        """Where ``clips/label`` comes from (``file name``, ``clip table``, ``consensus argmax:<files>``)."""
+        return str(self.meta.get("label_source") or "file name")
 
     @property
     def target_names(self) -> list[str]:

@@ -29,6 +29,9 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         f"dims:     image {dims['image']}  audio {dims['audio']} x {dims['audio_layers']} layer(s) "
         f"at {dims['audio_rate_hz']:g} Hz  capacity {meta['capacity']}",
     ]
+    if cache.classes:
+        soft = "  (+ soft consensus labels: clips/soft_label)" if cache.soft_labels is not None else ""
+        lines.insert(5, f"labels:   {cache.label_source}{soft}")
     if done.any():
         lines.append(
             f"frames:   {int(n_frames[done].sum())} in done clips (mean {n_frames[done].mean():.1f} per clip)"

@@ -30,6 +30,7 @@ SPEAKER = "clips/speaker"
 VIDEO = "clips/video"
 LABEL = "clips/label"
 TARGETS = "clips/targets"
+SOFT_LABEL = "clips/soft_label"
 STATUS = "clips/status"
 ERROR = "clips/error"
 NOTE = "clips/note"
@@ -56,7 +57,8 @@ class ArraySpec:
     """One array: dtype, dimension names and, per dimension, the size symbol it must have.
 
     Size symbols: ``N`` clips, ``T`` frame capacity, ``A`` audio capacity, ``L`` audio layers,
-    ``D_image`` / ``D_audio`` feature widths, ``K`` folds, ``K_t`` targets, ``4`` a literal.
+    ``D_image`` / ``D_audio`` feature widths, ``K`` folds, ``K_t`` targets, ``C`` classes, ``4`` a
+    literal.
     ``per_clip`` arrays have one chunk per clip (written by the clip's worker); the others are
     written once, whole, with the template.
     """
@@ -84,6 +86,7 @@ ARRAYS: dict[str, ArraySpec] = {
         _spec(VIDEO, "str", ["clip"], ["N"], "", per_clip=False),
         _spec(LABEL, "int16", ["clip"], ["N"], -1, per_clip=False),
         _spec(TARGETS, "float32", ["clip", "target"], ["N", "K_t"], float("nan"), per_clip=False),
+        _spec(SOFT_LABEL, "float32", ["clip", "class"], ["N", "C"], float("nan"), per_clip=False),
         _spec(FOLD_SPLIT, "int8", ["fold", "clip"], ["K", "N"], UNUSED, per_clip=False),
         _spec(STATUS, "int8", ["clip"], ["N"], PENDING),
         _spec(ERROR, "str", ["clip"], ["N"], ""),
@@ -107,8 +110,9 @@ ARRAYS: dict[str, ArraySpec] = {
         ),
     )
 }
-# Present only when the corpus has targets / folds; clips/note only in stores written by aver >= 0.2.
-OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE)
+# Present only when the corpus has targets / folds / soft (consensus) labels; clips/note only in
+# stores written by aver >= 0.2.
+OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE, SOFT_LABEL)
 
 # Per-clip data arrays: reset to their fill value when a clip fails.
 CLIP_DATA = (FRAME_FEATURES, FLOW_FEATURES, AUDIO_FEATURES, TIMESTAMP, FACE_BOX, FACE_PROB, FACE_MASK)
@@ -125,6 +129,7 @@ LIMITS = {
     "D_audio": 65_536,
     "K": 1_000,  # folds
     "K_t": 1_000,  # continuous targets
+    "C": 100_000,  # classes
 }
 MAX_CHUNK_BYTES = 2**31  # one clip's chunk of any array: a read decodes the whole chunk
 
@@ -141,6 +146,7 @@ def sizes_from_meta(meta: dict[str, Any], n_clips: int, n_folds: int = 0) -> dic
         "D_audio": int(dims["audio"]),
         "K": n_folds,
         "K_t": len(meta.get("targets") or []),
+        "C": len(meta.get("classes") or []),
     }
 
 

@@ -38,6 +38,8 @@ class ClipTable:
 
     ``labels`` index ``classes`` (-1 = none); ``targets`` is ``float32 [N, K_t]`` named by
     ``target_names``; ``folds`` is ``int8 [K, N]`` of split codes (``aver.layout.SPLIT_CODES``).
+    ``soft_labels`` (``float32 [N, C]``, NaN rows for clips without one) holds consensus label
+    distributions when ``label_source`` says the labels come from them.
     """
 
     ids: list[str]
@@ -49,6 +51,21 @@ class ClipTable:
     classes: list[str] = field(default_factory=list)
     target_names: list[str] = field(default_factory=list)
     folds_source: str = ""
+    soft_labels: np.ndarray | None = None
+    label_source: str = "file name"
+
+    def columns(self) -> dict[str, np.ndarray | None]:
+        """The clip-table arrays by store name; ``None`` for one the corpus does not have."""
+        n = len(self.ids)
+        return {
+            L.CLIP_ID: np.array(self.ids, dtype=str),
+            L.SPEAKER: np.array(self.speakers, dtype=str),
+            L.VIDEO: np.array(self.videos, dtype=str),
+            L.LABEL: np.asarray(self.labels, dtype=np.int16),
+            L.TARGETS: np.asarray(self.targets, dtype=np.float32).reshape(n, -1) if self.target_names else None,
+            L.SOFT_LABEL: None if self.soft_labels is None else np.asarray(self.soft_labels, np.float32),
+            L.FOLD_SPLIT: np.asarray(self.folds, dtype=np.int8) if self.folds.size else None,
+        }
 
 
 @dataclass
@@ -100,19 +117,26 @@ def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) ->
         "D_audio": dims["audio"],
         "K": int(table.folds.shape[0]) if table.folds.size else 0,
         "K_t": len(table.target_names),
+        "C": len(table.classes),
     }
-    columns = {
-        L.CLIP_ID: np.array(table.ids, dtype=str),
-        L.SPEAKER: np.array(table.speakers, dtype=str),
-        L.VIDEO: np.array(table.videos, dtype=str),
-        L.LABEL: np.asarray(table.labels, dtype=np.int16),
-        L.TARGETS: np.asarray(table.targets, dtype=np.float32).reshape(n, -1) if table.target_names else None,
-        L.FOLD_SPLIT: np.asarray(table.folds, dtype=np.int8) if table.folds.size else None,
-    }
+    columns = table.columns()
     for name, spec in L.ARRAYS.items():
-        if name in columns and columns[name] is None:  # targets / folds the corpus does not have
+        if name in columns and columns[name] is None:  # targets / folds / soft labels the corpus lacks
             continue
         _create(g, spec, sizes, columns.get(name))
+
+
+def _column_change(g, name: str, want: np.ndarray | None) -> str:
+    """How the stored clip-table array ``name`` differs from ``want`` ("" when it does not)."""
+    group, _, leaf = name.partition("/")
+    have = g[name][:] if group in g and leaf in g[group] else None
+    if have is None or want is None:
+        return "" if have is None and want is None else ("added" if have is None else "removed")
+    if have.shape != want.shape:
+        return f"shape {have.shape} -> {want.shape}"
+    same = (have == want) | (np.isnan(have) & np.isnan(want)) if have.dtype.kind == "f" else have == want
+    n = int((~same).sum())
+    return f"{n} values differ" if n else ""
 
 
 class CacheWriter:
@@ -163,6 +187,7 @@ class CacheWriter:
             classes=list(table.classes),
             targets=list(table.target_names),
             folds_source=table.folds_source,
+            label_source=table.label_source,
             split_codes=dict(L.SPLIT_CODES),
             dims=dict(dims),
             capacity={"frames": cap.frames, "audio": cap.audio},
@@ -205,6 +230,33 @@ class CacheWriter:
             raise CacheMismatchError(
                 f"{self.url} holds {len(ids)} clips but the dataset now lists {len(table.ids)} (or another "
                 "order); the clip table would not match. Pass --overwrite to start over."
+            )
+        self._validate_table(table, meta)
+
+    def _validate_table(self, table: ClipTable, meta: dict[str, Any]) -> None:
+        """Labels, soft labels, targets and folds of a reopened store are the ones this run would
+        write: a changed label source or fold file is refused, never silently ignored."""
+        want_meta = {
+            "classes": list(table.classes),
+            "targets": list(table.target_names),
+            "folds_source": table.folds_source,
+            "label_source": table.label_source,
+        }
+        diffs = [
+            f"{key}: {meta.get(key)!r} -> {want!r}"
+            for key, want in want_meta.items()
+            if key in meta and meta[key] != want  # label_source: absent in stores before aver 0.2
+        ]
+        for name, want in table.columns().items():
+            if name not in (L.CLIP_ID, L.SPEAKER, L.VIDEO):
+                changed = _column_change(self.group, name, want)
+                if changed:
+                    diffs.append(f"{name}: {changed}")
+        if diffs:
+            raise CacheMismatchError(
+                f"{self.url} was made with other labels or folds ({'; '.join(diffs)}). Its features "
+                "are fine, but its clip table would not match this run: pass --overwrite to start "
+                "over, or write to another --cache."
             )
 
     # -- run bookkeeping (driver only) -------------------------------------------------------

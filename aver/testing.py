@@ -30,18 +30,24 @@ def build_feature_cache(
     id_prefix: str = "c",
     flow_window: int = 1,
     flow_stride: int = 1,
+    soft_labels: bool = False,
 ) -> str:
     """Write a cache at ``url`` and return it.
 
     Clip i has label ``i % n_classes`` (or targets derived from it), speaker ``s<i % n_speakers>``,
     ``frames[0] <= T < frames[1]`` frames, ``T - 1`` flow maps and about ``2 T`` audio frames.
     Features are a class centre times ``separation`` plus unit-scale noise (x 0.5), so a model can
-    learn the classes; ``separation=0`` gives pure noise (throughput benchmarks).
+    learn the classes; ``separation=0`` gives pure noise (throughput benchmarks). ``soft_labels``
+    adds consensus distributions (0.7 on the label, the rest spread evenly), as VAVL's CREMA-D.
     """
     labels = np.arange(n_clips) % n_classes
     table = _table(n_clips, n_classes, labels, targets, n_speakers, id_prefix)
     if class_names and not targets:
         table.classes = list(class_names)
+    if soft_labels and not targets:
+        soft = np.full((n_clips, n_classes), 0.3 / max(n_classes - 1, 1), np.float32)
+        soft[np.arange(n_clips), labels] = 0.7
+        table.soft_labels, table.label_source = soft, "consensus argmax:aver.testing"
     dims = {"image": d_image, "audio": d_audio, "audio_layers": 1, "audio_rate_hz": 50.0}
     attrs = {
         "config_hash": config_hash,

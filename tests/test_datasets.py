@@ -198,3 +198,79 @@ def test_vavl_csv_problems_are_one_clear_error(tmp_path, rows, match):
     (tmp_path / "f1.csv").write_text("FileName,SpkrID,Split_Set\n" + "\n".join(rows) + "\n")
     with pytest.raises(ConfigError, match=match):
         vavl_folds(str(tmp_path / "f1.csv"), ["a", "b"], ["s1", "s2"])
+
+
+CONSENSUS_COLS = ("angry", "sad", "disgust", "fear", "neutral", "happy")  # VAVL's column order
+
+
+def _cremad_with_consensus(tmp_path):
+    """9 actors x (ANG, SAD); VAVL-like files list 8 of the 9 actors (actor 1009 in no fold)."""
+    for actor in range(1001, 1010):
+        for code in ("ANG", "SAD"):
+            _touch(tmp_path / "VideoFlash" / f"{actor}_DFA_{code}_XX.flv")
+    shares = {
+        "ANG": (0.6, 0.2, 0.0, 0.0, 0.2, 0.0),  # agrees with the acted label
+        "SAD": (0.0, 0.2, 0.0, 0.0, 0.8, 0.0),  # raters say neutral: argmax differs
+    }
+    for k in (1, 2):
+        rows = []
+        for j, actor in enumerate(range(1001, 1009)):
+            split = ["Train"] * 6 + ["Development", "Test"]
+            split = split[(j + k) % 8]
+            for code in ("ANG", "SAD"):
+                rows.append((f"{actor}_DFA_{code}_XX.wav", *shares[code], actor, "F", split))
+        _vavl_csv(tmp_path / f"label_consensus_{k}.csv", rows, label_cols=CONSENSUS_COLS)
+    return str(tmp_path / "label_consensus_{fold}.csv")
+
+
+def test_cremad_consensus_labels_hard_and_soft(tmp_path):
+    pattern = _cremad_with_consensus(tmp_path)
+    acted = load_dataset("cremad", DatasetOptions(data=tmp_path, folds=pattern))
+    assert acted.soft_labels is None and acted.label_source == "file name"
+    opts = DatasetOptions(data=tmp_path, folds=pattern, options={"labels": "consensus"})
+    index = load_dataset("cremad", opts)
+    names = {c.clip_id: index.classes[c.label] if c.label >= 0 else None for c in index.clips}
+    assert names["1001_DFA_ANG_XX"] == "angry" and names["1001_DFA_SAD_XX"] == "neutral"
+    assert names["1009_DFA_ANG_XX"] is None  # in no file: no label
+    i = [c.clip_id for c in index.clips].index("1001_DFA_SAD_XX")
+    soft = dict(zip(index.classes, index.soft_labels[i].tolist(), strict=True))
+    assert soft["neutral"] == pytest.approx(0.8) and soft["sad"] == pytest.approx(0.2)
+    assert np.isnan(index.soft_labels[[c.clip_id for c in index.clips].index("1009_DFA_SAD_XX")]).all()
+    assert index.label_source.startswith("consensus argmax:")
+    notes = " ".join(index.notes)
+    assert "differs from the acted (file-name) label for 8 (50.0 %)" in notes
+    assert "2 of 18 clips are in no fold" in notes and "skip_unused=true" in notes
+    table = index.table()
+    assert table.soft_labels.shape == (18, 6) and table.label_source == index.label_source
+
+
+def test_cremad_skip_unused_leaves_out_clips_no_fold_uses(tmp_path):
+    pattern = _cremad_with_consensus(tmp_path)
+    opts = DatasetOptions(data=tmp_path, folds=pattern, options={"labels": "consensus", "skip_unused": "true"})
+    index = load_dataset("cremad", opts)
+    assert len(index.clips) == 16 and index.folds.shape == (2, 16) and index.soft_labels.shape == (16, 6)
+    assert not any(c.clip_id.startswith("1009") for c in index.clips)
+    assert any("left out 2 clips that no fold uses" in n for n in index.notes)
+
+
+def test_cremad_consensus_problems_are_clear(tmp_path):
+    pattern = _cremad_with_consensus(tmp_path)
+    with pytest.raises(ConfigError, match="--labels or --fold-files"):
+        load_dataset("cremad", DatasetOptions(data=tmp_path, options={"labels": "consensus"}))
+    with pytest.raises(ConfigError, match="choose file or consensus"):
+        load_dataset("cremad", DatasetOptions(data=tmp_path, options={"labels": "raters"}))
+    with pytest.raises(ConfigError, match="unknown --dataset-option"):
+        load_dataset("cremad", DatasetOptions(data=tmp_path, options={"lables": "consensus"}))
+    # consensus labels with generated folds: the unlabelled clips would be trained on
+    with pytest.raises(ConfigError, match="without a label are in a fold"):
+        load_dataset("cremad", DatasetOptions(data=tmp_path, labels=pattern, options={"labels": "consensus"}))
+    # two files disagreeing about one clip
+    other = tmp_path / "label_consensus_2.csv"
+    other.write_text(other.read_text().replace("0.6,0.2,0.0", "0.2,0.6,0.0", 1))
+    with pytest.raises(ConfigError, match="other consensus shares"):
+        load_dataset("cremad", DatasetOptions(data=tmp_path, folds=pattern, options={"labels": "consensus"}))
+
+
+def test_every_adapter_refuses_unknown_options(tmp_path):
+    with pytest.raises(ConfigError, match="unknown --dataset-option.*skip_unused"):
+        load_dataset("ravdess", DatasetOptions(data=tmp_path, options={"n_actors": 3}))

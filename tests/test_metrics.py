@@ -210,6 +210,20 @@ def test_classification_loss_is_cross_entropy():
         classification_loss(logits, labels[:4])
 
 
+def test_soft_label_loss_matches_a_direct_computation():
+    """Consensus labels: the soft cross-entropy -sum_c p_c log softmax(z)_c, averaged over clips."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 4, generator=g)
+    p = torch.softmax(torch.randn(6, 4, generator=g), dim=1)
+    direct = sum(-(p[i] * torch.log(torch.exp(logits[i]) / torch.exp(logits[i]).sum())).sum() for i in range(6)) / 6
+    assert classification_loss(logits, p).item() == pytest.approx(direct.item(), abs=1e-6)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
+    hard = classification_loss(logits, torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert classification_loss(logits, one_hot).item() == pytest.approx(hard.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="soft labels"):
+        classification_loss(logits, p[:, :3])
+
+
 def _outputs(n: int, width: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     heads = ("logits_video", "logits_audio", "logits_fusion")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aver.errors import CacheMismatchError
+from aver.errors import CacheError, CacheMismatchError
 from aver.extract.datasets.base import ClipRecord, DatasetIndex
 from aver.folds import round_robin_groups, speaker_folds
 from aver.layout import DONE, FAILED, PENDING, open_root
@@ -97,6 +97,35 @@ def test_reopen_with_other_config_is_refused(tmp_path):
         CacheWriter.create_or_open(url, _index(5).table(), _attrs("h1"), Capacity(7, 16), DIMS)
     w = CacheWriter.create_or_open(url, _index().table(), _attrs("h2"), Capacity(7, 16), DIMS, overwrite=True)
     assert w.group.attrs["aver"]["config_hash"] == "h2"
+
+
+def test_reopen_with_other_labels_or_folds_is_refused(tmp_path):
+    """Labels and folds are written once with the template: a rerun that would write others (another
+    label source, another fold file) is refused, naming what differs, instead of silently ignored."""
+    from aver.cache import FeatureCache
+
+    url = str(tmp_path / "toy.zarr")
+    CacheWriter.create_or_open(url, _index().table(), _attrs(), Capacity(7, 16), DIMS)
+    relabelled = _index()
+    relabelled.clips[0].label = 1
+    with pytest.raises(CacheMismatchError, match="clips/label: 1 values differ"):
+        CacheWriter.create_or_open(url, relabelled.table(), _attrs(), Capacity(7, 16), DIMS)
+    soft = _index()
+    soft.soft_labels = np.tile(np.float32([0.25, 0.75]), (6, 1))
+    soft.label_source = "consensus argmax:x.csv"
+    with pytest.raises(CacheMismatchError, match="label_source.*clips/soft_label: added"):
+        CacheWriter.create_or_open(url, soft.table(), _attrs(), Capacity(7, 16), DIMS)
+    refolded = _index()
+    refolded.folds = refolded.folds[::-1].copy()
+    with pytest.raises(CacheMismatchError, match="folds/split"):
+        CacheWriter.create_or_open(url, refolded.table(), _attrs(), Capacity(7, 16), DIMS)
+    CacheWriter.create_or_open(url, soft.table(), _attrs(), Capacity(7, 16), DIMS, overwrite=True)
+    cache = FeatureCache(url)
+    assert cache.label_source == "consensus argmax:x.csv"
+    assert cache.soft_labels.shape == (6, 2)
+    open_root(url, "r+")["clips/soft_label"][2] = [0.5, 0.9]  # not a distribution
+    with pytest.raises(CacheError, match="soft_label of clip c2 is not a distribution"):
+        FeatureCache(url)
 
 
 def test_capacity_is_enforced(tmp_path):

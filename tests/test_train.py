@@ -302,6 +302,27 @@ def test_paper_additions_are_switchable(toy_cache, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_soft_consensus_labels_train_and_are_recorded(tmp_path):
+    """data.labels=soft trains on clips/soft_label with the soft cross-entropy; metrics stay on the
+    hard labels; a cache without soft labels is refused before a run folder exists."""
+    from aver.errors import ConfigError
+
+    def cfg(cache, out, epochs=6):
+        model = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+        return make_config("tiny", {**model, "data.labels": "soft"}, cache=cache, out=str(out), epochs=epochs)
+
+    soft = make_feature_cache(str(tmp_path / "soft.zarr"), soft_labels=True)
+    metrics = train_fold(cfg(soft, tmp_path / "run"))
+    assert metrics["test_reported"]["accuracy"] > 0.6
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
+    assert saved["cache"]["label_source"] == "consensus argmax:aver.testing"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_config"]["data"]["labels"] == "soft"
+    hard = make_feature_cache(str(tmp_path / "hard.zarr"), n_clips=20)
+    with pytest.raises(ConfigError, match="holds no soft labels"):
+        train_fold(cfg(hard, tmp_path / "x", epochs=1))
+    assert not (tmp_path / "x").exists()
+
+
 def test_report_lays_our_runs_beside_the_paper(tmp_path):
     from aver.train import cross_validate
     from aver.train.paper import write_report

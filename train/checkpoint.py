@@ -39,6 +39,12 @@ def cache_identity(cache: FeatureCache) -> dict[str, Any]:
         "folds_sha256": hashlib.sha256(
             np.ascontiguousarray(cache.folds, dtype=np.int8).tobytes()
         ).hexdigest(),
+        "label_source": cache.label_source,
+        "labels_sha256": hashlib.sha256(
+            np.ascontiguousarray(cache.labels, dtype=np.int64).tobytes()
+            + (b"" if cache.soft_labels is None else np.ascontiguousarray(cache.soft_labels).tobytes())
+        ).hexdigest(),
+        "flow_schedule": list(cache.flow_schedule),
     }
 
 

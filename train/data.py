@@ -27,6 +27,9 @@ class DataConfig:
     ``audio_window`` frames every ``audio_hop`` frames. The paper gives no sizes; the defaults
     (10 frames = 200 ms, hop 5 = 100 ms) give ~10 fragments per second. ``audio_layer`` picks one
     stored hidden-state layer by position; ``None`` averages the stored layers.
+
+    ``labels``: ``hard`` trains on ``clips/label`` with cross-entropy; ``soft`` on the consensus
+    distributions of ``clips/soft_label`` with a soft cross-entropy (metrics stay on the hard labels).
     """
 
     audio_window: int = 10
@@ -35,8 +38,11 @@ class DataConfig:
     batch_size: int = 16
     bucket: bool = True  # batches of similar length (less padding); order shuffled per epoch
     standardise: bool = True  # features standardised with training-split statistics (paper: not mentioned)
+    labels: str = "hard"
 
     def __post_init__(self) -> None:
+        if self.labels not in ("hard", "soft"):
+            raise ConfigError(f"data.labels must be hard or soft, not {self.labels!r}")
         if self.audio_window < 1 or self.audio_hop < 1:
             raise ConfigError("data.audio_window and data.audio_hop must be >= 1")
         if self.batch_size < 1:
@@ -54,6 +60,7 @@ class ClipTensors:
     audio: torch.Tensor  # float16 [M, Da] fragments
     label: int
     targets: torch.Tensor  # float32 [K]
+    soft: torch.Tensor | None = None  # float32 [C] consensus distribution (data.labels=soft)
 
 
 def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None) -> np.ndarray:
@@ -91,6 +98,7 @@ def load_clips(
     """Committed clips ``indices`` as tensors (sorted by cache row), read ``chunk`` clips at a time
     through ``FeatureCache.read_features`` (one bulk read per array and chunk)."""
     out: list[ClipTensors] = []
+    soft = _soft_labels(cache, indices) if cfg.labels == "soft" else None
     window, stride = cache.flow_schedule
     order = np.sort(np.asarray(indices, dtype=np.int64))
     for start in range(0, len(order), chunk):
@@ -113,9 +121,26 @@ def load_clips(
                     audio=torch.from_numpy(frag.astype(np.float16)),
                     label=int(cache.labels[i]),
                     targets=torch.from_numpy(cache.targets[i].astype(np.float32)),
+                    soft=None if soft is None else torch.from_numpy(soft[i].astype(np.float32)),
                 )
             )
     return out
+
+
+def _soft_labels(cache: FeatureCache, indices: np.ndarray) -> np.ndarray:
+    """The cache's consensus distributions, every clip of ``indices`` having one."""
+    if cache.soft_labels is None:
+        raise ConfigError(
+            f"data.labels=soft: {cache.url} holds no soft labels (its labels: {cache.label_source}); "
+            "extract with consensus labels (cremad: --dataset-option labels=consensus) or use data.labels=hard"
+        )
+    missing = [str(cache.ids[i]) for i in indices if np.isnan(cache.soft_labels[i]).any()]
+    if missing:
+        raise CacheError(
+            f"data.labels=soft: {len(missing)} clips of this fold have no consensus label in {cache.url} "
+            f"(e.g. {missing[:3]})"
+        )
+    return cache.soft_labels
 
 
 MODALITIES = ("frames", "flow", "audio")
@@ -190,6 +215,7 @@ def collate(clips: list[ClipTensors]) -> dict[str, torch.Tensor | list]:
         "audio_lengths": audio_lengths,
         "labels": torch.tensor([c.label for c in clips], dtype=torch.long),
         "targets": torch.stack([c.targets for c in clips]),
+        **({"soft": torch.stack([c.soft for c in clips])} if clips[0].soft is not None else {}),
         "index": torch.tensor([c.index for c in clips], dtype=torch.long),
         "clip_id": [c.clip_id for c in clips],
     }

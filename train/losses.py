@@ -86,20 +86,23 @@ def classification_loss(
 
     Args:
         logits: unnormalised class scores, float [N, C].
-        labels: class indices, int64 [N], each in [0, C).
+        labels: class indices, int64 [N], each in [0, C); or soft labels, float [N, C], each row a
+            distribution (consensus labels): the soft cross-entropy ``-sum_c p_c log softmax(z)_c``.
         label_smoothing: in [0, 1); 0 is the paper's plain cross-entropy.
 
     Returns:
         Scalar tensor.
     """
-    if logits.dim() != 2 or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+    soft = labels.is_floating_point() and labels.dim() == 2 and labels.shape == logits.shape
+    if logits.dim() != 2 or not (soft or labels.dim() == 1) or labels.shape[0] != logits.shape[0]:
         raise ValueError(
-            f"classification_loss expects logits [N, C] and labels [N], got {tuple(logits.shape)} "
-            f"and {tuple(labels.shape)}"
+            f"classification_loss expects logits [N, C] and labels [N] (or soft labels [N, C]), got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}"
         )
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    return F.cross_entropy(logits, labels.long(), label_smoothing=label_smoothing)
+    target = labels.to(logits.dtype) if soft else labels.long()
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
 def total_loss(

@@ -96,7 +96,7 @@ def setup(cfg: TrainConfig) -> Run:
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.device == "cpu", warn_only=True)
     cache = FeatureCache(cfg.cache, cfg.storage_options)
-    task = Task.from_cache(cache, cfg.metric)
+    task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     splits = fold_splits(cache, cfg.fold)
     from .models.variants import build_model
 
@@ -120,6 +120,12 @@ def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
     empty = [s for s, v in idx.items() if len(v) == 0]
     if empty:
         raise CacheError(f"fold {fold} of {cache.url} has no extracted clips in {empty}")
+    if cache.classes:
+        unlabelled = [str(cache.ids[i]) for v in idx.values() for i in v if cache.labels[i] < 0]
+        if unlabelled:
+            raise CacheError(
+                f"fold {fold} of {cache.url} uses {len(unlabelled)} clips without a label (e.g. {unlabelled[:3]})"
+            )
     return idx
 
 
@@ -242,7 +248,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         t1 = time.perf_counter()
         with autocast(cfg.device, cfg.amp):
             out = model(batch)
-        loss = run.task.loss(out, run.task.truth(batch))
+        loss = run.task.loss(out, run.task.loss_truth(batch))
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1} on the batch of clips "
@@ -269,7 +275,7 @@ def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> di
     """
     model.eval()
     outs: dict[str, list[torch.Tensor]] = {}
-    order, truth = [], []
+    order, truth, loss_truth = [], [], []
     for idx in batches(clips, cfg.data, shuffle=False, seed=0):
         batch = to_device(collate([clips[i] for i in idx]), cfg.device)
         with autocast(cfg.device, cfg.amp):
@@ -279,11 +285,15 @@ def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> di
                 outs.setdefault(h, []).append(out[output_key(h)].float().cpu())
         order.extend(idx)
         truth.append(task.truth(batch).cpu())
+        loss_truth.append(task.loss_truth(batch).cpu())
     inverse = torch.as_tensor(order).argsort()
     heads = {h: torch.cat(v)[inverse] for h, v in outs.items()}
     y = torch.cat(truth)[inverse]
+    y_loss = torch.cat(loss_truth)[inverse]
     loss = (
-        float(task.loss({output_key(h): v for h, v in heads.items()}, y)) if len(clips) > 1 else float("nan")
+        float(task.loss({output_key(h): v for h, v in heads.items()}, y_loss))
+        if len(clips) > 1
+        else float("nan")
     )
     return {**{h: v.numpy() for h, v in heads.items()}, "truth": y.numpy(), "loss": loss}
 

@@ -95,7 +95,7 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
     cache = FeatureCache(cache_url, storage_options)
     check_cache(info["cache"], cache, "evaluate")
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
-    task = Task.from_cache(cache, cfg.metric)
+    task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     model = saved_model(info)
     out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
     out.mkdir(parents=True, exist_ok=True)

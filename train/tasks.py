@@ -40,17 +40,25 @@ class Task:
             self.select_metric = metric
 
     @staticmethod
-    def from_cache(cache: FeatureCache, metric: str = "auto") -> Task:
-        """The cache's task; ``metric`` (default: the task's own) picks epochs and the reported head."""
+    def from_cache(cache: FeatureCache, metric: str = "auto", labels: str = "hard") -> Task:
+        """The cache's task; ``metric`` (default: the task's own) picks epochs and the reported head;
+        ``labels="soft"`` trains a classification on the consensus distributions."""
         if cache.classes:
-            return Classification(cache.classes, metric)
+            return Classification(cache.classes, metric, soft=labels == "soft")
+        if labels == "soft":
+            raise ConfigError(f"data.labels=soft: {cache.url} has continuous targets, not classes")
         if cache.target_names:
             return Regression(cache.target_names, metric)
         raise CacheError(f"{cache.url} has neither classes nor continuous targets to train on")
 
     # -- training ----------------------------------------------------------------------------
     def truth(self, batch: dict) -> torch.Tensor:
+        """What the metrics compare with (class indices, or continuous targets)."""
         raise NotImplementedError
+
+    def loss_truth(self, batch: dict) -> torch.Tensor:
+        """What the loss compares with: the truth, unless the task trains on soft labels."""
+        return self.truth(batch)
 
     def head_loss(self, output: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -93,14 +101,22 @@ class Task:
 
 @TASKS.register("classification")
 class Classification(Task):
-    """Discrete labels: cross-entropy per head; F1-macro selects; probabilities in predictions."""
+    """Discrete labels: cross-entropy per head (against the consensus distributions with ``soft``);
+    F1-macro selects; probabilities in predictions."""
 
     name = "classification"
     select_metric = "f1_macro"
     metrics = ("f1_macro", "accuracy", "uar", "f1_micro")
 
+    def __init__(self, names: list[str], metric: str = "auto", soft: bool = False) -> None:
+        super().__init__(names, metric)
+        self.soft = soft
+
     def truth(self, batch: dict) -> torch.Tensor:
         return batch["labels"]
+
+    def loss_truth(self, batch: dict) -> torch.Tensor:
+        return batch["soft"] if self.soft else batch["labels"]
 
     def head_loss(self, output: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         return classification_loss(output, truth)

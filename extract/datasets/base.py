@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from aver.errors import ConfigError
+from aver.layout import UNUSED
 from aver.registry import Registry
 from aver.store import ClipTable
 
@@ -57,6 +58,8 @@ class DatasetIndex:
     folds: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))  # int8 [n_folds, N]
     folds_source: str = ""
     notes: list[str] = field(default_factory=list)
+    soft_labels: np.ndarray | None = None  # float32 [N, C] consensus distributions (NaN rows: none)
+    label_source: str = "file name"
 
     def __post_init__(self) -> None:
         ids = [c.clip_id for c in self.clips]
@@ -81,6 +84,8 @@ class DatasetIndex:
             classes=list(self.classes),
             target_names=list(self.targets),
             folds_source=self.folds_source,
+            soft_labels=self.soft_labels,
+            label_source=self.label_source,
         )
 
 
@@ -109,6 +114,30 @@ def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:
     return path
 
 
+# Options every adapter takes (``--dataset-option key=value``), besides its own.
+COMMON_OPTIONS = {"skip_unused": "true: leave out clips that no fold uses (default: extract them, with a note)"}
+
+
+def check_options(opts: DatasetOptions, dataset: str, own: dict[str, str] | None = None) -> None:
+    """Refuse an option neither the adapter (``own``) nor ``COMMON_OPTIONS`` knows, naming the known ones."""
+    known = {**COMMON_OPTIONS, **(own or {})}
+    unknown = sorted(set(opts.options) - set(known))
+    if unknown:
+        listing = "; ".join(f"{k}: {v}" for k, v in sorted(known.items()))
+        raise ConfigError(f"{dataset}: unknown --dataset-option {unknown}; known: {listing}")
+
+
+def option_flag(opts: DatasetOptions, key: str) -> bool:
+    """A yes/no ``--dataset-option`` (true/false/1/0/yes/no; JSON booleans from ``parse_kv``)."""
+    value = opts.options.get(key, False)
+    if isinstance(value, bool | int):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"--dataset-option {key}={value!r}: expected true or false")
+    return text in ("true", "1", "yes")
+
+
 def finish_index(
     name: str,
     root: str | Path,
@@ -120,13 +149,38 @@ def finish_index(
     notes: list[str] | None = None,
     groups: list[list[str]] | None = None,
     groups_name: str = "",
+    soft_labels: np.ndarray | None = None,
+    label_source: str = "file name",
 ) -> DatasetIndex:
-    """The end of every adapter: apply the one fold policy (``folds.choose_folds``) and build the index."""
+    """The end of every adapter: apply the one fold policy (``folds.choose_folds``), report the
+    clips no fold uses (and leave them out with ``skip_unused=true``), and build the index."""
     from .folds import choose_folds
 
+    notes = list(notes or [])
     folds, source = choose_folds(
         [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds, groups, groups_name
     )
+    unused = np.flatnonzero((folds == UNUSED).all(0)) if folds.size else np.zeros(0, np.int64)
+    skip = set(unused.tolist())
+    unlabelled = [c.clip_id for i, c in enumerate(clips) if classes and c.label < 0 and i not in skip]
+    if unlabelled and folds.size:
+        raise ConfigError(
+            f"{name}: {len(unlabelled)} clips without a label are in a fold's train, validation or test "
+            f"split (e.g. {unlabelled[:3]}); give fold files that leave them out (e.g. the same VAVL files)"
+        )
+    if len(unused):
+        example = [clips[i].clip_id for i in unused[:3]]
+        if option_flag(opts, "skip_unused"):
+            keep = np.setdiff1d(np.arange(len(clips)), unused)
+            clips = [clips[i] for i in keep]
+            folds = folds[:, keep]
+            soft_labels = None if soft_labels is None else soft_labels[keep]
+            notes.append(f"left out {len(unused)} clips that no fold uses (skip_unused; e.g. {example})")
+        else:
+            notes.append(
+                f"{len(unused)} of {len(clips)} clips are in no fold (e.g. {example}): they are extracted "
+                "but no fold trains or tests on them; --dataset-option skip_unused=true leaves them out"
+            )
     return DatasetIndex(
         name,
         str(root),
@@ -135,7 +189,9 @@ def finish_index(
         targets=list(targets or []),
         folds=folds,
         folds_source=source,
-        notes=list(notes or []),
+        notes=notes,
+        soft_labels=soft_labels,
+        label_source=label_source if classes else "",
     )
 
 

@@ -4,7 +4,7 @@
 (optional separate audio file), ``id`` (optional; default: the video's stem), ``label``
 (optional class name) and continuous targets named with ``--targets col1,col2``. Relative paths
 are resolved against ``--data`` when given, else against the CSV's folder. Classes are the
-sorted distinct ``label`` values. Folds: ``--folds`` (VAVL CSVs keyed by id) or round-robin
+sorted distinct ``label`` values. Folds: ``--fold-files`` (VAVL CSVs keyed by id) or round-robin
 over speakers.
 """
 
@@ -14,7 +14,16 @@ from pathlib import Path
 
 from aver.errors import ConfigError
 
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, read_csv, row_targets
+from .base import (
+    DATASETS,
+    ClipRecord,
+    DatasetIndex,
+    DatasetOptions,
+    check_options,
+    finish_index,
+    read_csv,
+    row_targets,
+)
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -24,8 +33,9 @@ def _resolve(base: Path, value: str) -> str:
 
 @DATASETS.register("folder")
 def folder(opts: DatasetOptions) -> DatasetIndex:
+    check_options(opts, "folder")
     if opts.labels is None:
-        raise ConfigError("dataset 'folder' needs its clip table: --labels clips.csv (make: LABELS=...)")
+        raise ConfigError("dataset 'folder'' needs its clip table: --labels clips.csv (make: LABELS=...)")
     csv_path = Path(opts.labels).expanduser().resolve()
     base = Path(opts.data).expanduser().resolve() if opts.data else csv_path.parent
     cols, numbered = read_csv(csv_path, ["video", "speaker", *opts.targets], "folder: clip table")
@@ -55,4 +65,6 @@ def folder(opts: DatasetOptions) -> DatasetIndex:
         raise ConfigError(
             f"{csv_path}: clip ids must be unique (the id column, else the video's stem); duplicated: {dup}"
         )
-    return finish_index("folder", base, clips, opts, classes=classes, targets=list(opts.targets))
+    return finish_index(
+        "folder", base, clips, opts, classes=classes, targets=list(opts.targets), label_source="clip table"
+    )

@@ -5,7 +5,7 @@
 as given). Media are found anywhere under ``--data`` by file stem: a video (``.avi``/``.mp4``)
 and, when present, a ``.wav`` of the same name (else the video's own audio). The speaker is
 ``SpkrID`` (the session in the VAVL files). Default folds: the labels CSV pattern given with
-``--folds`` (e.g. ``labels_consensus_{fold}.csv``); without it, speakers dealt round-robin.
+``--fold-files`` (e.g. ``labels_consensus_{fold}.csv``); without it, speakers dealt round-robin.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .base import (
     ClipRecord,
     DatasetIndex,
     DatasetOptions,
+    check_options,
     finish_index,
     read_csv,
     require_dir,
@@ -46,6 +47,7 @@ def index_media(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 
 @DATASETS.register("mspimprov")
 def mspimprov(opts: DatasetOptions) -> DatasetIndex:
+    check_options(opts, "mspimprov")
     root = require_dir(opts.data, "mspimprov")
     if opts.labels is None:
         raise ConfigError(

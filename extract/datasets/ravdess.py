@@ -7,7 +7,7 @@ only ``01-01-*`` files are taken. The actor is the speaker.
 
 Folds: the 5-fold actor split published with MMEmotionRecognition (cristinalunaj):
 {2,5,14,15,16} {3,6,7,13,18} {10,11,12,19,20} {8,17,21,23,24} {1,4,9,22}; fold k tests on group k
-and validates on group k+1 (mod 5). The community has no fixed split: ``--folds`` accepts yours.
+and validates on group k+1 (mod 5). The community has no fixed split: ``--fold-files`` accepts yours.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from pathlib import Path
 
 from aver.errors import ConfigError
 
-from .base import DATASETS, ClipRecord, DatasetIndex, DatasetOptions, finish_index, require_dir
+from .base import (
+    DATASETS,
+    ClipRecord,
+    DatasetIndex,
+    DatasetOptions,
+    check_options,
+    finish_index,
+    require_dir,
+)
 
 RAVDESS_CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 RAVDESS_EMOTIONS: dict[int, str] = dict(enumerate(RAVDESS_CLASSES, start=1))  # file-name code -> name
@@ -62,6 +70,7 @@ def scan_ravdess(root: Path, classes: list[str]) -> tuple[list[ClipRecord], list
 
 @DATASETS.register("ravdess")
 def ravdess(opts: DatasetOptions) -> DatasetIndex:
+    check_options(opts, "ravdess")
     root = require_dir(opts.data, "ravdess")
     clips, notes = scan_ravdess(root, RAVDESS_CLASSES)
     if not clips:
@@ -94,11 +103,10 @@ def synthetic(opts: DatasetOptions) -> DatasetIndex:
 
     from ..synthetic import SyntheticSpec, generate_corpus
 
-    known = {f.name for f in dataclasses.fields(SyntheticSpec)}
-    unknown = set(opts.options) - known
-    if unknown:
-        raise ConfigError(f"synthetic: unknown options {sorted(unknown)}; known: {sorted(known)}")
-    spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.options.items()})
+    fields = {f.name: f"SyntheticSpec.{f.name}" for f in dataclasses.fields(SyntheticSpec)}
+    check_options(opts, "synthetic", fields)
+    given = {k: v for k, v in opts.options.items() if k in fields}
+    spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
     root = Path(opts.data or "data/synthetic").expanduser().resolve()
     generate_corpus(root, spec)
     classes = list(spec.emotions)

@@ -246,6 +246,16 @@ class FeatureCache:
         return window, stride
 
     @property
+    def audio_fragments(self) -> tuple[float, float] | None:
+        """(fragment, hop) in seconds when the audio was encoded fragment by fragment (one stored
+        frame per fragment, DE-III's reading); None for wav2vec2's 50 Hz frames."""
+        audio = (self.meta.get("config") or {}).get("audio") or {}
+        size, hop = audio.get("fragment_s", 0.0), audio.get("fragment_hop_s", 0.0)
+        if not isinstance(size, int | float) or not isinstance(hop, int | float) or size < 0 or hop < 0:
+            raise CacheError(f"{self.url}: damaged cache: audio fragment_s/fragment_hop_s {size!r}/{hop!r}")
+        return (float(size), float(hop)) if size > 0 else None
+
+    @property
     def n_folds(self) -> int:
         return int(self.folds.shape[0])
 

@@ -62,7 +62,9 @@ class ClipTable:
             L.SPEAKER: np.array(self.speakers, dtype=str),
             L.VIDEO: np.array(self.videos, dtype=str),
             L.LABEL: np.asarray(self.labels, dtype=np.int16),
-            L.TARGETS: np.asarray(self.targets, dtype=np.float32).reshape(n, -1) if self.target_names else None,
+            L.TARGETS: np.asarray(self.targets, dtype=np.float32).reshape(n, -1)
+            if self.target_names
+            else None,
             L.SOFT_LABEL: None if self.soft_labels is None else np.asarray(self.soft_labels, np.float32),
             L.FOLD_SPLIT: np.asarray(self.folds, dtype=np.int8) if self.folds.size else None,
         }

@@ -23,7 +23,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fields added after the first caches were written, with the value that reproduces what caches
 # written before them hold: a field at that value is left out of the hash (see ``hashed_dict``), so
 # those caches keep their hash and can be resumed with ``--set`` of that value.
-LATE_FIELDS = {("audio", "window_s"): 30.0, ("audio", "context_s"): 5.0, ("flow", "sigma"): "pixel"}
+LATE_FIELDS = {
+    ("audio", "window_s"): 30.0,
+    ("audio", "context_s"): 5.0,
+    ("audio", "fragment_s"): 0.0,
+    ("audio", "fragment_hop_s"): 0.0,
+    ("flow", "sigma"): "pixel",
+}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -107,22 +113,58 @@ class ImageEncoderConfig:
 
 @dataclass
 class AudioEncoderConfig:
-    """wav2vec2 (transformers) on 16 kHz mono audio."""
+    """wav2vec2 (transformers) on 16 kHz mono audio.
+
+    ``layers`` are ``hidden_states`` indices, or a slice ``"start:stop:step"`` for a layer sweep
+    (``"0:25:4"`` keeps 0, 4, ..., 24), resolved here so the config records the indices.
+    ``fragment_s`` > 0 is DE-III's fragment-level reading: the clip is split into fragments of
+    ``fragment_s`` every ``fragment_hop_s``, each encoded on its own and mean-pooled to one vector
+    (one stored audio frame per fragment; the last fragment ends at the clip's end, so no tail is
+    dropped). 0 (default) encodes the whole clip and stores wav2vec2's 50 Hz frames.
+    """
 
     model: str = "facebook/wav2vec2-large-robust"  # hub id or local folder (save_pretrained layout)
     layers: tuple[int, ...] = (-1,)  # hidden_states indices kept (0 = CNN projection, -1 = last)
     sample_rate: int = 16000
     window_s: float = 30.0  # longer audio is encoded in overlapping windows (attention is quadratic)
     context_s: float = 5.0  # each window's frames see at least this much audio on both sides
+    fragment_s: float = 0.0  # > 0: fragment-level encoding (the paper's reading), seconds per fragment
+    fragment_hop_s: float = 0.0  # seconds between fragment starts (<= fragment_s: no audio skipped)
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(v) for v in self.layers)
+        self.layers = _layer_list(self.layers)
         _check(len(self.layers) >= 1, "audio.layers needs at least one layer index")
         _check(self.sample_rate == 16000, "wav2vec2 models expect audio.sample_rate = 16000")
         _check(
             self.context_s >= 0 and self.window_s > 2 * self.context_s,
             "audio.window_s must exceed 2 * context_s",
         )
+        if self.fragment_s or self.fragment_hop_s:
+            _check(
+                self.fragment_s >= 0.05 and 0 < self.fragment_hop_s <= self.fragment_s,
+                "audio fragments need audio.fragment_s >= 0.05 and 0 < audio.fragment_hop_s <= fragment_s "
+                f"(got {self.fragment_s} / {self.fragment_hop_s}); a hop longer than a fragment would skip audio",
+            )
+            _check(self.fragment_s <= self.window_s, "audio.fragment_s must not exceed audio.window_s")
+
+
+def _layer_list(layers: Any) -> tuple[int, ...]:
+    """``audio.layers`` as indices: a list of ints, one int, or a slice ``"start:stop[:step]"``."""
+    if isinstance(layers, str):
+        parts = layers.split(":")
+        try:
+            if len(parts) == 1:
+                return (int(parts[0]),)
+            _check(len(parts) in (2, 3) and parts[1] != "", "")
+            return tuple(range(*(int(p) if p else d for p, d in zip(parts, (0, 0, 1), strict=False))))
+        except (ValueError, ConfigError):
+            raise ConfigError(
+                f"audio.layers={layers!r}: give indices (e.g. [12, -1]) or a slice start:stop:step "
+                "(e.g. 0:25:4, stop required)"
+            ) from None
+    if isinstance(layers, int):
+        return (layers,)
+    return tuple(int(v) for v in layers)
 
 
 @dataclass
@@ -134,6 +176,7 @@ class RuntimeConfig:
     image_batch: int = 64  # images per encoder batch (fixed size; the last one is padded)
     flow_batch: int = 16  # frame pairs per flow batch
     detect_batch: int = 32  # frames per MTCNN call
+    audio_batch: int = 16  # audio fragments per wav2vec2 batch (audio.fragment_s > 0)
     decode_batch: int = 64  # frames decoded at a time (bounds memory on long clips)
     group_frames: int = 1024  # clips are packed into groups of about this many frames
     stream_frames: int = 256  # longer clips are streamed through temporary files (flat memory)
@@ -148,6 +191,7 @@ class RuntimeConfig:
             "image_batch",
             "flow_batch",
             "detect_batch",
+            "audio_batch",
             "decode_batch",
             "group_frames",
             "stream_frames",

@@ -52,7 +52,7 @@ class Models:
             missing.append(f"- image: no face weights given. {FACE_WEIGHTS_HELP}")
         factories = {
             "image": lambda: ImageEncoder(cfg.image, device=device, amp=amp),
-            "audio": lambda: AudioEncoder(cfg.audio, device=device, amp=amp),
+            "audio": lambda: AudioEncoder(cfg.audio, device=device, amp=amp, batch=cfg.runtime.audio_batch),
             "flow": lambda: build_flow_backend(cfg.flow, device, amp=amp),
             "detector": lambda: FaceDetector(cfg.face, device=device),
         }

@@ -246,7 +246,9 @@ def test_cremad_consensus_labels_hard_and_soft(tmp_path):
 
 def test_cremad_skip_unused_leaves_out_clips_no_fold_uses(tmp_path):
     pattern = _cremad_with_consensus(tmp_path)
-    opts = DatasetOptions(data=tmp_path, folds=pattern, options={"labels": "consensus", "skip_unused": "true"})
+    opts = DatasetOptions(
+        data=tmp_path, folds=pattern, options={"labels": "consensus", "skip_unused": "true"}
+    )
     index = load_dataset("cremad", opts)
     assert len(index.clips) == 16 and index.folds.shape == (2, 16) and index.soft_labels.shape == (16, 6)
     assert not any(c.clip_id.startswith("1009") for c in index.clips)

@@ -424,3 +424,40 @@ def test_savchenko_weights_refuse_the_other_efficientnet_family(tmp_path: Path) 
         check_known_provenance(tmp_path / name, "tf_efficientnet_b2")  # the right family: fine
         check_known_provenance(tmp_path / name, "test_efficientnet")  # not the colliding family: not guessed
     check_known_provenance(tmp_path / "my_model.pt", "efficientnet_b2")  # unknown provenance: not guessed
+
+
+def test_fragment_level_audio_encodes_each_fragment_and_keeps_the_tail(tiny: dict[str, str]) -> None:
+    """DE-III's reading: fragments of fragment_s every fragment_hop_s, each normalised and encoded
+    on its own and mean-pooled; the last fragment ends at the clip's end (no tail dropped)."""
+    cfg = AudioEncoderConfig(model=tiny["audio_model"], layers=(0, -1), fragment_s=0.5, fragment_hop_s=0.25)
+    enc = AudioEncoder(cfg, batch=3)
+    wave = _wave(1.6, seed=4)  # 25,600 samples: whole fragments end at 24,000; the tail is 1,600 more
+    spans = enc.fragments(len(wave))
+    assert spans[:2] == [(0, 8000), (4000, 12000)] and spans[-1] == (len(wave) - 8000, len(wave))
+    assert len(spans) == 6 and all(b - a == 8000 for a, b in spans)
+    assert enc.frame_rate_hz == 4.0 and enc.num_frames(len(wave)) == 6
+    out = enc(wave)
+    assert out.shape == (6, 2, 32)
+    for k in (0, 5):  # a fragment's vector is the mean of wav2vec2 over that fragment alone
+        a, b = spans[k]
+        hs = _reference(enc, wave[a:b], normalise=True)
+        torch.testing.assert_close(out[k, 0], hs[0][0].mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out[k, 1], hs[-1][0].mean(0), rtol=1e-4, atol=1e-5)
+    assert enc(wave[:3000]).shape == (1, 2, 32)  # shorter than one fragment: the clip is one fragment
+    assert AudioEncoder(cfg, batch=16)(wave).allclose(out, atol=1e-5)  # batching changes nothing
+
+
+def test_audio_layer_sweep_and_fragment_options_are_checked() -> None:
+    from aver.errors import ConfigError
+    from aver.extract.config import ExtractConfig
+    from aver.overrides import apply_overrides
+
+    cfg = apply_overrides(ExtractConfig("x"), ["audio.layers=0:25:4"])
+    assert cfg.audio.layers == (0, 4, 8, 12, 16, 20, 24)
+    assert "fragment_s" not in cfg.hashed_dict()["audio"]  # default: caches keep their hash
+    frag = apply_overrides(ExtractConfig("x"), ["audio.fragment_s=1.0", "audio.fragment_hop_s=0.5"])
+    assert frag.hashed_dict()["audio"]["fragment_s"] == 1.0 and frag.config_hash() != cfg.config_hash()
+    with pytest.raises(ConfigError, match="skip audio"):
+        apply_overrides(ExtractConfig("x"), ["audio.fragment_s=0.5", "audio.fragment_hop_s=1.0"])
+    with pytest.raises(ConfigError, match="start:stop:step"):
+        apply_overrides(ExtractConfig("x"), ["audio.layers=4:"])

@@ -215,7 +215,10 @@ def test_soft_label_loss_matches_a_direct_computation():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(6, 4, generator=g)
     p = torch.softmax(torch.randn(6, 4, generator=g), dim=1)
-    direct = sum(-(p[i] * torch.log(torch.exp(logits[i]) / torch.exp(logits[i]).sum())).sum() for i in range(6)) / 6
+    direct = (
+        sum(-(p[i] * torch.log(torch.exp(logits[i]) / torch.exp(logits[i]).sum())).sum() for i in range(6))
+        / 6
+    )
     assert classification_loss(logits, p).item() == pytest.approx(direct.item(), abs=1e-6)
     one_hot = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
     hard = classification_loss(logits, torch.tensor([0, 1, 2, 3, 0, 1]))

@@ -231,6 +231,45 @@ def test_vavl_fold_csv_reaches_the_cache(small_corpus, tiny_config, tmp_path):
     assert g.attrs["aver"]["folds_source"].startswith("csv:")
 
 
+def test_fragment_level_audio_and_a_layer_sweep_extract_and_train(small_corpus, tiny_config, tmp_path):
+    """audio.fragment_s: one stored audio frame per fragment (hop recorded as the audio rate), the
+    tail kept; several layers stored; the trainer uses the fragments as stored and picks a layer."""
+    from aver.cache import FeatureCache
+    from aver.overrides import apply_overrides
+    from aver.train import train_fold
+    from aver.train.config import make_config
+
+    cfg = apply_overrides(
+        tiny_config, ["audio.fragment_s=0.4", "audio.fragment_hop_s=0.2", "audio.layers=0:3:2"]
+    )
+    url = str(tmp_path / "fragments.zarr")
+    summary = run_extraction(cfg, small_index(small_corpus), url, progress=False)
+    assert summary.failed == 0, summary.report()
+    cache = FeatureCache(url)
+    assert cache.meta["dims"]["audio_rate_hz"] == 5.0 and cache.meta["dims"]["audio_layers"] == 2
+    assert cache.audio_fragments == (0.4, 0.2)
+    assert cache.meta["config"]["audio"]["layers"] == [0, 2]
+    n_audio = cache.lengths["audio"]
+    # whole fragments every 0.2 s, and one more ending at the audio's end when a tail is left
+    from aver.extract.media import load_audio
+
+    for i, clip in enumerate(small_index(small_corpus).clips):
+        samples = len(load_audio(clip.video))
+        whole = (samples - 6400) // 3200 + 1
+        assert n_audio[i] == whole + ((whole - 1) * 3200 + 6400 < samples), (i, samples, n_audio[i])
+    model = {"model.d_model": 16, "model.d_hidden": 24, "model.n_heads": 2, "model.head_hidden": 16}
+    metrics = train_fold(
+        make_config("tiny", {**model, "data.audio_layer": 1}, cache=url, out=str(tmp_path / "run"), epochs=1)
+    )
+    assert "test_reported" in metrics
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "fragment-level features (0.4 s every 0.2 s) used as stored" in log
+    from aver.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stores 2 audio layer"):
+        train_fold(make_config("tiny", {"data.audio_layer": 2}, cache=url, out=str(tmp_path / "x"), epochs=1))
+
+
 def test_paper_preset_offline_names_every_missing_weight(tmp_path):
     """No weights on this machine: one clear error listing each model and how to supply it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AVER_FACE_WEIGHTS": "", "HF_HOME": str(tmp_path / "hf")}

@@ -54,6 +54,17 @@ def test_tiny_train_writes_a_complete_run(toy_cache, tmp_path):
     assert len(rows) - 1 == sum(metrics["test"]["video"]["support"].values())
     # the toy features carry the label: the tiny model must learn them
     assert metrics["test_reported"]["accuracy"] > 0.6, metrics["test_reported"]
+    # per-epoch scalars in TensorBoard event files, read back with TensorBoard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    history = json.loads((run / "history.json").read_text())
+    assert {"loss/train", "loss/val", "validation/metric", "validation/video"} <= set(
+        events.Tags()["scalars"]
+    )
+    train_loss = events.Scalars("loss/train")
+    assert [e.step for e in train_loss] == [row["epoch"] for row in history]
+    assert [e.value for e in train_loss] == pytest.approx([row["train_loss"] for row in history])
 
 
 def test_same_seed_same_run(toy_cache, tmp_path):
@@ -99,6 +110,12 @@ def test_a_kill_while_saving_the_state_resumes_as_if_uninterrupted(toy_cache, tm
     assert not list((tmp_path / "cut/checkpoint").glob(".*tmp*")), "no temporary file is left behind"
     resumed = train_fold(_cfg(toy_cache, tmp_path / "cut", epochs=3, patience=10))
     assert resumed["test"] == full["test"]
+    # the epoch lost to the kill is not in the history or the TensorBoard events twice
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "cut" / "tensorboard")).Reload().Scalars("loss/train")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert [h["epoch"] for h in json.loads((tmp_path / "cut/history.json").read_text())] == [1, 2, 3]
     assert not (tmp_path / "cut/checkpoint/trainer_state.json").exists()
 
 
@@ -316,7 +333,9 @@ def test_soft_consensus_labels_train_and_are_recorded(tmp_path):
     assert metrics["test_reported"]["accuracy"] > 0.6
     saved = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
     assert saved["cache"]["label_source"] == "consensus argmax:aver.testing"
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train_config"]["data"]["labels"] == "soft"
+    assert (
+        json.loads((tmp_path / "run" / "config.json").read_text())["train_config"]["data"]["labels"] == "soft"
+    )
     hard = make_feature_cache(str(tmp_path / "hard.zarr"), n_clips=20)
     with pytest.raises(ConfigError, match="holds no soft labels"):
         train_fold(cfg(hard, tmp_path / "x", epochs=1))
@@ -341,15 +360,32 @@ def test_report_lays_our_runs_beside_the_paper(tmp_path):
         epochs=1,
         overrides=model,
     )
+    t4 = make_feature_cache(
+        str(tmp_path / "t4.zarr"), dataset="cremad", flow_window=3, flow_stride=1, frames=(8, 15)
+    )
+    train_fold(
+        t4, 1, preset="tiny", out=str(tmp_path / "runs/cremad/de3_flow3x1/fold1"), epochs=1, overrides=model
+    )
     path = write_report(tmp_path / "runs")
     text = path.read_text()
+    assert (
+        "| de3, flow 3/1 | video | f1_macro |" in text and "| 76.1 | Table 4 (window 3, stride 1) |" in text
+    )
+    assert "Table 4 (window 5" not in text and "DINOv2" not in text  # rows of settings not run
+    assert "Protocol: folds speaker-round-robin; labels file name." in text
     assert "## cremad" in text
     assert "| de3 | video | f1_macro |" in text and "| 79.5 | Table 1 |" in text  # the paper's CREMA-D row
     assert "| de3 | fusion | f1_macro |" in text and "Table 2 (IFE-Fusion)" in text
     assert "| none_ife | video | f1_micro |" in text and "78.6 | Table 2 (None-IFE)" in text
     assert "(n=2)" in text and "±" in text
+    assert "![cremad: aver beside the paper](report_cremad.png)" in text
+    from PIL import Image
+
+    with Image.open(tmp_path / "runs" / "report_cremad.png") as im:
+        assert im.size[0] == 900 and im.size[1] > 600  # one pair of bars per paper row, readable
     page = path.with_suffix(".html").read_text()
     assert page.count("<table>") == 1 and "<th>variant</th>" in page and "Table 1" in page
+    assert "src='data:image/png;base64," in page  # self-contained
 
 
 def test_report_cli_on_an_empty_folder(tmp_path):

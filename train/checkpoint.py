@@ -39,6 +39,7 @@ def cache_identity(cache: FeatureCache) -> dict[str, Any]:
         "folds_sha256": hashlib.sha256(
             np.ascontiguousarray(cache.folds, dtype=np.int8).tobytes()
         ).hexdigest(),
+        "folds_source": meta.get("folds_source"),
         "label_source": cache.label_source,
         "labels_sha256": hashlib.sha256(
             np.ascontiguousarray(cache.labels, dtype=np.int64).tobytes()

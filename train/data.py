@@ -25,7 +25,9 @@ class DataConfig:
     Audio fragments (paper 3.1: "we split a given audio clip into a sequence of m fragments using
     a sliding window"): the cached 50 Hz wav2vec2 frames are mean-pooled over windows of
     ``audio_window`` frames every ``audio_hop`` frames. The paper gives no sizes; the defaults
-    (10 frames = 200 ms, hop 5 = 100 ms) give ~10 fragments per second. ``audio_layer`` picks one
+    (10 frames = 200 ms, hop 5 = 100 ms) give ~10 fragments per second. A cache extracted with
+    fragment-level encoding (``audio.fragment_s``) already holds one vector per fragment: it is
+    used as stored and these two settings do not apply. ``audio_layer`` picks one
     stored hidden-state layer by position; ``None`` averages the stored layers.
 
     ``labels``: ``hard`` trains on ``clips/label`` with cross-entropy; ``soft`` on the consensus
@@ -100,6 +102,14 @@ def load_clips(
     out: list[ClipTensors] = []
     soft = _soft_labels(cache, indices) if cfg.labels == "soft" else None
     window, stride = cache.flow_schedule
+    pool = (1, 1) if cache.audio_fragments else (cfg.audio_window, cfg.audio_hop)
+    n_layers = int(cache.meta["dims"]["audio_layers"])
+    if cfg.audio_layer is not None and not -n_layers <= cfg.audio_layer < n_layers:
+        stored = ((cache.meta.get("config") or {}).get("audio") or {}).get("layers")
+        raise ConfigError(
+            f"data.audio_layer={cfg.audio_layer}: {cache.url} stores {n_layers} audio layer(s) "
+            f"(hidden_states {stored}); pick a position 0..{n_layers - 1}"
+        )
     order = np.sort(np.asarray(indices, dtype=np.int64))
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
@@ -109,7 +119,7 @@ def load_clips(
                 raise CacheError(
                     f"{cache.url}: clip {cache.ids[i]} has non-finite targets {cache.targets[i].tolist()}"
                 )
-            frag = audio_fragments(feats["audio"][k], cfg.audio_window, cfg.audio_hop, cfg.audio_layer)
+            frag = audio_fragments(feats["audio"][k], *pool, cfg.audio_layer)
             out.append(
                 ClipTensors(
                     index=int(i),

@@ -198,3 +198,40 @@ def plot_attention(
         ax.set_ylabel(ylabel)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_comparison(
+    rows: Sequence[tuple[str, float, float | None, float]], path: str | Path, title: str
+) -> Path:
+    """Our results beside the paper's, one pair of horizontal bars per row.
+
+    ``rows`` are ``(label, ours, ours_std or None, paper)`` in % (``ours`` may be NaN when a run
+    lacks the metric). Our bars carry the std over runs as an error bar; each bar is labelled with
+    its value, so the page reads without the table.
+    """
+    plt = _pyplot()
+    n = len(rows)
+    if n == 0:
+        raise ValueError("plot_comparison needs at least one row")
+    fig, ax = plt.subplots(figsize=(9.0, 1.5 + 0.55 * n))
+    y = np.arange(n)
+    ours = np.array([r[1] for r in rows], dtype=float)
+    std = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=float)
+    paper = np.array([r[3] for r in rows], dtype=float)
+    ax.barh(y - 0.2, np.nan_to_num(ours), height=0.38, xerr=np.nan_to_num(std), color="#2b7bba", label="aver")
+    ax.barh(y + 0.2, paper, height=0.38, color="#bbbbbb", label="paper")
+    for k in range(n):
+        if np.isfinite(ours[k]):
+            ax.text(
+                ours[k] + np.nan_to_num(std[k]) + 1, y[k] - 0.2, f"{ours[k]:.1f}", va="center", fontsize=8
+            )
+        ax.text(paper[k] + 1, y[k] + 0.2, f"{paper[k]:.1f}", va="center", fontsize=8, color="#555555")
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test metric (%)")
+    fig.suptitle(title, y=1 - 0.15 / (1.5 + 0.55 * n))
+    ax.set_xlim(0, 115)
+    height = 1.5 + 0.55 * n
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.42, right=0.97, top=1 - 0.85 / height, bottom=0.6 / height)
+    return _save(fig, path)

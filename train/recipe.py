@@ -81,6 +81,9 @@ def train_fold(cfg: TrainConfig) -> dict[str, Any]:
     with log_to(run.dir / "train.log"):
         sizes, seconds = run.loaded
         log.info("fold %d of %s: %s clips loaded in %.1f s", cfg.fold, run.cache.url, sizes, seconds)
+        if run.cache.audio_fragments:
+            size, hop = run.cache.audio_fragments
+            log.info("audio: fragment-level features (%g s every %g s) used as stored", size, hop)
         save_tensors(run.ckpt / "feature_stats.safetensors", run.stats.tensors())
         setup_optimizer(run)
         fit(run)
@@ -175,12 +178,18 @@ def setup_optimizer(run: Run) -> None:
 # -- fit ----------------------------------------------------------------------------------------
 # Settings that may differ between a run and its resumption: where things are, not what is learned;
 # and ``epochs``, which may grow (more epochs continue the same trajectory; fewer cannot undo any).
-_RESUMABLE = ("cache", "out", "device", "resume", "storage_options", "epochs", "progress")
+_RESUMABLE = ("cache", "out", "device", "resume", "storage_options", "epochs", "progress", "tensorboard")
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """The differences that forbid a resume; a setting added after ``saved`` was written takes
+    its default there (the default reproduces what runs did before the setting existed)."""
     from aver.store import diff_dicts
 
+    try:
+        saved = TrainConfig.from_dict(saved).to_dict()
+    except Exception:  # noqa: BLE001 - an unreadable saved config: compare as stored
+        pass
     keep = lambda d: {k: v for k, v in d.items() if k not in _RESUMABLE}  # noqa: E731
     diff = diff_dicts(keep(saved), keep(now))
     return "" if diff == "none" else diff
@@ -194,7 +203,10 @@ def fit(run: Run) -> None:
     """
     from tqdm import tqdm
 
+    from .epochlog import EpochLog
+
     cfg, task, state = run.cfg, run.task, run.state
+    epochs = EpochLog(run.dir, state["history"], tensorboard=cfg.tensorboard)
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in range(state["epoch"], cfg.epochs):
         stats = train_epoch(run, epoch)
@@ -210,6 +222,7 @@ def fit(run: Run) -> None:
             **per_head,
         }
         state["history"].append(row)
+        epochs.add(row)
         log.info(
             "epoch %d: train loss %.4f | val loss %.4f | val %s %.4f (%s head)",
             epoch + 1,
@@ -234,7 +247,7 @@ def fit(run: Run) -> None:
             log.info("early stop: no validation improvement for %d epochs", cfg.patience)
             break
     bar.close()
-    write_history(run.dir, state["history"])
+    epochs.close()
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
@@ -299,18 +312,6 @@ def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> di
 
 
 # -- small helpers --------------------------------------------------------------------------------
-def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
-    """Per-epoch scalars as ``history.json`` and ``history.csv`` (one row per epoch)."""
-    import csv
-
-    (folder / "history.json").write_text(json.dumps(history, indent=2))
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    with open(folder / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

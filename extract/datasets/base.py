@@ -115,7 +115,9 @@ def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:
 
 
 # Options every adapter takes (``--dataset-option key=value``), besides its own.
-COMMON_OPTIONS = {"skip_unused": "true: leave out clips that no fold uses (default: extract them, with a note)"}
+COMMON_OPTIONS = {
+    "skip_unused": "true: leave out clips that no fold uses (default: extract them, with a note)"
+}
 
 
 def check_options(opts: DatasetOptions, dataset: str, own: dict[str, str] | None = None) -> None:

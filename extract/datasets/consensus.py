@@ -40,7 +40,9 @@ def read_consensus(files: list[Path], classes: list[str]) -> dict[str, np.ndarra
         for line, row in rows:
             v = np.asarray(row_targets(row, wanted, path, line), dtype=np.float64)
             if (v < 0).any() or v.sum() <= 0:
-                raise ConfigError(f"{path}, line {line}: consensus shares {v.tolist()} are not a distribution")
+                raise ConfigError(
+                    f"{path}, line {line}: consensus shares {v.tolist()} are not a distribution"
+                )
             v = v / v.sum()
             name = _stem(row["FileName"])
             if name in soft and not np.allclose(soft[name], v, atol=1e-6):

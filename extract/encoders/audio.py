@@ -77,10 +77,13 @@ class AudioEncoder:
     feature-extractor config says ``do_normalize`` (the default when a folder has none).
     """
 
-    def __init__(self, cfg: AudioEncoderConfig, device: str = "cpu", amp: bool = False) -> None:
+    def __init__(
+        self, cfg: AudioEncoderConfig, device: str = "cpu", amp: bool = False, batch: int = 16
+    ) -> None:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         self.cfg = cfg
+        self.batch = max(int(batch), 1)
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         folder = Path(cfg.model).expanduser()
@@ -128,10 +131,19 @@ class AudioEncoder:
 
     @property
     def frame_rate_hz(self) -> float:
-        """Output frames per second: 16000 / product of the CNN strides (50.0 for wav2vec2)."""
+        """Stored frames per second: 16000 / product of the CNN strides (50.0 for wav2vec2), or
+        one per fragment hop with fragment-level encoding."""
+        if self.cfg.fragment_s > 0:
+            return 1.0 / self.cfg.fragment_hop_s
         return self.cfg.sample_rate / math.prod(self.model.config.conv_stride)
 
     def num_frames(self, num_samples: int) -> int:
+        """Stored frames for ``num_samples`` samples: fragments, or wav2vec2 frames (16000 -> 49)."""
+        if self.cfg.fragment_s > 0:
+            return len(self.fragments(num_samples)) if self.cnn_frames(num_samples) else 0
+        return self.cnn_frames(num_samples)
+
+    def cnn_frames(self, num_samples: int) -> int:
         """Frames the CNN front end produces for ``num_samples`` samples (16000 -> 49 for wav2vec2)."""
         length = int(num_samples)
         for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride, strict=True):
@@ -147,23 +159,56 @@ class AudioEncoder:
         """Encode one clip: one forward, or overlapping windows for audio over ``cfg.window_s``.
 
         wave: ``[S]`` float32 mono samples at 16 kHz (amplitude as decoded, about [-1, 1]).
-        Returns ``[T, L, dim]`` float32 on CPU, ``T = num_frames(S)`` (about 50 per second),
-        ``L = len(cfg.layers)`` in the order given.
+        Returns ``[T, L, dim]`` float32 on CPU, ``T = num_frames(S)`` (about 50 per second, or one
+        per fragment), ``L = len(cfg.layers)`` in the order given.
         """
         w = np.asarray(wave, dtype=np.float32)
         if w.ndim != 1:
             raise ValueError(f"wave must be 1-D [S] samples; got shape {w.shape}")
-        if self.num_frames(w.shape[0]) < 1:
+        if self.cnn_frames(w.shape[0]) < 1:
             raise ValueError(
                 f"audio too short for wav2vec2: {w.shape[0]} samples "
                 f"({w.shape[0] / self.cfg.sample_rate:.4f} s) give no output frame"
             )
         if not np.isfinite(w).all():
             raise ValueError("wave contains NaN or infinite samples")
+        if self.cfg.fragment_s > 0:
+            return self._encode_fragments(w)
         inputs = self.feature_extractor(w, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
         x = inputs["input_values"][0].to(self.device, torch.float32)  # [S], normalised over the clip
         spans = self.windows(x.shape[0])
         return torch.cat([self._forward(x[a:b])[c:d] for a, b, c, d in spans]).to("cpu", torch.float32)
+
+    def fragments(self, n_samples: int) -> list[tuple[int, int]]:
+        """``(a, b)`` sample spans of DE-III's fragments: ``fragment_s`` long, every ``fragment_hop_s``.
+
+        Fragments start at 0, hop, 2 hop, ... while a whole fragment fits; one more fragment ends
+        exactly at the clip's end whenever audio is left after the last whole one (no tail is
+        dropped, and every fragment has the same length, so they batch). A clip shorter than one
+        fragment is one fragment.
+        """
+        size = round(self.cfg.fragment_s * self.cfg.sample_rate)
+        hop = max(round(self.cfg.fragment_hop_s * self.cfg.sample_rate), 1)
+        if n_samples <= size:
+            return [(0, n_samples)]
+        spans = [(a, a + size) for a in range(0, n_samples - size + 1, hop)]
+        if spans[-1][1] < n_samples:
+            spans.append((n_samples - size, n_samples))
+        return spans
+
+    def _encode_fragments(self, w: np.ndarray) -> torch.Tensor:
+        """``[M, L, dim]``: each fragment normalised and encoded on its own (as if it were a clip),
+        its wav2vec2 frames mean-pooled; fragments go through the model ``self.batch`` at a time."""
+        spans = self.fragments(w.shape[0])
+        out = []
+        for k in range(0, len(spans), self.batch):
+            pieces = [w[a:b] for a, b in spans[k : k + self.batch]]
+            inputs = self.feature_extractor(pieces, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
+            x = inputs["input_values"].to(self.device, torch.float32)  # equal lengths: no padding
+            with torch.inference_mode(), self._autocast():
+                hidden = self.model(x, output_hidden_states=True).hidden_states
+                out.append(torch.stack([hidden[i] for i in self.cfg.layers], dim=2).float().mean(1))
+        return torch.cat(out).to("cpu", torch.float32)
 
     def windows(self, n_samples: int) -> list[tuple[int, int, int, int]]:
         """``(a, b, c, d)`` per forward: samples ``[a, b)`` in, output frames ``[c, d)`` kept.
@@ -174,7 +219,7 @@ class AudioEncoder:
         window keeps its central frames, so every output frame saw at least ``context_s`` of audio on
         both sides (or the clip's edge) and the frames tile the clip exactly once.
         """
-        total = self.num_frames(n_samples)
+        total = self.cnn_frames(n_samples)
         hop = math.prod(self.model.config.conv_stride)
         field = (
             sum(

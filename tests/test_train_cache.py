@@ -37,3 +37,14 @@ def test_train_never_imports_extract():
         "assert not any(m.startswith('aver.extract') for m in sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pooled_audio_fragments_keep_the_tail():
+    """The trainer's fragments (mean over `window` 50 Hz frames every `hop`) cover the last frames."""
+    from aver.train.data import audio_fragments
+
+    frames = np.arange(23, dtype=np.float32)[:, None, None].repeat(2, axis=2)  # [A=23, L=1, D=2]
+    out = audio_fragments(frames, window=10, hop=5, layer=None)
+    assert out[:, 0].tolist() == [4.5, 9.5, 14.5, 17.5]  # windows 0-9, 5-14, 10-19 and 13-22
+    assert audio_fragments(frames[:20], 10, 5, None)[:, 0].tolist() == [4.5, 9.5, 14.5]  # no extra
+    assert audio_fragments(frames[:7], 10, 5, 0)[:, 0].tolist() == [3.0]  # shorter than a window

@@ -68,7 +68,8 @@ class ClipTensors:
 def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None) -> np.ndarray:
     """``[A, L, D]`` wav2vec2 frames -> ``[M, D]`` fragments: mean over ``window`` frames every ``hop``.
 
-    A clip shorter than one window gives one fragment (the mean of what there is).
+    A clip shorter than one window gives one fragment (the mean of what there is). When frames are
+    left after the last whole window, one more window ends at the last frame: no tail is dropped.
     """
     x = frames.astype(np.float32)
     x = x.mean(axis=1) if layer is None else x[:, layer]
@@ -76,6 +77,8 @@ def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None
     if a <= window:
         return x.mean(axis=0, keepdims=True)
     starts = np.arange(0, a - window + 1, hop)
+    if starts[-1] + window < a:
+        starts = np.append(starts, a - window)
     csum = np.concatenate([np.zeros((1, x.shape[1]), np.float64), np.cumsum(x, axis=0, dtype=np.float64)])
     return ((csum[starts + window] - csum[starts]) / window).astype(np.float32)
 

@@ -2,6 +2,7 @@
 
     python bench/extract.py [--preset tiny] [--device cpu] [--flow dis] [--actors 3] [--seconds 2]
     python bench/extract.py --long [5 60 300]     # peak memory against clip length
+    python bench/extract.py --detect --size 640x480  # face boxes: detection stride / resolution vs IoU
 
 Prints one table: frames/s of every stage run alone over the same clips (decode, MTCNN, crop,
 flow, frame encoder, flow image + encoder, audio, store write), end-to-end frames/s of a real
@@ -228,6 +229,54 @@ def long_clip_memory(durations: list[float], device: str) -> None:
             print(f"| {seconds:g} s | {r['frames']} | {r['rss_gib']:.2f} GiB | {r['seconds']:.0f} s |")
 
 
+def detect_accuracy(cfg, index, combos: list[tuple[int, int]]) -> None:
+    """Box accuracy and speed of face detection at a stride and a detection resolution: IoU of the
+    smoothed crop boxes against every-frame detection at 640 px, and detected frames/s."""
+    import contextlib
+    import dataclasses
+
+    from aver.extract.faces import FaceDetector, detect_frames, smooth_boxes, track_face
+    from aver.extract.media import iter_video_frames
+
+    clips = [np.concatenate([f for f, _ in iter_video_frames(c.video, 256)]) for c in index.clips]
+    results = {}
+    for every, side in [(1, 640), *combos]:
+        face = dataclasses.replace(cfg.face, detect_every=every, detect_max_side=side)
+        det = FaceDetector(face, cfg.runtime.device)
+        boxes, seconds, frames = [], 0.0, 0
+        for f in clips:
+            dets, s = timed(
+                cfg.runtime.device,
+                lambda f=f, det=det, every=every: detect_frames(
+                    det, f, 0, every, cfg.runtime.detect_batch, contextlib.nullcontext()
+                ),
+            )
+            seconds, frames = seconds + s, frames + len(f)
+            track = track_face(dets, f.shape[1:3], "bench")
+            boxes.append(smooth_boxes(track.boxes, face.smooth_window, face.margin, f.shape[1:3]))
+        results[(every, side)] = (np.concatenate(boxes), frames / seconds)
+    ref = results[(1, 640)][0]
+    print(f"machine: {machine()}")
+    h, w = clips[0].shape[1:3]
+    print(
+        f"{len(clips)} clips, {sum(len(c) for c in clips)} frames at {w}x{h}; IoU against every frame at 640 px"
+    )
+    print("| detect every | detect side | frames/s | mean IoU | min IoU |")
+    print("| --- | --- | --- | --- | --- |")
+    for (every, side), (b, fps) in results.items():
+        iou = _iou(ref, b)
+        print(f"| {every} | {side} | {fps:.1f} | {iou.mean():.3f} | {iou.min():.3f} |")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    x2, y2 = np.minimum(a[:, 2], b[:, 2]), np.minimum(a[:, 3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a + area_b - inter)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -243,6 +292,12 @@ def main() -> None:
         metavar="SECONDS",
         help="peak RSS of extracting one clip of each length instead (default 5 60 300)",
     )
+    ap.add_argument("--size", default="320x240", help="synthetic frame size WxH")
+    ap.add_argument(
+        "--detect",
+        action="store_true",
+        help="face detection only: IoU and frames/s at detection strides and resolutions",
+    )
     args = ap.parse_args()
     if args.long is not None:
         long_clip_memory(args.long or [5.0, 60.0, 300.0], args.device)
@@ -253,11 +308,17 @@ def main() -> None:
     sets = [f"runtime.device={json.dumps(args.device)}", *args.set]
     if args.flow:
         sets.append(f"flow.backend={json.dumps(args.flow)}")
-    cfg = apply_overrides(preset_config(args.preset, "synthetic"), sets)
+    cfg = apply_overrides(preset_config(args.preset, "synthetic"), sets).resolved()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        width, height = (int(v) for v in args.size.split("x"))
         options = {"n_actors": args.actors, "clips_per_emotion": 1, "seconds": args.seconds}
+        options.update(width=width, height=height)
         index = load_dataset("synthetic", DatasetOptions(data=tmp / "corpus", options=options))
+        if args.detect:
+            combos = [(2, 640), (3, 640), (5, 640), (1, 480), (1, 320), (3, 320)]
+            detect_accuracy(cfg, index, combos)
+            return
         models = Models.build(cfg)
         stage_times(cfg, index, models)  # warm-up: first calls pay for allocator and kernel set-up
         times, frames = stage_times(cfg, index, models)

@@ -37,6 +37,7 @@ class Prepared:
     fps: float
     audio: np.ndarray  # float32 [S_audio] 16 kHz mono
     notes: list[str]  # what was cut or kept, recorded in clips/note
+    audio_features: object = None  # wav2vec2 output when encoded here (CPU: see ``encode_audio_early``)
 
     @property
     def n_frames(self) -> int:
@@ -45,7 +46,7 @@ class Prepared:
 
 def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Capacity) -> Prepared:
     """Decode, detect, track, crop and load audio for one clip. Raises ``ClipError`` on bad input."""
-    from .faces import smooth_boxes, track_face
+    from .faces import detect_frames, smooth_boxes, track_face
     from .media import iter_video_frames, load_audio, probe_video
 
     rt = cfg.runtime
@@ -55,9 +56,8 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
     for frames, ts in iter_video_frames(rec.video, rt.decode_batch, max_seconds, notes=notes):
         frames, ts = frames[: cap.frames - len(stamps)], ts[: cap.frames - len(stamps)]
         hw = frames.shape[1:3]
-        for k in range(0, len(frames), rt.detect_batch):
-            with models.lock:
-                dets.extend(models.detector.detect(frames[k : k + rt.detect_batch]))
+        every = cfg.face.detect_every
+        dets.extend(detect_frames(models.detector, frames, len(stamps), every, rt.detect_batch, models.lock))
         stamps.extend(ts.tolist())
         if len(stamps) >= cap.frames:
             log.warning("%s: longer than the store capacity; cut at %d frames", rec.video, cap.frames)
@@ -96,7 +96,16 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         float(fps),
         audio,
         notes,
+        models.audio(audio) if encode_audio_early(cfg) else None,
     )
+
+
+def encode_audio_early(cfg: ExtractConfig) -> bool:
+    """On a CPU with single-threaded kernels (``runtime.threads=1``) wav2vec2 runs in the decode-
+    ahead threads, beside detection, so that they and the image encoders (the main thread) keep both
+    cores busy; on a GPU it stays with the other models."""
+    rt = cfg.runtime.resolved()
+    return rt.device == "cpu" and rt.threads == 1
 
 
 def _crop_pass(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
@@ -144,6 +153,7 @@ def _compute_short(
     from .flow import flow_pairs, flow_to_image, normalise_flow
 
     rt = cfg.runtime
+    encode_audio(group, models)
     lengths = [p.n_frames for p in group]
     crops = torch.cat([p.crops for p in group])  # uint8 [sum T, 3, S, S]
     frame_feats = models.image.encode_batched(crops, rt.image_batch).split(lengths)
@@ -178,9 +188,16 @@ def _compute_short(
     ]
 
 
+def encode_audio(group: list[Prepared], models: Models) -> None:
+    """wav2vec2 for the clips of ``group`` not encoded yet, batched across clips (``encode_many``)."""
+    todo = [p for p in group if p.audio_features is None]
+    for p, feats in zip(todo, models.audio.encode_many([p.audio for p in todo]), strict=True):
+        p.audio_features = feats
+
+
 def audio_result(p: Prepared, models: Models, cap: Capacity) -> dict:
     """The audio features and the per-frame face track of a clip, as ``ClipResult`` fields."""
-    audio = models.audio(p.audio)
+    audio = p.audio_features if p.audio_features is not None else models.audio(p.audio)
     if len(audio) > cap.audio:
         p.notes.append(
             f"audio cut at {cap.audio} of {len(audio)} wav2vec2 frames: the store's audio capacity"

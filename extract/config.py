@@ -28,6 +28,7 @@ LATE_FIELDS = {
     ("audio", "context_s"): 5.0,
     ("audio", "fragment_s"): 0.0,
     ("audio", "fragment_hop_s"): 0.0,
+    ("face", "detect_every"): 1,
     ("flow", "sigma"): "pixel",
 }
 
@@ -46,6 +47,7 @@ class FaceConfig:
     factor: float = 0.709  # image pyramid scale step
     min_prob: float = 0.90  # detections below this are ignored
     detect_max_side: int = 640  # frames are downscaled to this longest side for detection
+    detect_every: int = 1  # detect on every k-th frame; boxes in between are interpolated (as gaps)
     smooth_window: int = 9  # frames, centred moving average of box centre and size (odd)
     margin: float = 0.15  # fraction of the box side added on every side before squaring
     crop_size: int = 224  # output crops are crop_size x crop_size RGB
@@ -60,6 +62,7 @@ class FaceConfig:
         _check(self.margin >= 0.0, "face.margin must be >= 0")
         _check(self.crop_size >= 16, "face.crop_size must be >= 16")
         _check(self.detect_max_side >= 64, "face.detect_max_side must be >= 64")
+        _check(self.detect_every >= 1, "face.detect_every must be >= 1")
 
 
 @dataclass
@@ -167,16 +170,49 @@ def _layer_list(layers: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in layers)
 
 
+# Batch sizes per kind of device, for the runtime fields left unset (None). Measured on a 2-core
+# Xeon (bench/RESULTS.md): EfficientNet-B2 runs ~22 ms per image at batch 8 in channels_last and
+# ~44 at batch 32 (caches thrash); a GPU wants large fixed-shape batches.
+DEVICE_DEFAULTS = {
+    "cpu": {
+        "image_batch": 8,
+        "flow_batch": 8,
+        "detect_batch": 16,
+        "audio_batch": 1,  # clip by clip: bit-stable whatever the grouping (see AudioEncoder.encode_many)
+        "threads": 0,  # torch's default (all cores per op, ops serialised); 1 overlaps instead
+        "amp": False,  # float32; true: bf16 with AMX, 1.15x faster end to end (bench/RESULTS.md)
+    },
+    "cuda": {
+        "image_batch": 64,
+        "flow_batch": 16,
+        "detect_batch": 32,
+        "audio_batch": 32,
+        "threads": 0,
+        "amp": True,
+    },
+}
+
+
 @dataclass
 class RuntimeConfig:
-    """How a run executes. Recorded per run, not hashed: it must not change the stored numbers."""
+    """How a run executes. Recorded per run, not hashed: it must not change the stored numbers.
+
+    Batch sizes left at None take the device's defaults (``DEVICE_DEFAULTS``) when a run starts
+    (``resolved``); the run log records the values used.
+    """
 
     device: str = "cpu"
-    amp: bool = True  # autocast on CUDA (ignored on CPU)
-    image_batch: int = 64  # images per encoder batch (fixed size; the last one is padded)
-    flow_batch: int = 16  # frame pairs per flow batch
-    detect_batch: int = 32  # frames per MTCNN call
-    audio_batch: int = 16  # audio fragments per wav2vec2 batch (audio.fragment_s > 0)
+    amp: bool | None = None  # bf16 autocast: default on CUDA; off on the CPU (float32), where true uses AMX
+    image_batch: int | None = None  # images per encoder batch (fixed size; the last one is padded)
+    flow_batch: int | None = None  # frame pairs per flow batch
+    detect_batch: int | None = None  # frames per MTCNN call
+    audio_batch: int | None = None  # audio fragments per wav2vec2 batch (audio.fragment_s > 0)
+    # torch intra-op threads during a run (0: torch's default). With 1 on a CPU, the decode-ahead
+    # threads (decoding, detection, cropping, wav2vec2) and the image encoders run at once on
+    # different cores with bit-stable results (a single-threaded kernel gives the same bits however
+    # busy the machine is); otherwise model compute is serialised by a lock. On 2 cores the default
+    # is faster (bench/RESULTS.md); on many-core CPUs, 1 thread with --workers N is the option.
+    threads: int | None = None
     decode_batch: int = 64  # frames decoded at a time (bounds memory on long clips)
     group_frames: int = 1024  # clips are packed into groups of about this many frames
     stream_frames: int = 256  # longer clips are streamed through temporary files (flat memory)
@@ -197,8 +233,16 @@ class RuntimeConfig:
             "stream_frames",
             "stream_window",
         ):
-            _check(getattr(self, name) >= 1, f"runtime.{name} must be >= 1")
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"runtime.{name} must be >= 1")
+        _check(self.threads is None or self.threads >= 0, "runtime.threads must be >= 0 (0: torch's default)")
         _check(self.prefetch >= 0 and self.workers >= 0, "runtime.prefetch/workers must be >= 0")
+
+    def resolved(self, device: str | None = None) -> RuntimeConfig:
+        """A copy with every unset batch size taken from the defaults of ``device`` (default: its own)."""
+        kind = "cuda" if (device or self.device).startswith("cuda") else "cpu"
+        unset = {k: v for k, v in DEVICE_DEFAULTS[kind].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **unset)
 
 
 @dataclass
@@ -221,6 +265,10 @@ class ExtractConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> ExtractConfig:
+        """A copy whose runtime batch sizes are set for its device (see ``RuntimeConfig.resolved``)."""
+        return dataclasses.replace(self, runtime=self.runtime.resolved())
 
     def hashed_dict(self) -> dict[str, Any]:
         d = self.to_dict()

@@ -125,6 +125,23 @@ class FaceDetector:
         return out
 
 
+def detect_frames(
+    detector: FaceDetector, frames: np.ndarray, first: int, every: int, batch: int, lock
+) -> list[np.ndarray]:
+    """Detections for ``frames`` (the clip's frames ``first``, ``first + 1``, ...), running MTCNN
+    only on the frames whose clip index is a multiple of ``every``, ``batch`` frames per call;
+    the others get no detection and are filled by the tracker like any gap."""
+    out = [_empty_dets() for _ in range(len(frames))]
+    chosen = [k for k in range(len(frames)) if (first + k) % every == 0]
+    for a in range(0, len(chosen), batch):
+        picked = chosen[a : a + batch]
+        with lock:
+            found = detector.detect(frames[picked] if every > 1 else frames[picked[0] : picked[-1] + 1])
+        for k, d in zip(picked, found, strict=True):
+            out[k] = d
+    return out
+
+
 @dataclass
 class FaceTrack:
     """One face followed through a clip of T frames.
@@ -254,6 +271,20 @@ def smooth_boxes(boxes: np.ndarray, window: int, margin: float, frame_hw: tuple[
     return out.astype(np.float32)
 
 
+def _face_region(x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames cut to the union of the boxes (two pixels of margin for the bilinear neighbours)
+    and the boxes in its coordinates. When a box reaches outside the frame the frames are kept
+    whole, so roi_align's frame-edge rule (black outside) applies exactly as on the full frame."""
+    h, w = x.shape[1:3]
+    lo, hi = b.min(0).values, b.max(0).values
+    if lo[0] < 0 or lo[1] < 0 or hi[2] > w or hi[3] > h:
+        return x, b
+    x0, y0 = max(int(lo[0].floor()) - 2, 0), max(int(lo[1].floor()) - 2, 0)
+    x1, y1 = min(int(hi[2].ceil()) + 2, w), min(int(hi[3].ceil()) + 2, h)
+    shift = torch.tensor([x0, y0, x0, y0], dtype=b.dtype, device=b.device)
+    return x[:, y0:y1, x0:x1], b - shift
+
+
 def crop_faces(
     frames: np.ndarray | torch.Tensor, boxes: np.ndarray | torch.Tensor, size: int
 ) -> torch.Tensor:
@@ -272,7 +303,8 @@ def crop_faces(
 
     Returns:
         ``uint8 [B, 3, size, size]`` RGB on the frames' device (rounded to nearest).
-        Memory: a float32 copy of the whole batch is made, ``B * H * W * 12`` bytes.
+        Only the region the boxes cover (their union, plus two pixels) is converted to float, so
+        the cost follows the face, not the frame (the whole frame when a box leaves it).
     """
     from torchvision.ops import roi_align
 
@@ -284,6 +316,7 @@ def crop_faces(
         raise ValueError(f"crop_faces wants one box per frame [{x.shape[0]}, 4], got {tuple(b.shape)}")
     if x.shape[0] == 0:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=x.device)
+    x, b = _face_region(x, b)
     img = x.permute(0, 3, 1, 2).float()
     idx = torch.arange(x.shape[0], device=x.device, dtype=torch.float32).unsqueeze(1)
     crops = roi_align(

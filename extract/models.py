@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 class Models:
     """Face detector, flow backend, image encoder (frames and flow) and audio encoder.
 
-    ``lock`` serialises model compute on the CPU: when two threads run torch ops at once, OpenMP
-    gives each a different share of the cores, the summation order changes and the stored bits
-    differ from run to run. Decoding still overlaps (it runs outside the lock). On CUDA it is a
-    no-op: kernel results do not depend on host threads.
+    ``lock`` serialises model compute on a CPU with multi-threaded kernels: when two threads run
+    torch ops at once, OpenMP gives each a different share of the cores, the summation order
+    changes and the stored bits differ from run to run. With one thread per op (the CPU default,
+    ``runtime.threads=1``) the kernels' results do not depend on concurrency, so the lock is a
+    no-op and detection overlaps the encoders; it is a no-op on CUDA too.
     """
 
     detector: Any
@@ -42,7 +43,7 @@ class Models:
         from .flow import build_flow_backend
 
         device = device or cfg.runtime.device
-        amp = cfg.runtime.amp and device.startswith("cuda")
+        amp = bool(cfg.runtime.resolved(device).amp)
         built, missing = {}, []
         # the paper preset never falls back to a random-init face model
         no_face_weights = cfg.preset == "paper" and not cfg.image.weights
@@ -52,7 +53,9 @@ class Models:
             missing.append(f"- image: no face weights given. {FACE_WEIGHTS_HELP}")
         factories = {
             "image": lambda: ImageEncoder(cfg.image, device=device, amp=amp),
-            "audio": lambda: AudioEncoder(cfg.audio, device=device, amp=amp, batch=cfg.runtime.audio_batch),
+            "audio": lambda: AudioEncoder(
+                cfg.audio, device=device, amp=amp, batch=cfg.runtime.resolved(device).audio_batch
+            ),
             "flow": lambda: build_flow_backend(cfg.flow, device, amp=amp),
             "detector": lambda: FaceDetector(cfg.face, device=device),
         }
@@ -67,7 +70,9 @@ class Models:
             raise MissingWeightsError(
                 f"preset {cfg.preset!r} cannot run on this machine; missing weights:\n" + "\n".join(missing)
             )
-        return cls(**built, lock=threading.Lock() if device == "cpu" else contextlib.nullcontext())
+        # On a CPU with multi-threaded kernels, model compute is serialised (see RuntimeConfig.threads)
+        serialise = device == "cpu" and cfg.runtime.resolved(device).threads != 1
+        return cls(**built, lock=threading.Lock() if serialise else contextlib.nullcontext())
 
     def dims(self, cfg: ExtractConfig) -> dict[str, int]:
         return {

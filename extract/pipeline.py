@@ -13,6 +13,7 @@ builds the models once and writes its clips straight into the store (local path 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -141,6 +142,26 @@ def extract_indices(
     progress: bool = True,
 ) -> Summary:
     """Process clips ``indices`` in this process and commit each one. Never raises for a bad clip."""
+    cfg = cfg.resolved()
+    with torch_threads(cfg.runtime.threads):
+        return _extract_indices(indices, index, cfg, writer, cap, models, progress)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` for the block (0: leave them), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _extract_indices(indices, index, cfg, writer, cap, models, progress) -> Summary:
     from tqdm import tqdm
 
     from .clip import compute_group
@@ -245,6 +266,7 @@ def run_extraction(
     """
     from .models import Models
 
+    cfg = cfg.resolved()
     distributed = executor is not None or bool(cfg.runtime.workers or cfg.runtime.scheduler)
     models = Models.build(cfg, device="cpu" if distributed else cfg.runtime.device)
     with StoreLease(url, storage_options):  # one driver per store (see aver.lease)

@@ -233,3 +233,75 @@ def test_astronaut_crop_still_contains_a_face(detector: FaceDetector, astro_dets
     assert again.shape[0] == 1 and again[0, 4] > 0.99
     # The face fills the square crop: side / (1 + 2 * margin) of 160 px, about 123 px.
     assert 90 < again[0, 2] - again[0, 0] < 150
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    x2, y2 = np.minimum(a[:, 2], b[:, 2]), np.minimum(a[:, 3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_detection_stride_and_downscale_keep_the_track(tmp_path, detector: FaceDetector) -> None:
+    """face.detect_every=3 runs MTCNN on every third frame (the clip's index, across decode
+    batches) and interpolates the rest; a coarser detect_max_side as well. On a real-photo clip the
+    smoothed boxes stay within IoU 0.9 of every-frame detection (bench/extract.py --detect measures
+    the cost on the whole corpus)."""
+    import contextlib
+
+    from aver.extract.datasets import DatasetOptions, load_dataset
+    from aver.extract.faces import detect_frames
+    from aver.extract.media import iter_video_frames
+
+    opts = {
+        "n_actors": 3,
+        "emotions": ["happy"],
+        "clips_per_emotion": 1,
+        "seconds": 1.2,
+        "width": 640,
+        "height": 480,
+    }
+    clip = load_dataset("synthetic", DatasetOptions(data=tmp_path, options=opts)).clips[0].video
+    frames = np.concatenate([f for f, _ in iter_video_frames(clip, 64)])
+    hw = frames.shape[1:3]
+
+    def boxes(det, every, first_batch=None):
+        first_batch = first_batch or len(frames)
+        dets = []
+        for a in range(0, len(frames), first_batch):  # decode batches do not shift the stride
+            dets += detect_frames(det, frames[a : a + first_batch], a, every, 8, contextlib.nullcontext())
+        track = track_face(dets, hw, clip)
+        return smooth_boxes(track.boxes, 9, 0.15, hw), track.mask
+
+    full, mask = boxes(detector, 1)
+    strided, smask = boxes(detector, 3, first_batch=10)
+    assert mask.all() and smask.tolist() == [t % 3 == 0 for t in range(len(frames))]
+    assert _iou(full, strided).min() > 0.9
+    small = FaceDetector(FaceConfig(detect_max_side=320, min_face_size=20))
+    coarse, _ = boxes(small, 1)
+    assert _iou(full, coarse).min() > 0.9
+
+
+def test_crop_of_the_face_region_equals_the_full_frame_crop() -> None:
+    """crop_faces converts only the boxes' region; the crops match roi_align on whole frames
+    (within one grey level: the sample coordinates are rounded differently after the shift)."""
+    from torchvision.ops import roi_align
+
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (6, 240, 320, 3), dtype=np.uint8))
+    boxes = np.array(
+        [[40.3, 30.7, 190.2, 181.9], [41, 31, 191, 182], [60.5, 20.25, 150.5, 110.25]] * 2, np.float32
+    )
+    got = crop_faces(frames, boxes, 64)
+    idx = torch.arange(6, dtype=torch.float32)[:, None]
+    full = roi_align(
+        frames.permute(0, 3, 1, 2).float(),
+        torch.cat([idx, torch.from_numpy(boxes)], 1),
+        output_size=(64, 64),
+        sampling_ratio=-1,
+        aligned=True,
+    )
+    full = full.round().clamp(0, 255).to(torch.uint8)
+    diff = (got.int() - full.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01

@@ -85,7 +85,7 @@ class AudioEncoder:
         self.cfg = cfg
         self.batch = max(int(batch), 1)
         self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp = bool(amp)  # bf16 autocast on CUDA, and on the CPU when asked (runtime.amp=true)
         folder = Path(cfg.model).expanduser()
         self.local = folder.is_dir()
         if not self.local and _looks_like_path(cfg.model):
@@ -153,7 +153,7 @@ class AudioEncoder:
         return length
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return autocast(self.device, self.amp)
+        return autocast(self.device, self.amp, cpu=True)
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
         """Encode one clip: one forward, or overlapping windows for audio over ``cfg.window_s``.
@@ -178,6 +178,62 @@ class AudioEncoder:
         x = inputs["input_values"][0].to(self.device, torch.float32)  # [S], normalised over the clip
         spans = self.windows(x.shape[0])
         return torch.cat([self._forward(x[a:b])[c:d] for a, b, c, d in spans]).to("cpu", torch.float32)
+
+    BUCKET_S = 1.0  # clips batched together are padded to a whole number of these seconds
+
+    def encode_many(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """Several clips at once, each as ``__call__`` would give it (within float tolerance).
+
+        Clips up to ``cfg.window_s`` are padded to a whole number of ``BUCKET_S`` seconds and
+        encoded ``self.batch`` at a time with an attention mask, among clips of the same padded
+        length; a partial batch is filled with copies of its last clip, so every forward of a
+        bucket has one shape. A clip's frames equal its forward alone within float tolerance
+        (tested: 1e-4), but their last bits can depend on the clips sharing its batch: with
+        ``batch`` = 1 (the CPU default) every clip is encoded alone and the store is bit-stable.
+        Models whose feature encoder uses group norm (wav2vec2-base) cannot take padded batches
+        and, like fragment-level encoding and longer clips, are encoded one clip at a time.
+        """
+        out: list[torch.Tensor | None] = [None] * len(waves)
+        batchable = self.model.config.feat_extract_norm == "layer" and not self.cfg.fragment_s > 0
+        limit = int(self.cfg.window_s * self.cfg.sample_rate)
+        bucket = int(self.BUCKET_S * self.cfg.sample_rate)
+        groups: dict[int, list[int]] = {}
+        for k, w in enumerate(waves):
+            n = len(w)
+            if batchable and 0 < n <= limit and self.batch > 1 and self.cnn_frames(n) >= 1:
+                groups.setdefault(-(-n // bucket) * bucket, []).append(k)
+            else:
+                out[k] = self(w)
+        for length, members in groups.items():
+            for a in range(0, len(members), self.batch):
+                chunk = members[a : a + self.batch]
+                for k, feats in zip(
+                    chunk, self._padded_forward([waves[k] for k in chunk], length), strict=True
+                ):
+                    out[k] = feats
+        return out  # type: ignore[return-value]
+
+    def _padded_forward(self, waves: list[np.ndarray], length: int) -> list[torch.Tensor]:
+        """``len(waves)`` clips padded to ``length`` samples, in a batch of exactly ``self.batch``."""
+        for w in waves:
+            if not np.isfinite(w).all():
+                raise ValueError("wave contains NaN or infinite samples")
+        rows = [np.asarray(w, dtype=np.float32) for w in waves]
+        rows += [rows[-1]] * (self.batch - len(rows))
+        inputs = self.feature_extractor(
+            rows,
+            sampling_rate=self.cfg.sample_rate,
+            padding="max_length",
+            max_length=length,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        x = inputs["input_values"].to(self.device, torch.float32)
+        mask = inputs["attention_mask"].to(self.device)
+        with torch.inference_mode(), self._autocast():
+            hidden = self.model(x, attention_mask=mask, output_hidden_states=True).hidden_states
+            stacked = torch.stack([hidden[i] for i in self.cfg.layers], dim=2).float().cpu()
+        return [stacked[k, : self.cnn_frames(len(w))] for k, w in enumerate(waves)]
 
     def fragments(self, n_samples: int) -> list[tuple[int, int]]:
         """``(a, b)`` sample spans of DE-III's fragments: ``fragment_s`` long, every ``fragment_hop_s``.

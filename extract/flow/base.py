@@ -54,7 +54,7 @@ class FlowBackend:
     """Base class: validates inputs, runs ``_flow`` under ``inference_mode``, returns CPU float32.
 
     Subclasses set ``name`` (the registry key) and ``variant`` and implement ``_flow``.
-    ``amp`` enables CUDA autocast inside ``_flow`` (ignored on CPU); the result is float32 either way.
+    ``amp`` enables bf16 autocast inside ``_flow`` (CUDA; the CPU too); the result is float32 either way.
     """
 
     name: str = ""
@@ -62,7 +62,7 @@ class FlowBackend:
 
     def __init__(self, device: str = "cpu", amp: bool = False) -> None:
         self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp = bool(amp)  # bf16 autocast on CUDA, and on the CPU when asked (runtime.amp=true)
 
     def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         """Flow from ``prev`` to ``nxt``.
@@ -88,7 +88,7 @@ class FlowBackend:
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Mixed precision on CUDA when ``amp`` is on (``aver.utils.autocast``), else a no-op."""
-        return autocast(self.device, self.amp)
+        return autocast(self.device, self.amp, cpu=True)
 
     def provenance(self) -> dict[str, Any]:
         """What made the numbers: backend, variant, weights, weights_sha256, n_params, notes."""

@@ -61,7 +61,7 @@ train: $(STAMP)
 
 cv: $(STAMP)
 	$(AVER) cv --cache $(STORE) --variant $(VARIANT) --preset $(PRESET) --device $(DEVICE) \
-	  --out $(RUNS)/$(DATASET)/$(VARIANT) $(if $(FOLDS),--folds $(FOLDS)) $(EXTRA)
+	  --out $(RUNS)/$(DATASET)/$(VARIANT) $(if $(FOLDS),--folds $(FOLDS)) --workers $(WORKERS) $(EXTRA)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)

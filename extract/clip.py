@@ -167,10 +167,12 @@ def _compute_short(
     idx = torch.cat(pairs).to(crops.device)
     flows = torch.cat(
         [
-            models.flow(crops[idx[k : k + rt.flow_batch, 0]], crops[idx[k : k + rt.flow_batch, 1]])
+            models.flow(
+                crops[idx[k : k + rt.flow_batch, 0]], crops[idx[k : k + rt.flow_batch, 1]], keep_device=True
+            )
             for k in range(0, len(idx), rt.flow_batch)
         ]
-    )  # float32 [sum P, 2, S, S]
+    )  # float32 [sum P, 2, S, S] on the run's device: normalised, imaged and encoded there
     images = torch.cat(
         [
             flow_to_image(normalise_flow(f, cfg.flow.eps, cfg.flow.sigma), cfg.flow.image_clip)

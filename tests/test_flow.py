@@ -449,3 +449,13 @@ def test_backends_on_cuda_return_cpu_float32(amp):
         flow = backend(crops[:2], crops[1:])
         assert flow.shape == (2, 2, 224, 224) and flow.dtype == torch.float32 and flow.device.type == "cpu"
         assert torch.isfinite(flow).all()
+        resident = backend(crops[:2], crops[1:], keep_device=True)  # the hot path: no host round trip
+        assert resident.device.type == "cuda"
+        torch.testing.assert_close(resident.cpu(), flow)
+
+
+def test_keep_device_returns_the_same_flow_on_the_backends_device():
+    crops = _face_crops(3)
+    backend = build_flow_backend(FlowConfig(backend="dis"), "cpu")
+    assert torch.equal(backend(crops[:2], crops[1:], keep_device=True), backend(crops[:2], crops[1:]))
+    assert backend(crops[:0], crops[:0], keep_device=True).shape == (0, 2, 224, 224)

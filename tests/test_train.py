@@ -261,6 +261,23 @@ def test_cross_validation_with_seeds(toy_cache, tmp_path):
         assert saved["train_config"]["seed"] == s
 
 
+def test_cross_validation_in_parallel_processes_matches_serial(toy_cache, tmp_path):
+    """aver cv --workers 2: the runs train in two processes at once and give the serial runs'
+    results (the CPU's threads are shared out, so sums may differ in the last bits)."""
+    from aver.train import cross_validate
+
+    model = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+    kw = {"preset": "tiny", "epochs": 2, "overrides": model}
+    serial = cross_validate(toy_cache, [1, 2], out=str(tmp_path / "serial"), **kw)
+    parallel = cross_validate(toy_cache, [1, 2], workers=2, out=str(tmp_path / "parallel"), **kw)
+    for k in (1, 2):
+        a = json.loads((tmp_path / f"serial/fold{k}/history.json").read_text())
+        b = json.loads((tmp_path / f"parallel/fold{k}/history.json").read_text())
+        np.testing.assert_allclose([h["train_loss"] for h in a], [h["train_loss"] for h in b], rtol=1e-4)
+    assert parallel["reported"]["accuracy"]["n"] == 2
+    assert parallel["reported"]["accuracy"]["mean"] == pytest.approx(serial["reported"]["accuracy"]["mean"], abs=0.07)
+
+
 TABLE4 = [(1, 1), (3, 1), (5, 1), (7, 1), (3, 3), (5, 5), (7, 7)]  # the paper's flow window / stride
 
 
@@ -394,3 +411,15 @@ def test_report_cli_on_an_empty_folder(tmp_path):
     assert main(["report", str(tmp_path)]) == 0
     assert "No runs found" in (tmp_path / "report.md").read_text()
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_device_resident_training_matches_host_batches(toy_cache, tmp_path):
+    """resident=true (features on the GPU, batches assembled there) trains as host-side batches do."""
+    a = train_fold(_cfg(toy_cache, tmp_path / "a", device="cuda", amp=False, resident=True))
+    b = train_fold(_cfg(toy_cache, tmp_path / "b", device="cuda", amp=False, resident=False))
+    ha = json.loads((tmp_path / "a/history.json").read_text())
+    hb = json.loads((tmp_path / "b/history.json").read_text())
+    np.testing.assert_allclose([h["train_loss"] for h in ha], [h["train_loss"] for h in hb], rtol=1e-4)
+    assert a["test_reported"]["accuracy"] == pytest.approx(b["test_reported"]["accuracy"], abs=0.05)

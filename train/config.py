@@ -45,6 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (paper: not mentioned); 0 disables
     progress: bool = True  # a progress bar over epochs (stderr; off in tests and with -q)
     tensorboard: bool = True  # per-epoch scalars as TensorBoard event files in <run>/tensorboard
+    resident: bool = True  # on a GPU the fold's features live on the device; batches are assembled there
     metric: str = "auto"  # validation metric that picks epochs and the head: auto = f1_macro / ccc_mean
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

@@ -35,7 +35,7 @@ from .checkpoint import (
     save_tensors,
 )
 from .config import TrainConfig
-from .data import ClipTensors, FeatureStats, batches, collate, load_clips, to_device
+from .data import ClipTensors, FeatureStats, batches, collate, load_clips, move_clips, to_device
 from .heads import HEADS, output_key
 from .tasks import Task
 
@@ -143,6 +143,8 @@ def setup_data(run: Run) -> None:
     )
     for split in run.clips.values():
         stats.apply(split)
+        if run.cfg.resident and run.cfg.device != "cpu":
+            move_clips(split, run.cfg.device)
     run.stats = stats
     run.loaded = ({s: len(v) for s, v in run.clips.items()}, time.perf_counter() - t0)
 
@@ -178,7 +180,17 @@ def setup_optimizer(run: Run) -> None:
 # -- fit ----------------------------------------------------------------------------------------
 # Settings that may differ between a run and its resumption: where things are, not what is learned;
 # and ``epochs``, which may grow (more epochs continue the same trajectory; fewer cannot undo any).
-_RESUMABLE = ("cache", "out", "device", "resume", "storage_options", "epochs", "progress", "tensorboard")
+_RESUMABLE = (
+    "cache",
+    "out",
+    "device",
+    "resume",
+    "storage_options",
+    "epochs",
+    "progress",
+    "tensorboard",
+    "resident",
+)
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:

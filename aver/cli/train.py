@@ -76,6 +76,12 @@ def register(sub) -> None:
     p.add_argument(
         "--seeds", type=int, default=1, help="train every fold with this many seeds (seed, seed+1, ...)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="train this many runs at once in separate processes (with --device cuda: one per GPU)",
+    )
     p.set_defaults(func=cmd_cv)
     p = sub.add_parser("evaluate", help="re-score a run on a cache (refuses another cache)")
     p.add_argument("--run", required=True, help="a run folder written by `aver train`")
@@ -145,7 +151,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--folds takes comma-separated fold numbers such as 1,2,3, not {args.folds!r}"
         ) from None
-    summary = cross_validate(cfg, folds, seeds=args.seeds)
+    summary = cross_validate(cfg, folds, seeds=args.seeds, workers=args.workers)
     reported = summary["reported"]
     n = next(iter(reported.values()))["n"]
     print(f"test metrics of the reported head over {n} runs: mean ± sample std")

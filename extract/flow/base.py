@@ -51,7 +51,8 @@ def pick_variant(cfg: FlowConfig, allowed: tuple[str, ...], default: str) -> str
 
 
 class FlowBackend:
-    """Base class: validates inputs, runs ``_flow`` under ``inference_mode``, returns CPU float32.
+    """Base class: validates inputs, runs ``_flow`` under ``inference_mode``, returns float32 (on
+    the CPU, or on the backend's device with ``keep_device``).
 
     Subclasses set ``name`` (the registry key) and ``variant`` and implement ``_flow``.
     ``amp`` enables bf16 autocast inside ``_flow`` (CUDA; the CPU too); the result is float32 either way.
@@ -64,21 +65,25 @@ class FlowBackend:
         self.device = torch.device(device)
         self.amp = bool(amp)  # bf16 autocast on CUDA, and on the CPU when asked (runtime.amp=true)
 
-    def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+    def __call__(self, prev: torch.Tensor, nxt: torch.Tensor, keep_device: bool = False) -> torch.Tensor:
         """Flow from ``prev`` to ``nxt``.
 
         Args:
             prev, nxt: ``uint8 [B, 3, H, W]`` RGB frames, on any device.
+            keep_device: return the flow on the backend's device (the hot path: flow, its
+                normalisation, the flow image and the encoder without a round trip to the host).
         Returns:
-            ``float32 [B, 2, H, W]`` on CPU, pixels; channel 0 = x (right), channel 1 = y (down).
+            ``float32 [B, 2, H, W]`` on CPU (or the backend's device), pixels; channel 0 = x
+            (right), channel 1 = y (down).
         """
         check_pair(prev, nxt)
         b, _, h, w = prev.shape
+        out = self.device if keep_device else torch.device("cpu")
         if b == 0:
-            return torch.zeros((0, 2, h, w), dtype=torch.float32)
+            return torch.zeros((0, 2, h, w), dtype=torch.float32, device=out)
         with torch.inference_mode():
             flow = self._flow(prev, nxt)
-        flow = flow.to(device="cpu", dtype=torch.float32).contiguous()
+        flow = flow.to(device=out, dtype=torch.float32).contiguous()
         if flow.shape != (b, 2, h, w):
             raise RuntimeError(f"{self.name} backend returned {tuple(flow.shape)}, expected {(b, 2, h, w)}")
         return flow

@@ -275,7 +275,9 @@ def test_cross_validation_in_parallel_processes_matches_serial(toy_cache, tmp_pa
         b = json.loads((tmp_path / f"parallel/fold{k}/history.json").read_text())
         np.testing.assert_allclose([h["train_loss"] for h in a], [h["train_loss"] for h in b], rtol=1e-4)
     assert parallel["reported"]["accuracy"]["n"] == 2
-    assert parallel["reported"]["accuracy"]["mean"] == pytest.approx(serial["reported"]["accuracy"]["mean"], abs=0.07)
+    assert parallel["reported"]["accuracy"]["mean"] == pytest.approx(
+        serial["reported"]["accuracy"]["mean"], abs=0.07
+    )
 
 
 TABLE4 = [(1, 1), (3, 1), (5, 1), (7, 1), (3, 3), (5, 5), (7, 7)]  # the paper's flow window / stride

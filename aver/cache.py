@@ -282,22 +282,34 @@ class FeatureCache:
                 f"({L.STATUS_NAMES.get(int(self.status[bad[0]]), 'unknown')})"
             )
 
-    def read_features(self, indices: np.ndarray) -> dict[str, list[np.ndarray]]:
+    def read_features(self, indices: np.ndarray, verify: bool = True) -> dict[str, list[np.ndarray]]:
         """Valid rows of each modality for committed clips ``indices``, in one bulk read per array.
 
         Returns ``{"frames": [float16 [T_i, D_img]], "flow": [[P_i, D_img]], "audio": [[A_i, L, D]]}``
-        in the order of ``indices``. Reads only up to the longest valid length among them.
+        in the order of ``indices``. Reads only up to the longest valid length among them. With
+        ``verify`` (and a store that records digests) the rows are checked against the clip's
+        digests: a corrupted, truncated, swapped or missing chunk is a ``CacheError`` naming it.
         """
+        from aver.integrity import digest, parse
+
         idx = np.asarray(indices, dtype=np.int64)
         self._require_done(idx)
         out: dict[str, list[np.ndarray]] = {key: [] for key in L.FEATURES}
         if not len(idx):
             return out
+        digests = self.digests() if verify else None
         for key, name in L.FEATURES.items():
             n = self.lengths[key][idx]
             block = self._read(name, idx, max(int(n.max()), 1))
             for k, i in enumerate(idx):
                 rows = np.ascontiguousarray(block[k, : n[k]])
+                recorded = parse(digests[i]).get(name) if digests is not None else None
+                if recorded is not None and digest(rows, L.ARRAYS[name].dtype) != recorded:
+                    raise CacheError(
+                        f"{self.url}: damaged cache: {name} of clip {self.ids[i]} differs from its recorded "
+                        "digest (a corrupted, truncated, swapped or missing chunk); `aver cache verify` "
+                        "lists every damaged clip: copy the store again or re-extract them"
+                    )
                 if not np.isfinite(rows).all():
                     raise CacheError(
                         f"{self.url}: clip {self.ids[i]} has non-finite values (NaN/inf) in {name}; "
@@ -305,6 +317,33 @@ class FeatureCache:
                     )
                 out[key].append(rows)
         return out
+
+    def digests(self) -> np.ndarray | None:
+        """``clips/digest`` (JSON text per clip), or None for a store written before aver 0.3."""
+        if not hasattr(self, "_digests"):
+            self._digests = self._load(L.DIGEST) if self._has(L.DIGEST) else None
+        return self._digests
+
+    def verify(self, progress: bool = False) -> tuple[list, int, int]:
+        """Check every committed clip against its digests (``aver.integrity``): returns
+        ``(problems, verified clips, clips without digests)``."""
+        from tqdm import tqdm
+
+        from aver.integrity import parse, verify_clip
+
+        digests = self.digests()
+        has_notes = self._has(L.NOTE)
+        problems, verified, unverifiable = [], 0, 0
+        done = np.flatnonzero(self.status == L.DONE)
+        for i in tqdm(done, unit="clip", disable=not progress, leave=False):
+            recorded = parse(digests[i]) if digests is not None else {}
+            found = verify_clip(self.group, int(i), str(self.ids[i]), recorded, has_notes)
+            if not recorded:
+                unverifiable += 1
+            else:
+                problems.extend(found)
+                verified += not found
+        return problems, verified, unverifiable
 
     def _read(self, name: str, idx: np.ndarray, length: int) -> np.ndarray:
         """``name[idx, :length]`` in one bulk read; a chunk that cannot be decoded is named."""

@@ -11,6 +11,15 @@ from aver.cache import FeatureCache
 from aver.utils import printable
 
 
+def storage_size(url: str, storage_options: dict | None = None) -> tuple[int, int]:
+    """Objects (files) and bytes under a store, local or at an fsspec URL (one listing)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    sizes = fs.du(path, total=False, withdirs=False)
+    return len(sizes), int(sum(sizes.values()))
+
+
 def describe(url: str, storage_options: dict | None = None, max_failures: int = 20) -> str:
     cache = FeatureCache(url, storage_options)
     meta, status = cache.meta, cache.status
@@ -29,6 +38,8 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         f"dims:     image {dims['image']}  audio {dims['audio']} x {dims['audio_layers']} layer(s) "
         f"at {dims['audio_rate_hz']:g} Hz  capacity {meta['capacity']}",
     ]
+    objects, size = storage_size(url, storage_options)
+    lines.insert(3, f"storage:  {objects} objects, {size / 1e6:.1f} MB")
     if cache.classes:
         soft = "  (+ soft consensus labels: clips/soft_label)" if cache.soft_labels is not None else ""
         lines.insert(5, f"labels:   {cache.label_source}{soft}")

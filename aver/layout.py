@@ -34,6 +34,7 @@ SOFT_LABEL = "clips/soft_label"
 STATUS = "clips/status"
 ERROR = "clips/error"
 NOTE = "clips/note"
+DIGEST = "clips/digest"
 N_FRAMES = "clips/n_frames"
 N_FLOW = "clips/n_flow"
 N_AUDIO = "clips/n_audio"
@@ -91,6 +92,7 @@ ARRAYS: dict[str, ArraySpec] = {
         _spec(STATUS, "int8", ["clip"], ["N"], PENDING),
         _spec(ERROR, "str", ["clip"], ["N"], ""),
         _spec(NOTE, "str", ["clip"], ["N"], ""),
+        _spec(DIGEST, "str", ["clip"], ["N"], ""),
         _spec(N_FRAMES, "int32", ["clip"], ["N"], 0),
         _spec(N_FLOW, "int32", ["clip"], ["N"], 0),
         _spec(N_AUDIO, "int32", ["clip"], ["N"], 0),
@@ -111,8 +113,8 @@ ARRAYS: dict[str, ArraySpec] = {
     )
 }
 # Present only when the corpus has targets / folds / soft (consensus) labels; clips/note only in
-# stores written by aver >= 0.2.
-OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE, SOFT_LABEL)
+# stores written by aver >= 0.2, clips/digest by aver >= 0.3.
+OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE, SOFT_LABEL, DIGEST)
 
 # Per-clip data arrays: reset to their fill value when a clip fails.
 CLIP_DATA = (FRAME_FEATURES, FLOW_FEATURES, AUDIO_FEATURES, TIMESTAMP, FACE_BOX, FACE_PROB, FACE_MASK)

@@ -128,6 +128,16 @@ def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) ->
         _create(g, spec, sizes, columns.get(name))
 
 
+def _digests(data: dict, t: int, p: int, a: int, r: ClipResult, notes: bool) -> str:
+    """``clips/digest`` of a clip about to be committed (``aver.integrity``)."""
+    from aver.integrity import TIME_ARRAYS, clip_digests
+
+    lengths = {L.N_FRAMES: t, L.N_FLOW: p, L.N_AUDIO: a}
+    rows: dict[str, Any] = {name: data[name][0][: lengths[n]] for name, n in TIME_ARRAYS.items()}
+    rows.update({L.N_FRAMES: t, L.N_FLOW: p, L.N_AUDIO: a, L.FPS: r.fps})
+    return clip_digests(rows, r.note if notes else None)
+
+
 def _column_change(g, name: str, want: np.ndarray | None) -> str:
     """How the stored clip-table array ``name`` differs from ``want`` ("" when it does not)."""
     group, _, leaf = name.partition("/")
@@ -150,6 +160,7 @@ class CacheWriter:
         self.storage_options = storage_options or {}
         self._g = None
         self._notes: bool | None = None
+        self._present: dict[str, bool] = {}
 
     @property
     def group(self):
@@ -308,6 +319,8 @@ class CacheWriter:
         g[L.ERROR][i] = ""
         if self._has_notes():
             g[L.NOTE][i] = r.note
+        if self._has("digest"):  # before the status: a committed clip always has its digests
+            g[L.DIGEST][i] = _digests(data, t, p, a, r, self._has_notes())
         g[L.STATUS][i] = L.DONE
 
     def write_failure(self, i: int, cause: str) -> None:
@@ -322,7 +335,15 @@ class CacheWriter:
         g[L.ERROR][i] = cause
         if self._has_notes():
             g[L.NOTE][i] = ""
+        if self._has("digest"):
+            g[L.DIGEST][i] = ""
         g[L.STATUS][i] = L.FAILED
+
+    def _has(self, leaf: str) -> bool:
+        """Whether ``clips/<leaf>`` exists (arrays added after a store was made stay absent there)."""
+        if leaf not in self._present:
+            self._present[leaf] = leaf in self.group["clips"]
+        return self._present[leaf]
 
     def _has_notes(self) -> bool:
         """Stores written before aver 0.2 have no ``clips/note``; they stay writable as they are."""

@@ -123,6 +123,7 @@ def test_missing_extract_extra_names_the_pip_install(tmp_path):
 def test_info_reads_through_the_reader(toy):
     out = aver("info", toy)
     assert out.returncode == 0 and "clips:    20" in out.stdout and "done: 20" in out.stdout
+    assert "storage:  " in out.stdout and " objects, " in out.stdout
 
 
 def test_verbose_shows_the_traceback(tmp_path):

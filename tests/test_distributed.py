@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -54,37 +53,6 @@ def test_dask_cluster_matches_serial(extracted_store, small_corpus, tiny_config,
         restore_environ(saved)  # Dask set OMP_NUM_THREADS=1 here; later subprocesses must not inherit it
     assert summary.done == 6
     assert_same_arrays(url, extracted_store, exact=False)  # 1 thread per worker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    opts = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    boto3 = pytest.importorskip("boto3")
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket="aver-caches")
-    yield opts
-    server.stop()
 
 
 @pytest.mark.slow

@@ -144,7 +144,8 @@ class FeatureCache:
                 chunks = tuple(int(c) for c in arr.chunks)
             except Exception:  # noqa: BLE001 - an irregular or unknown chunk grid
                 chunks = ()
-            per_clip_ok = not spec.per_clip or chunks[:1] == (1,)
+            # a packed copy gathers the per-clip scalars into whole arrays (aver.pack)
+            per_clip_ok = not spec.per_clip or chunks[:1] == (1,) or bool(self.meta.get("packed"))
             if (
                 len(chunks) != len(want)
                 or not per_clip_ok
@@ -303,17 +304,17 @@ class FeatureCache:
             block = self._read(name, idx, max(int(n.max()), 1))
             for k, i in enumerate(idx):
                 rows = np.ascontiguousarray(block[k, : n[k]])
+                if not np.isfinite(rows).all():
+                    raise CacheError(
+                        f"{self.url}: clip {self.ids[i]} has non-finite values (NaN/inf) in {name}; "
+                        "re-extract it (aver extract --retry-failed after marking it) or drop it"
+                    )
                 recorded = parse(digests[i]).get(name) if digests is not None else None
                 if recorded is not None and digest(rows, L.ARRAYS[name].dtype) != recorded:
                     raise CacheError(
                         f"{self.url}: damaged cache: {name} of clip {self.ids[i]} differs from its recorded "
                         "digest (a corrupted, truncated, swapped or missing chunk); `aver cache verify` "
                         "lists every damaged clip: copy the store again or re-extract them"
-                    )
-                if not np.isfinite(rows).all():
-                    raise CacheError(
-                        f"{self.url}: clip {self.ids[i]} has non-finite values (NaN/inf) in {name}; "
-                        "re-extract it (aver extract --retry-failed after marking it) or drop it"
                     )
                 out[key].append(rows)
         return out

@@ -231,6 +231,11 @@ class CacheWriter:
                 f"{self.url} exists but is not an aver cache (no 'aver' attributes); "
                 "choose another --cache or pass --overwrite"
             )
+        if meta.get("packed"):
+            raise CacheError(
+                f"{self.url} is a packed copy for sharing (aver cache pack), read-only: extract into the "
+                "working store it was packed from, then pack again"
+            )
         if meta.get("config_hash") != attrs["config_hash"]:
             raise CacheMismatchError(
                 f"{self.url} was made with config {meta.get('config_hash')} (preset {meta.get('preset')!r}); this run "

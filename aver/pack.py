@@ -1,0 +1,176 @@
+"""``aver cache pack``: a read-optimised copy of a working store, for sharing.
+
+The working store has one chunk per clip and array (parallel writers never share an object); a
+RAVDESS cache is ~17,000 objects, and loading a fold from object storage costs ~14 requests per clip.
+The packed copy holds the same arrays and attributes, and:
+
+- the per-clip data arrays (``frames/*``, ``flow/features``, ``audio/features``) in Zarr v3 shards
+  of ``shard_clips`` clips (inner chunks stay one clip each, so one clip is still one range read);
+- the per-clip scalars and texts (status, lengths, fps, notes, digests, errors) as whole arrays;
+- consolidated metadata (one read opens the store);
+- xarray metadata: dimension names on every array, the coordinates ``clip`` (ids), ``fold``
+  (1..K) and ``layer`` (the stored hidden-state indices) at the root, inherited by every group of
+  ``xarray.open_datatree``, and CF-style attributes (``long_name``, ``units``, ``flag_values`` /
+  ``flag_meanings`` for code tables).
+
+It is written under an ``incomplete`` template marker, verified against the clips' digests, and
+only then marked complete. A packed store is read-only: ``aver extract`` refuses to write into it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from aver import layout as L
+from aver.cache import FeatureCache
+from aver.errors import CacheError, UserError
+
+log = logging.getLogger(__name__)
+
+# CF-style descriptions of the arrays (``units`` "1": dimensionless).
+DESCRIPTIONS = {
+    L.CLIP_ID: ("clip id", None),
+    L.SPEAKER: ("speaker id", None),
+    L.VIDEO: ("video path relative to the raw-data root", None),
+    L.LABEL: ("class label (index into the classes; -1 none)", "1"),
+    L.TARGETS: ("continuous targets", "1"),
+    L.SOFT_LABEL: ("consensus label distribution", "1"),
+    L.STATUS: ("commit status", "1"),
+    L.ERROR: ("cause of a failure", None),
+    L.NOTE: ("what was cut or kept", None),
+    L.DIGEST: ("sha256 content digests of the clip's arrays (JSON)", None),
+    L.N_FRAMES: ("valid frames", "1"),
+    L.N_FLOW: ("valid flow maps", "1"),
+    L.N_AUDIO: ("valid audio frames", "1"),
+    L.FPS: ("native frame rate", "Hz"),
+    L.FRAME_FEATURES: ("EfficientNet features of the face crops", "1"),
+    L.TIMESTAMP: ("presentation time of each frame", "s"),
+    L.FACE_BOX: ("smoothed square crop box x1, y1, x2, y2", "pixel"),
+    L.FACE_PROB: ("MTCNN probability of the tracked face", "1"),
+    L.FACE_MASK: ("face detected (else interpolated)", "1"),
+    L.FLOW_FEATURES: ("EfficientNet features of the flow images", "1"),
+    L.AUDIO_FEATURES: ("wav2vec2 hidden states", "1"),
+    L.FOLD_SPLIT: ("split of each clip in each fold", "1"),
+}
+
+
+def _attributes(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    long_name, units = DESCRIPTIONS[name]
+    out: dict[str, Any] = {"long_name": long_name}
+    if units:
+        out["units"] = units
+    if name == L.STATUS:
+        out.update(flag_values=list(L.STATUS_NAMES), flag_meanings=" ".join(L.STATUS_NAMES.values()))
+    elif name == L.FOLD_SPLIT:
+        out.update(flag_values=list(L.SPLIT_CODES.values()), flag_meanings=" ".join(L.SPLIT_CODES))
+    elif name == L.LABEL and meta.get("classes"):
+        classes = [c.replace(" ", "_") for c in meta["classes"]]
+        out.update(flag_values=list(range(-1, len(classes))), flag_meanings=" ".join(["none", *classes]))
+    elif name == L.TARGETS and meta.get("targets"):
+        out["target_names"] = list(meta["targets"])
+    return out
+
+
+def pack(
+    src: str,
+    dest: str,
+    *,
+    shard_clips: int = 64,
+    storage_options: dict | None = None,
+    dest_options: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the packed copy of ``src`` at ``dest`` and verify it; returns a summary
+    (``clips``, ``verified``, ``objects`` and ``bytes`` of both stores)."""
+    from tqdm import tqdm
+
+    from aver.info import storage_size
+
+    if shard_clips < 1:
+        raise UserError(f"--shard-clips must be >= 1, not {shard_clips}")
+    cache = FeatureCache(src, storage_options)
+    if L.store_exists(dest, dest_options) and not overwrite:
+        raise UserError(f"{dest} exists: choose another destination or pass --overwrite")
+    g = L.open_root(dest, "w", dest_options)
+    g.attrs[L.ATTRS_KEY] = {L.TEMPLATE_KEY: "incomplete", "layout_version": L.LAYOUT_VERSION}
+    n = len(cache.ids)
+    present = [name for name in L.ARRAYS if cache._has(name)]
+    bar = tqdm(total=len(present), unit="array", disable=not progress, leave=False)
+    for name in present:
+        _copy(cache.group[name], g, L.ARRAYS[name], cache.meta, n, shard_clips)
+        bar.update(1)
+    bar.close()
+    _coordinates(g, cache)
+    meta = dict(cache.meta)
+    meta["packed"] = {"shard_clips": shard_clips, "source": src}
+    g.attrs[L.ATTRS_KEY] = meta
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not yet in the v3 spec
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(g.store)
+    packed = FeatureCache(dest, dest_options)
+    problems, verified, unverifiable = packed.verify(progress=progress)
+    if problems:
+        raise CacheError(
+            f"{dest}: the packed copy does not verify: {problems[0]} (and {len(problems) - 1} more)"
+        )
+    before, after = storage_size(src, storage_options), storage_size(dest, dest_options)
+    return {
+        "clips": n,
+        "verified": verified,
+        "unverifiable": unverifiable,
+        "objects": (before[0], after[0]),
+        "bytes": (before[1], after[1]),
+    }
+
+
+def _copy(src_arr, g, spec: L.ArraySpec, meta: dict[str, Any], n: int, shard_clips: int) -> None:
+    """One array: data arrays sharded by clips (inner chunk one clip), the rest one whole chunk."""
+    from aver.store import _compressors
+
+    shape = tuple(src_arr.shape)
+    big = spec.name in L.CLIP_DATA
+    chunks = (1, *shape[1:]) if big else tuple(max(s, 1) for s in shape)
+    shards = (max(min(shard_clips, n), 1), *shape[1:]) if big else None
+    kwargs = {} if spec.dtype == "str" else {"compressors": _compressors(spec.dtype)}
+    arr = g.create_array(
+        spec.name,
+        shape=shape,
+        dtype=str if spec.dtype == "str" else spec.dtype,
+        chunks=chunks,
+        shards=shards,
+        fill_value=spec.fill,
+        dimension_names=spec.dims,
+        attributes=_attributes(spec.name, meta),
+        **kwargs,
+    )
+    step = shards[0] if shards else max(shape[0], 1)
+    for start in range(0, max(shape[0], 1), step):
+        block = src_arr[start : start + step]
+        if np.size(block):
+            arr[start : start + step] = block
+
+
+def _coordinates(g, cache: FeatureCache) -> None:
+    """Root coordinates that every group inherits in ``xarray.open_datatree``."""
+    ids = np.array([str(i) for i in cache.ids], dtype=str)
+    g.create_array("clip", shape=ids.shape, dtype=str, dimension_names=("clip",))
+    g["clip"][:] = ids
+    g["clip"].attrs.update(long_name="clip id")
+    g.create_array("fold", data=np.arange(1, cache.n_folds + 1, dtype=np.int16), dimension_names=("fold",))
+    g["fold"].attrs.update(long_name="fold number (from 1)")
+    layers = ((cache.meta.get("config") or {}).get("audio") or {}).get("layers")
+    n_layers = int(cache.meta["dims"]["audio_layers"])
+    if not isinstance(layers, list) or len(layers) != n_layers:
+        layers = list(range(n_layers))
+    g.create_array("layer", data=np.asarray(layers, dtype=np.int16), dimension_names=("layer",))
+    g["layer"].attrs.update(
+        long_name="wav2vec2 hidden-state index (0: CNN projection; negative: from the last)"
+    )

@@ -1,0 +1,67 @@
+"""aver cache pack: a sharded, consolidated, verified copy that trains exactly like its source."""
+
+from __future__ import annotations
+
+import pytest
+
+from aver.cache import FeatureCache
+from aver.errors import CacheError, UserError
+from aver.pack import pack
+from aver.testing import build_feature_cache
+
+TINY = {"model.d_model": 16, "model.d_hidden": 24, "model.n_heads": 2, "model.head_hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pack")
+    src = build_feature_cache(str(d / "toy.zarr"), n_clips=40)
+    summary = pack(src, str(d / "packed.zarr"), shard_clips=16, progress=False)
+    return src, str(d / "packed.zarr"), summary
+
+
+def test_pack_shards_consolidates_and_verifies(stores):
+    src, packed, summary = stores
+    assert summary["verified"] == 40 and summary["objects"][1] * 5 < summary["objects"][0]
+    cache = FeatureCache(packed)
+    assert cache.meta["packed"] == {"shard_clips": 16, "source": src}
+    assert cache.group["frames/features"].shards[0] == 16 and cache.group["frames/features"].chunks[0] == 1
+    assert cache.group["clips/n_frames"].chunks == (40,)  # scalars gathered into one chunk
+    assert cache.group["folds/split"].attrs["flag_meanings"] == "train validation test unused"
+    assert cache.verify()[0] == []
+
+
+def test_a_packed_copy_trains_exactly_like_its_source(stores, tmp_path):
+    from aver.train import train_fold
+
+    src, packed, _ = stores
+    a = train_fold(src, 1, preset="tiny", out=str(tmp_path / "a"), epochs=2, overrides=TINY)
+    b = train_fold(packed, 1, preset="tiny", out=str(tmp_path / "b"), epochs=2, overrides=TINY)
+    assert a["test"] == b["test"] and a["validation"] == b["validation"]
+
+
+def test_a_packed_copy_is_read_only_and_damage_is_not_packed(stores, tmp_path):
+    from aver.store import CacheWriter, Capacity
+
+    src, packed, _ = stores
+    with pytest.raises(CacheError, match="read-only"):
+        CacheWriter.create_or_open(packed, None, {"config_hash": "x"}, Capacity(1, 1), {})
+    with pytest.raises(UserError, match="--overwrite"):
+        pack(src, packed, progress=False)
+    build_feature_cache(str(tmp_path / "d.zarr"), n_clips=8)
+    chunk = tmp_path / "d.zarr" / "audio" / "features" / "c" / "5" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="does not verify"):
+        pack(str(tmp_path / "d.zarr"), str(tmp_path / "d_packed.zarr"), progress=False)
+
+
+def test_cli_pack(tmp_path, capsys):
+    from aver.cli import main
+
+    src = build_feature_cache(str(tmp_path / "toy.zarr"), n_clips=20)
+    assert main(["cache", "pack", src, str(tmp_path / "p.zarr"), "-q"]) == 0
+    assert "20 clips packed and verified" in capsys.readouterr().out
+    assert main(["cache", "verify", str(tmp_path / "p.zarr"), "-q"]) == 0
+    assert main(["info", str(tmp_path / "p.zarr")]) == 0

@@ -13,7 +13,7 @@ def register(sub) -> None:
     kv_option(p, "--storage-option", "fsspec storage option for the URL")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("cache", help="cache tools: verify, pack")
+    p = sub.add_parser("cache", help="cache tools: verify, pack, merge, diff")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     v = tools.add_parser(
         "verify",
@@ -43,6 +43,29 @@ def register(sub) -> None:
     k.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_pack)
 
+    m = tools.add_parser(
+        "merge",
+        help="combine stores of one dataset extracted in parts (same config hash)",
+        description="Write DEST with every clip committed in any of STORES (two or more working stores "
+        "of one dataset, configuration and clip table; others are refused with the differences "
+        "listed). A clip committed in several stores must be identical in all of them.",
+    )
+    m.add_argument("stores", nargs="+", help="the stores to merge (paths or URLs), then DEST")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
+    kv_option(m, "--storage-option", "fsspec storage option for the URLs")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_merge_args)
+
+    d = tools.add_parser(
+        "diff",
+        help="configuration, clip-status and content differences of two stores",
+        description="Report how store B differs from store A. Exit status 0: no differences; 1: some.",
+    )
+    d.add_argument("a")
+    d.add_argument("b")
+    kv_option(d, "--storage-option", "fsspec storage option for the URLs")
+    d.set_defaults(func=cmd_diff)
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     from aver.info import describe
@@ -50,6 +73,41 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     print(describe(args.store, parse_kv(args.storage_option, "--storage-option") or None))
     return 0
+
+
+def _merge_args(args: argparse.Namespace) -> int:
+    from aver.errors import UserError
+
+    if len(args.stores) < 3:
+        raise UserError(
+            "aver cache merge STORE STORE [STORE ...] DEST: give at least two stores and a destination"
+        )
+    args.stores, args.dest = args.stores[:-1], args.stores[-1]
+    return cmd_merge(args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from aver.merge import merge
+    from aver.overrides import parse_kv
+
+    so = parse_kv(args.storage_option, "--storage-option") or None
+    s = merge(args.stores, args.dest, storage_options=so, overwrite=args.overwrite, progress=not args.quiet)
+    taken = ", ".join(f"{n} from {url}" for url, n in s["from"].items())
+    print(f"{args.dest}: {s['clips']} clips ({taken})")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from aver.merge import diff
+    from aver.overrides import parse_kv
+    from aver.utils import printable
+
+    lines = diff(args.a, args.b, parse_kv(args.storage_option, "--storage-option") or None)
+    for line in lines:
+        print(printable(line))
+    if not lines:
+        print("no differences: same configuration, clips and content")
+    return 1 if lines else 0
 
 
 def cmd_pack(args: argparse.Namespace) -> int:

@@ -299,6 +299,13 @@ class FeatureCache:
         if not len(idx):
             return out
         digests = self.digests() if verify else None
+        pulled = self.meta.get("pulled")
+        absent = [k for k in L.FEATURES if pulled and k not in (pulled.get("modalities") or [])]
+        if absent:
+            raise CacheError(
+                f"{self.url} is a partial copy pulled without {absent} (aver cache pull --modality): "
+                "pull those modalities too"
+            )
         for key, name in L.FEATURES.items():
             n = self.lengths[key][idx]
             block = self._read(name, idx, max(int(n.max()), 1))

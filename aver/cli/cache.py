@@ -13,7 +13,7 @@ def register(sub) -> None:
     kv_option(p, "--storage-option", "fsspec storage option for the URL")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("cache", help="cache tools: verify, pack, merge, diff")
+    p = sub.add_parser("cache", help="cache tools: verify, pack, pull, merge, diff")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     v = tools.add_parser(
         "verify",
@@ -55,6 +55,22 @@ def register(sub) -> None:
     kv_option(m, "--storage-option", "fsspec storage option for the URLs")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_merge_args)
+
+    u = tools.add_parser(
+        "pull",
+        help="copy from a shared store just the clips and modalities a fold needs",
+        description="Copy into the local store DEST the committed clips of the chosen splits of fold K "
+        "(every committed clip without --fold) and the chosen modalities, from a path or URL. "
+        "Resumable (rerun to continue), verified against the clips' digests.",
+    )
+    u.add_argument("url", help="the shared store: a .zarr path or fsspec URL")
+    u.add_argument("dest", help="a local .zarr path")
+    u.add_argument("--fold", type=int, help="only the clips this fold uses")
+    u.add_argument("--split", default="train,validation,test", help="splits of --fold (default: all three)")
+    u.add_argument("--modality", default="frames,flow,audio", help="modalities (default: all three)")
+    kv_option(u, "--storage-option", "fsspec storage option for the URL")
+    u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(func=cmd_pull)
 
     d = tools.add_parser(
         "diff",
@@ -108,6 +124,25 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if not lines:
         print("no differences: same configuration, clips and content")
     return 1 if lines else 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from aver.overrides import parse_kv
+    from aver.pull import pull
+
+    s = pull(
+        args.url,
+        args.dest,
+        fold=args.fold,
+        splits=[x.strip() for x in args.split.split(",") if x.strip()],
+        modalities=[x.strip() for x in args.modality.split(",") if x.strip()],
+        storage_options=parse_kv(args.storage_option, "--storage-option") or None,
+        progress=not args.quiet,
+    )
+    print(
+        f"{args.dest}: {s['pulled']} clips pulled and verified, {s['skipped']} already there ({s['clips']} wanted)"
+    )
+    return 0
 
 
 def cmd_pack(args: argparse.Namespace) -> int:

@@ -1,0 +1,85 @@
+"""``aver cache pull``: copy from a shared store just the clips (and modalities) a job needs.
+
+``pull(URL, DEST, fold=K, splits=[...], modalities=[...])`` writes a local working store with the
+source's template (clip table, labels, folds, attributes) and, of the committed clips in the chosen
+splits of fold K (every committed clip without a fold), the rows of the chosen modalities. It is
+resumable (clips already in DEST are skipped), shows a progress bar, and verifies every pulled clip
+against its digests. ``attrs.aver.pulled`` records what was pulled; reading a modality that was
+not pulled is refused by name, so training (which reads all three) needs them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aver import layout as L
+from aver.cache import FeatureCache
+from aver.errors import CacheError, UserError
+
+# The arrays of each modality (the per-clip face track travels with the frames).
+MODALITY_ARRAYS = {
+    "frames": (L.FRAME_FEATURES, L.TIMESTAMP, L.FACE_BOX, L.FACE_PROB, L.FACE_MASK),
+    "flow": (L.FLOW_FEATURES,),
+    "audio": (L.AUDIO_FEATURES,),
+}
+ALWAYS = (*L.CLIP_SCALARS, L.ERROR, L.NOTE, L.DIGEST)
+
+
+def pull(
+    url: str,
+    dest: str,
+    *,
+    fold: int | None = None,
+    splits: list[str] | None = None,
+    modalities: list[str] | None = None,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pull into ``dest``; returns ``{"clips", "pulled", "skipped"}``."""
+    from tqdm import tqdm
+
+    from aver.merge import _KEEP, _present, _table
+    from aver.store import CacheWriter, Capacity
+
+    modalities = list(modalities or MODALITY_ARRAYS)
+    unknown = [m for m in modalities if m not in MODALITY_ARRAYS]
+    if unknown:
+        raise UserError(f"--modality {unknown}: choose from {list(MODALITY_ARRAYS)}")
+    src = FeatureCache(url, storage_options)
+    splits = list(splits or L.SPLITS)
+    if fold is not None:
+        src.check_fold(fold)
+        wanted = np.concatenate([src.split_indices(fold, s) for s in splits])
+    else:
+        wanted = np.flatnonzero(src.status == L.DONE)
+    record = {"source": url, "fold": fold, "splits": splits if fold else None, "modalities": modalities}
+    attrs = {k: src.meta[k] for k in _KEEP if k in src.meta}
+    cap = Capacity(int(src.meta["capacity"]["frames"]), int(src.meta["capacity"]["audio"]))
+    if L.store_exists(dest) and not CacheWriter.needs_template(dest):
+        have = (FeatureCache(dest).meta.get("pulled") or {}).get("source")
+        if have != url:
+            raise UserError(f"{dest} exists and was not pulled from {url}: choose another destination")
+    writer = CacheWriter.create_or_open(dest, _table(src), attrs, cap, dict(src.meta["dims"]))
+    meta = writer.meta()
+    before = meta.get("pulled") or {}
+    merged_mods = sorted(set(before.get("modalities") or []) | set(modalities)) if before else modalities
+    meta["pulled"] = {**record, "modalities": merged_mods}
+    writer.group.attrs[L.ATTRS_KEY] = meta
+    g, done = writer.group, writer.status()
+    scalars = [n for n in ALWAYS if src._has(n) and _present(g, n)]
+    added = [m for m in modalities if not before or m not in (before.get("modalities") or [])]
+    todo = [int(i) for i in np.sort(wanted) if done[i] != L.DONE or added]
+    for i in tqdm(todo, unit="clip", disable=not progress, leave=False):
+        fresh = done[i] != L.DONE
+        for name in (scalars if fresh else []) + [
+            n for m in (modalities if fresh else added) for n in MODALITY_ARRAYS[m]
+        ]:
+            g[name][i] = src.group[name][i]
+        g[L.STATUS][i] = L.DONE
+    kept = set(scalars) | {n for m in merged_mods for n in MODALITY_ARRAYS[m]}
+    problems = [p for p in FeatureCache(dest).verify()[0] if p.array in kept]
+    if problems:
+        raise CacheError(f"{dest}: pulled clips do not verify: {problems[0]} (and {len(problems) - 1} more)")
+    return {"clips": len(wanted), "pulled": len(todo), "skipped": len(wanted) - len(todo)}

@@ -73,3 +73,38 @@ def test_pull_a_fold_from_s3_reads_only_its_clips(tmp_path, s3_endpoint):
         int(m.split("features/c/")[1].split("/")[0]) for m in keys if "features/c/" in m and "get_object" in m
     }
     assert fetched and fetched <= want
+
+
+@pytest.mark.slow
+def test_training_from_a_url_reads_through_a_local_copy(tmp_path, s3_endpoint):
+    """aver train on an s3:// cache pulls the fold once into the read-through folder; a second fold
+    of the same cache fetches no feature chunk again, and the metrics equal training on the source."""
+    import fsspec
+
+    from aver.train import train_fold
+
+    src = build_feature_cache(str(tmp_path / "shared.zarr"), n_clips=30)
+    fsspec.filesystem("s3", **s3_endpoint).put(src, "aver-caches/shared.zarr", recursive=True)
+    url = "s3://aver-caches/shared.zarr"
+    model = {"model.d_model": 16, "model.d_hidden": 24, "model.n_heads": 2, "model.head_hidden": 16}
+    kw = {"preset": "tiny", "epochs": 1, "overrides": model, "storage_options": s3_endpoint}
+    kw["read_through"] = str(tmp_path / "rt")
+    remote = train_fold(url, 1, out=str(tmp_path / "r1"), **kw)
+    local = train_fold(src, 1, preset="tiny", epochs=1, overrides=model, out=str(tmp_path / "l1"))
+    assert remote["test"] == local["test"]
+    keys = []
+
+    class Keys(logging.Handler):
+        def emit(self, record):
+            keys.append(record.getMessage())
+
+    log = logging.getLogger("s3fs")
+    handler, old = Keys(logging.DEBUG), log.level
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    try:
+        train_fold(url, 2, out=str(tmp_path / "r2"), **kw)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+    assert not [m for m in keys if "features/c/" in m and "get_object" in m]

@@ -50,6 +50,10 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # A cache at a remote URL (s3://, gs://, ...) is read through a local copy of the fold's clips
+    # under this folder (default $AVER_HOME/pulled; "" reads the URL directly): a second fold, a
+    # resume or an evaluation fetches only clips it does not have yet.
+    read_through: str | None = None
 
     def __post_init__(self) -> None:
         from .models.de3 import DE3Config

@@ -98,7 +98,7 @@ def setup(cfg: TrainConfig) -> Run:
     refuse (a damaged chunk included) happens here, before ``train_fold`` makes the run folder."""
     seed_everything(cfg.seed)
     torch.use_deterministic_algorithms(cfg.device == "cpu", warn_only=True)
-    cache = FeatureCache(cfg.cache, cfg.storage_options)
+    cache = open_cache(cfg)
     task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     splits = fold_splits(cache, cfg.fold)
     from .models.variants import build_model
@@ -115,6 +115,23 @@ def setup(cfg: TrainConfig) -> Run:
     run = Run(cfg, Path(cfg.out), cache, task, splits, model.to(cfg.device), info)
     setup_data(run)
     return run
+
+
+def open_cache(cfg: TrainConfig) -> FeatureCache:
+    """The run's cache; a remote URL through its local read-through copy (``cfg.read_through``)."""
+    remote = "://" in cfg.cache and not cfg.cache.startswith(("file://", "memory://"))
+    if not remote or cfg.read_through == "":
+        return FeatureCache(cfg.cache, cfg.storage_options)
+    from aver.pull import pull
+    from aver.utils import aver_home, json_hash
+
+    folder = Path(cfg.read_through) if cfg.read_through else aver_home() / "pulled"
+    local = folder / f"{json_hash(cfg.cache, 16)}-{Path(cfg.cache.rstrip('/')).name}"
+    s = pull(cfg.cache, str(local), fold=cfg.fold, storage_options=cfg.storage_options, progress=cfg.progress)
+    log.info(
+        "%s read through %s: %d clips fetched, %d already there", cfg.cache, local, s["pulled"], s["skipped"]
+    )
+    return FeatureCache(str(local))
 
 
 def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
@@ -190,6 +207,7 @@ _RESUMABLE = (
     "progress",
     "tensorboard",
     "resident",
+    "read_through",
 )
 
 

@@ -1,4 +1,4 @@
-"""``aver info`` and ``aver cache verify`` (base install: read through ``aver.cache``)."""
+"""``aver info`` and the ``aver cache`` tools (base install: read through ``aver.cache``)."""
 
 from __future__ import annotations
 
@@ -15,72 +15,94 @@ def register(sub) -> None:
 
     p = sub.add_parser("cache", help="cache tools: verify, pack, pull, merge, diff")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    v = tools.add_parser(
+    for add in (_verify_parser, _pack_parser, _pull_parser, _merge_parser, _diff_parser):
+        add(tools)
+
+
+def _tool(tools, name: str, help: str, description: str, func, quiet: bool = True):
+    """One ``aver cache`` tool with the options they share (``--storage-option``, ``-q``)."""
+    from . import kv_option
+
+    t = tools.add_parser(name, help=help, description=description)
+    kv_option(t, "--storage-option", "fsspec storage option for the URLs")
+    if quiet:
+        t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=func)
+    return t
+
+
+def _verify_parser(tools) -> None:
+    v = _tool(
+        tools,
         "verify",
-        help="check every committed clip against its recorded digests",
-        description="Recompute every committed clip's content digests and name each damaged clip and "
-        "array (a flipped byte, a truncated, deleted or swapped chunk). Exit status 0: every clip "
-        "verified (clips committed before aver 0.3 have no digests and are counted apart); 4: damage found.",
+        "check every committed clip against its recorded digests",
+        "Recompute every committed clip's content digests and name each damaged clip and array (a "
+        "flipped byte, a truncated, deleted or swapped chunk). Exit status 0: every clip verified "
+        "(clips committed before aver 0.3 have no digests and are counted apart); 4: damage found.",
+        cmd_verify,
     )
     v.add_argument("store", help="a .zarr path or fsspec URL")
-    kv_option(v, "--storage-option", "fsspec storage option for the URL")
-    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    v.set_defaults(func=cmd_verify)
 
-    k = tools.add_parser(
+
+def _pack_parser(tools) -> None:
+    k = _tool(
+        tools,
         "pack",
-        help="write a read-optimised copy for sharing (sharded, consolidated, xarray metadata)",
-        description="Copy STORE to DEST for sharing: the per-clip data arrays in Zarr v3 shards of "
-        "--shard-clips clips, the per-clip scalars as whole arrays, consolidated metadata, xarray "
-        "coordinates (clip, fold, layer) and CF-style attributes. The copy is verified against the "
-        "clips' digests before it is marked complete; it is read-only (train and evaluate read it).",
+        "write a read-optimised copy for sharing (sharded, consolidated, xarray metadata)",
+        "Copy STORE to DEST for sharing: the per-clip data arrays in Zarr v3 shards of --shard-clips "
+        "clips, the per-clip scalars as whole arrays, consolidated metadata, xarray coordinates "
+        "(clip, fold, layer) and CF-style attributes. The copy is verified against the clips' digests "
+        "before it is marked complete; it is read-only (train and evaluate read it).",
+        cmd_pack,
     )
     k.add_argument("store", help="the working store: a .zarr path or fsspec URL")
     k.add_argument("dest", help="the packed copy: a .zarr path or fsspec URL")
     k.add_argument("--shard-clips", type=int, default=64, help="clips per shard object (default 64)")
-    kv_option(k, "--storage-option", "fsspec storage option for both URLs")
     k.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
-    k.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    k.set_defaults(func=cmd_pack)
 
-    m = tools.add_parser(
-        "merge",
-        help="combine stores of one dataset extracted in parts (same config hash)",
-        description="Write DEST with every clip committed in any of STORES (two or more working stores "
-        "of one dataset, configuration and clip table; others are refused with the differences "
-        "listed). A clip committed in several stores must be identical in all of them.",
-    )
-    m.add_argument("stores", nargs="+", help="the stores to merge (paths or URLs), then DEST")
-    m.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
-    kv_option(m, "--storage-option", "fsspec storage option for the URLs")
-    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    m.set_defaults(func=_merge_args)
 
-    u = tools.add_parser(
+def _pull_parser(tools) -> None:
+    u = _tool(
+        tools,
         "pull",
-        help="copy from a shared store just the clips and modalities a fold needs",
-        description="Copy into the local store DEST the committed clips of the chosen splits of fold K "
-        "(every committed clip without --fold) and the chosen modalities, from a path or URL. "
-        "Resumable (rerun to continue), verified against the clips' digests.",
+        "copy from a shared store just the clips and modalities a fold needs",
+        "Copy into the local store DEST the committed clips of the chosen splits of fold K (every "
+        "committed clip without --fold) and the chosen modalities, from a path or URL. Resumable "
+        "(rerun to continue), verified against the clips' digests.",
+        cmd_pull,
     )
     u.add_argument("url", help="the shared store: a .zarr path or fsspec URL")
     u.add_argument("dest", help="a local .zarr path")
     u.add_argument("--fold", type=int, help="only the clips this fold uses")
     u.add_argument("--split", default="train,validation,test", help="splits of --fold (default: all three)")
     u.add_argument("--modality", default="frames,flow,audio", help="modalities (default: all three)")
-    kv_option(u, "--storage-option", "fsspec storage option for the URL")
-    u.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    u.set_defaults(func=cmd_pull)
 
-    d = tools.add_parser(
+
+def _merge_parser(tools) -> None:
+    m = _tool(
+        tools,
+        "merge",
+        "combine stores of one dataset extracted in parts (same config hash)",
+        "Write DEST with every clip committed in any of STORES (two or more working stores of one "
+        "dataset, configuration and clip table; others are refused with the differences listed). A "
+        "clip committed in several stores must be identical in all of them.",
+        _merge_args,
+    )
+    m.add_argument("stores", nargs="+", help="the stores to merge (paths or URLs), then DEST")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
+
+
+def _diff_parser(tools) -> None:
+    d = _tool(
+        tools,
         "diff",
-        help="configuration, clip-status and content differences of two stores",
-        description="Report how store B differs from store A. Exit status 0: no differences; 1: some.",
+        "configuration, clip-status and content differences of two stores",
+        "Report how store B differs from store A. Exit status 0: no differences; 1: some.",
+        cmd_diff,
+        quiet=False,
     )
     d.add_argument("a")
     d.add_argument("b")
-    kv_option(d, "--storage-option", "fsspec storage option for the URLs")
-    d.set_defaults(func=cmd_diff)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

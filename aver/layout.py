@@ -156,6 +156,12 @@ def open_root(url: str, mode: str, storage_options: dict | None = None):
     """The zarr v3 group at a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
     import zarr
 
+    if str(url).endswith(".zip") and "://" not in str(url):  # a packed copy as one zip file
+        if mode != "r":
+            from aver.errors import CacheError
+
+            raise CacheError(f"{url}: a zipped cache is read-only: extract into a .zarr folder")
+        return zarr.open_group(zarr.storage.ZipStore(url, mode="r"), mode="r", zarr_format=3)
     return zarr.open_group(url, mode=mode, storage_options=storage_options or None, zarr_format=3)
 
 

@@ -78,6 +78,7 @@ def pack(
     src: str,
     dest: str,
     *,
+    zip_file: bool | None = None,
     shard_clips: int = 64,
     storage_options: dict | None = None,
     dest_options: dict | None = None,
@@ -85,7 +86,11 @@ def pack(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write the packed copy of ``src`` at ``dest`` and verify it; returns a summary
-    (``clips``, ``verified``, ``objects`` and ``bytes`` of both stores)."""
+    (``clips``, ``verified``, ``objects`` and ``bytes`` of both stores). A local ``dest`` ending in
+    ``.zip`` (or ``zip_file``) is written as one uncompressed zip file (read-only, opened by aver
+    and by ``zarr.storage.ZipStore``): packed in a folder beside it, verified, then zipped."""
+    if zip_file or (zip_file is None and dest.endswith(".zip")):
+        return _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress)
     from tqdm import tqdm
 
     from aver.info import storage_size
@@ -104,7 +109,7 @@ def pack(
         _copy(cache.group[name], g, L.ARRAYS[name], cache.meta, n, shard_clips)
         bar.update(1)
     bar.close()
-    _coordinates(g, cache)
+    _coordinates(g, cache)  # the working store may predate them (aver < 0.3)
     meta = dict(cache.meta)
     meta["packed"] = {"shard_clips": shard_clips, "source": src}
     g.attrs[L.ATTRS_KEY] = meta
@@ -129,6 +134,46 @@ def pack(
         "objects": (before[0], after[0]),
         "bytes": (before[1], after[1]),
     }
+
+
+def _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress) -> dict[str, Any]:
+    import os
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    from aver.info import storage_size
+
+    if "://" in dest:
+        raise UserError(f"{dest}: a zipped copy is written to a local path (copy the file to share it)")
+    target = Path(dest)
+    if target.exists() and not overwrite:
+        raise UserError(f"{dest} exists: choose another destination or pass --overwrite")
+    folder = target.with_name(target.name + ".packing.zarr")
+    shutil.rmtree(folder, ignore_errors=True)
+    summary = pack(
+        src,
+        str(folder),
+        shard_clips=shard_clips,
+        storage_options=storage_options,
+        overwrite=True,
+        progress=progress,
+        zip_file=False,
+    )
+    partial = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as z:  # chunks are compressed already
+        for root, _, files in os.walk(folder):
+            for name in sorted(files):
+                full = Path(root) / name
+                z.write(full, full.relative_to(folder).as_posix())
+    os.replace(partial, target)
+    shutil.rmtree(folder)
+    problems = FeatureCache(str(target)).verify()[0]
+    if problems:
+        raise CacheError(f"{dest}: the zipped copy does not verify: {problems[0]}")
+    summary["objects"] = (summary["objects"][0], 1)
+    summary["bytes"] = (summary["bytes"][0], storage_size(str(target))[1])
+    return summary
 
 
 def _copy(src_arr, g, spec: L.ArraySpec, meta: dict[str, Any], n: int, shard_clips: int) -> None:
@@ -160,17 +205,10 @@ def _copy(src_arr, g, spec: L.ArraySpec, meta: dict[str, Any], n: int, shard_cli
 
 def _coordinates(g, cache: FeatureCache) -> None:
     """Root coordinates that every group inherits in ``xarray.open_datatree``."""
-    ids = np.array([str(i) for i in cache.ids], dtype=str)
-    g.create_array("clip", shape=ids.shape, dtype=str, dimension_names=("clip",))
-    g["clip"][:] = ids
-    g["clip"].attrs.update(long_name="clip id")
-    g.create_array("fold", data=np.arange(1, cache.n_folds + 1, dtype=np.int16), dimension_names=("fold",))
-    g["fold"].attrs.update(long_name="fold number (from 1)")
+    from aver.store import write_coordinates
+
     layers = ((cache.meta.get("config") or {}).get("audio") or {}).get("layers")
     n_layers = int(cache.meta["dims"]["audio_layers"])
     if not isinstance(layers, list) or len(layers) != n_layers:
         layers = list(range(n_layers))
-    g.create_array("layer", data=np.asarray(layers, dtype=np.int16), dimension_names=("layer",))
-    g["layer"].attrs.update(
-        long_name="wav2vec2 hidden-state index (0: CNN projection; negative: from the last)"
-    )
+    write_coordinates(g, [str(i) for i in cache.ids], cache.n_folds, layers)

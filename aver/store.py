@@ -108,7 +108,9 @@ def _create(g, spec: L.ArraySpec, sizes: dict[str, int], data: np.ndarray | None
         arr[:] = data
 
 
-def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) -> None:
+def _write_template(
+    g, table: ClipTable, cap: Capacity, dims: dict[str, Any], layers: list[int] | None = None
+) -> None:
     n = len(table.ids)
     sizes = {
         "N": n,
@@ -126,6 +128,25 @@ def _write_template(g, table: ClipTable, cap: Capacity, dims: dict[str, Any]) ->
         if name in columns and columns[name] is None:  # targets / folds / soft labels the corpus lacks
             continue
         _create(g, spec, sizes, columns.get(name))
+    write_coordinates(g, table.ids, sizes["K"], layers or list(range(int(dims["audio_layers"]))))
+
+
+def write_coordinates(g, ids: list[str], n_folds: int, layers: list[int]) -> None:
+    """Root coordinates ``clip`` (ids), ``fold`` (1..K) and ``layer`` (stored hidden-state indices),
+    which every group inherits in ``xarray.open_datatree``; readers of the layout ignore them."""
+    ids_arr = np.array([str(i) for i in ids], dtype=str)
+    g.create_array("clip", shape=ids_arr.shape, dtype=str, dimension_names=("clip",), overwrite=True)
+    g["clip"][:] = ids_arr
+    g["clip"].attrs.update(long_name="clip id")
+    folds = np.arange(1, n_folds + 1, dtype=np.int16)
+    g.create_array("fold", data=folds, dimension_names=("fold",), overwrite=True)
+    g["fold"].attrs.update(long_name="fold number (from 1)")
+    g.create_array(
+        "layer", data=np.asarray(layers, dtype=np.int16), dimension_names=("layer",), overwrite=True
+    )
+    g["layer"].attrs.update(
+        long_name="wav2vec2 hidden-state index (0: CNN projection; negative: from the last)"
+    )
 
 
 def _digests(data: dict, t: int, p: int, a: int, r: ClipResult, notes: bool) -> str:
@@ -192,7 +213,9 @@ class CacheWriter:
         # Marked incomplete first: a run killed while the template is written leaves a store that
         # the next run recognises and writes again (``needs_template``), never a half template.
         g.attrs[L.ATTRS_KEY] = {L.TEMPLATE_KEY: "incomplete", "layout_version": L.LAYOUT_VERSION}
-        _write_template(g, table, cap, dims)
+        layers = ((attrs.get("config") or {}).get("audio") or {}).get("layers")
+        ok = isinstance(layers, list | tuple) and len(layers) == int(dims.get("audio_layers", -1))
+        _write_template(g, table, cap, dims, list(layers) if ok else None)
         meta = dict(attrs)
         meta.update(
             layout_version=L.LAYOUT_VERSION,

@@ -65,3 +65,24 @@ def test_cli_pack(tmp_path, capsys):
     assert "20 clips packed and verified" in capsys.readouterr().out
     assert main(["cache", "verify", str(tmp_path / "p.zarr"), "-q"]) == 0
     assert main(["info", str(tmp_path / "p.zarr")]) == 0
+
+
+def test_pack_into_one_zip_file(stores, tmp_path):
+    import numpy as np
+    import xarray as xr
+    import zarr
+
+    src, _, _ = stores
+    dest = str(tmp_path / "toy.zip")
+    summary = pack(src, dest, progress=False)
+    assert summary["objects"][1] == 1 and not list(tmp_path.glob("*.packing.zarr"))
+    cache = FeatureCache(dest)
+    assert cache.verify()[:2] == ([], 40)
+    a, b = FeatureCache(src).read_features(np.arange(40)), cache.read_features(np.arange(40))
+    assert all(np.array_equal(x, y) for k in a for x, y in zip(a[k], b[k], strict=True))
+    tree = xr.open_datatree(zarr.storage.ZipStore(dest, mode="r"), engine="zarr")
+    assert tree["clip"].size == 40
+    from aver.store import CacheWriter, Capacity
+
+    with pytest.raises(CacheError, match="read-only"):
+        CacheWriter.create_or_open(dest, None, {"config_hash": "x"}, Capacity(1, 1), {})

@@ -172,3 +172,21 @@ def test_a_template_interrupted_at_any_step_is_written_again(tmp_path, monkeypat
         CacheWriter.create_or_open(
             str(tmp_path / "o.zarr"), _index().table(), _attrs(), Capacity(7, 16), DIMS
         )
+
+
+def test_the_working_store_opens_as_an_xarray_datatree_with_coordinates(tmp_path):
+    """Every array has dimension names and the root holds the clip / fold / layer coordinates."""
+    import warnings
+
+    import xarray as xr
+
+    from aver.testing import build_feature_cache
+
+    url = build_feature_cache(str(tmp_path / "toy.zarr"), n_clips=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tree = xr.open_datatree(url, engine="zarr", consolidated=False)
+    frames = tree["frames"].to_dataset()
+    assert frames["features"].sel(clip="c003").dims == ("frame", "feature")
+    assert tree["fold"].values.tolist() == [1, 2, 3, 4, 5] and tree["layer"].size == 1
+    assert tree["clips"]["label"].sel(clip="c004").item() == 1

@@ -15,7 +15,7 @@ def storage_size(url: str, storage_options: dict | None = None) -> tuple[int, in
     """Objects (files) and bytes under a store, local or at an fsspec URL (one listing)."""
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(url, **((storage_options or {}) if "://" in url else {}))
     sizes = fs.du(path, total=False, withdirs=False)
     return len(sizes), int(sum(sizes.values()))
 

@@ -162,7 +162,10 @@ def open_root(url: str, mode: str, storage_options: dict | None = None):
 
             raise CacheError(f"{url}: a zipped cache is read-only: extract into a .zarr folder")
         return zarr.open_group(zarr.storage.ZipStore(url, mode="r"), mode="r", zarr_format=3)
-    return zarr.open_group(url, mode=mode, storage_options=storage_options or None, zarr_format=3)
+    remote = "://" in str(url)  # storage options belong to URLs (a local path beside a URL ignores them)
+    return zarr.open_group(
+        url, mode=mode, storage_options=(storage_options or None) if remote else None, zarr_format=3
+    )
 
 
 def store_exists(url: str, storage_options: dict | None = None) -> bool:

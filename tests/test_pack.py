@@ -86,3 +86,22 @@ def test_pack_into_one_zip_file(stores, tmp_path):
 
     with pytest.raises(CacheError, match="read-only"):
         CacheWriter.create_or_open(dest, None, {"config_hash": "x"}, Capacity(1, 1), {})
+
+
+@pytest.mark.slow
+def test_pack_into_s3_and_train_from_it(stores, tmp_path, s3_endpoint):
+    """A packed copy written straight to a bucket: verified there, trained on through the
+    read-through copy, with the source's metrics."""
+    from aver.train import train_fold
+
+    src, _, _ = stores
+    url = "s3://aver-caches/team/packed.zarr"
+    summary = pack(src, url, storage_options=s3_endpoint, dest_options=s3_endpoint, progress=False)
+    assert summary["verified"] == 40 and summary["objects"][1] < 100
+    assert FeatureCache(url, s3_endpoint).meta["packed"]["shard_clips"] == 64
+    kw = {"preset": "tiny", "epochs": 1, "overrides": TINY}
+    remote = train_fold(
+        url, 1, out=str(tmp_path / "r"), storage_options=s3_endpoint, read_through=str(tmp_path / "rt"), **kw
+    )
+    local = train_fold(src, 1, out=str(tmp_path / "l"), **kw)
+    assert remote["test"] == local["test"]

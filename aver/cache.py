@@ -78,9 +78,8 @@ class FeatureCache:
 
     # -- validation --------------------------------------------------------------------------
     def _has(self, name: str) -> bool:
-        group, _, leaf = name.partition("/")
         try:
-            return group in self.group and leaf in self.group[group]
+            return L.has_array(self.group, name)
         except Exception:  # noqa: BLE001 - unreadable metadata: present, and opening it will say why
             return True
 
@@ -220,6 +219,41 @@ class FeatureCache:
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [])
 
+    # attrs.aver keys that say how the features were made (the writer adds the rest)
+    PROVENANCE = (
+        "dataset",
+        "preset",
+        "tiny",
+        "config",
+        "config_hash",
+        "models",
+        "code_version",
+        "libraries",
+        "notes",
+    )
+
+    def template(self) -> dict[str, Any]:
+        """What a store made from this one (merged, pulled) writes as its template: the arguments
+        ``table``, ``attrs``, ``cap`` and ``dims`` of ``CacheWriter.create_or_open``."""
+        from aver.store import Capacity, ClipTable
+
+        table = ClipTable(
+            ids=[str(i) for i in self.ids],
+            speakers=[str(s) for s in self.speakers],
+            videos=[str(v) for v in self.array(L.VIDEO)],
+            labels=self.labels.astype(np.int16),
+            targets=self.targets,
+            folds=self.folds,
+            classes=self.classes,
+            target_names=self.target_names,
+            folds_source=self.meta.get("folds_source") or "",
+            soft_labels=self.soft_labels,
+            label_source=self.meta.get("label_source", "file name"),
+        )
+        cap = Capacity(int(self.meta["capacity"]["frames"]), int(self.meta["capacity"]["audio"]))
+        attrs = {k: self.meta[k] for k in self.PROVENANCE if k in self.meta}
+        return {"table": table, "attrs": attrs, "cap": cap, "dims": dict(self.meta["dims"])}
+
     @property
     def label_source(self) -> str:
         """Where ``clips/label`` comes from (``file name``, ``clip table``, ``consensus argmax:<files>``)."""
@@ -298,7 +332,8 @@ class FeatureCache:
         out: dict[str, list[np.ndarray]] = {key: [] for key in L.FEATURES}
         if not len(idx):
             return out
-        digests = self.digests() if verify else None
+        stored = self.digests() if verify else None
+        recorded = [parse(stored[i]) if stored is not None else {} for i in idx]  # once per clip
         pulled = self.meta.get("pulled")
         absent = [k for k in L.FEATURES if pulled and k not in (pulled.get("modalities") or [])]
         if absent:
@@ -316,8 +351,8 @@ class FeatureCache:
                         f"{self.url}: clip {self.ids[i]} has non-finite values (NaN/inf) in {name}; "
                         "re-extract it (aver extract --retry-failed after marking it) or drop it"
                     )
-                recorded = parse(digests[i]).get(name) if digests is not None else None
-                if recorded is not None and digest(rows, L.ARRAYS[name].dtype) != recorded:
+                want = recorded[k].get(name)
+                if want is not None and digest(rows, L.ARRAYS[name].dtype) != want:
                     raise CacheError(
                         f"{self.url}: damaged cache: {name} of clip {self.ids[i]} differs from its recorded "
                         "digest (a corrupted, truncated, swapped or missing chunk); `aver cache verify` "

@@ -168,6 +168,12 @@ def open_root(url: str, mode: str, storage_options: dict | None = None):
     )
 
 
+def has_array(g, name: str) -> bool:
+    """Whether the store's group ``g`` holds array ``name`` (optional arrays may be absent)."""
+    group, _, leaf = name.partition("/")
+    return group in g and leaf in g[group]
+
+
 def store_exists(url: str, storage_options: dict | None = None) -> bool:
     import zarr
 

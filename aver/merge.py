@@ -19,30 +19,11 @@ import numpy as np
 from aver import layout as L
 from aver.cache import FeatureCache
 from aver.errors import CacheMismatchError, UserError
-from aver.store import CacheWriter, Capacity, ClipTable, diff_dicts
+from aver.store import CacheWriter, diff_dicts
 
 log = logging.getLogger(__name__)
 
-# attrs.aver keys a merged store takes from its sources (the writer adds the rest)
-_KEEP = ("dataset", "preset", "tiny", "config", "config_hash", "models", "code_version", "libraries", "notes")
 PER_CLIP = (*L.CLIP_DATA, *L.CLIP_SCALARS, L.ERROR, L.NOTE, L.DIGEST)
-
-
-def _table(cache: FeatureCache) -> ClipTable:
-    meta = cache.meta
-    return ClipTable(
-        ids=[str(i) for i in cache.ids],
-        speakers=[str(s) for s in cache.speakers],
-        videos=[str(v) for v in cache.array(L.VIDEO)],
-        labels=cache.labels.astype(np.int16),
-        targets=cache.targets,
-        folds=cache.folds,
-        classes=cache.classes,
-        target_names=cache.target_names,
-        folds_source=meta.get("folds_source") or "",
-        soft_labels=cache.soft_labels,
-        label_source=meta.get("label_source", "file name"),
-    )
 
 
 def differences(a: FeatureCache, b: FeatureCache) -> list[str]:
@@ -95,31 +76,18 @@ def merge(
     if L.store_exists(dest, storage_options) and not overwrite:
         raise UserError(f"{dest} exists: choose another destination or pass --overwrite")
     chosen = _choose(caches)
-    cap = Capacity(int(base.meta["capacity"]["frames"]), int(base.meta["capacity"]["audio"]))
-    attrs = {k: base.meta[k] for k in _KEEP if k in base.meta}
     writer = CacheWriter.create_or_open(
-        dest,
-        _table(base),
-        attrs,
-        cap,
-        dict(base.meta["dims"]),
-        overwrite=True,
-        storage_options=storage_options,
+        dest, **base.template(), overwrite=True, storage_options=storage_options
     )
     g = writer.group
     for i, src in tqdm(sorted(chosen.items()), unit="clip", disable=not progress, leave=False):
         for name in PER_CLIP:
-            if src._has(name) and _present(g, name):
+            if src._has(name) and L.has_array(g, name):
                 g[name][i] = src.group[name][i]
         g[L.STATUS][i] = src.status[i]  # the commit marker, last
     counts = {c.url: sum(1 for s in chosen.values() if s is c) for c in caches}
     writer.log_run({"event": "merge", "sources": sources, "clips": counts})
     return {"clips": len(chosen), "from": counts}
-
-
-def _present(g, name: str) -> bool:
-    group, _, leaf = name.partition("/")
-    return leaf in g[group]
 
 
 def _choose(caches: list[FeatureCache]) -> dict[int, FeatureCache]:

@@ -178,24 +178,13 @@ def _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress) -> d
 
 def _copy(src_arr, g, spec: L.ArraySpec, meta: dict[str, Any], n: int, shard_clips: int) -> None:
     """One array: data arrays sharded by clips (inner chunk one clip), the rest one whole chunk."""
-    from aver.store import _compressors
+    from aver.store import create_array
 
     shape = tuple(src_arr.shape)
     big = spec.name in L.CLIP_DATA
     chunks = (1, *shape[1:]) if big else tuple(max(s, 1) for s in shape)
     shards = (max(min(shard_clips, n), 1), *shape[1:]) if big else None
-    kwargs = {} if spec.dtype == "str" else {"compressors": _compressors(spec.dtype)}
-    arr = g.create_array(
-        spec.name,
-        shape=shape,
-        dtype=str if spec.dtype == "str" else spec.dtype,
-        chunks=chunks,
-        shards=shards,
-        fill_value=spec.fill,
-        dimension_names=spec.dims,
-        attributes=_attributes(spec.name, meta),
-        **kwargs,
-    )
+    arr = create_array(g, spec, shape, chunks, shards=shards, attributes=_attributes(spec.name, meta))
     step = shards[0] if shards else max(shape[0], 1)
     for start in range(0, max(shape[0], 1), step):
         block = src_arr[start : start + step]

@@ -40,8 +40,7 @@ def pull(
     """Pull into ``dest``; returns ``{"clips", "pulled", "skipped"}``."""
     from tqdm import tqdm
 
-    from aver.merge import _KEEP, _present, _table
-    from aver.store import CacheWriter, Capacity
+    from aver.store import CacheWriter
 
     modalities = list(modalities or MODALITY_ARRAYS)
     unknown = [m for m in modalities if m not in MODALITY_ARRAYS]
@@ -55,27 +54,24 @@ def pull(
     else:
         wanted = np.flatnonzero(src.status == L.DONE)
     record = {"source": url, "fold": fold, "splits": splits if fold else None, "modalities": modalities}
-    attrs = {k: src.meta[k] for k in _KEEP if k in src.meta}
-    cap = Capacity(int(src.meta["capacity"]["frames"]), int(src.meta["capacity"]["audio"]))
     if L.store_exists(dest) and not CacheWriter.needs_template(dest):
         have = (FeatureCache(dest).meta.get("pulled") or {}).get("source")
         if have != url:
             raise UserError(f"{dest} exists and was not pulled from {url}: choose another destination")
-    writer = CacheWriter.create_or_open(dest, _table(src), attrs, cap, dict(src.meta["dims"]))
+    writer = CacheWriter.create_or_open(dest, **src.template())
     meta = writer.meta()
     before = meta.get("pulled") or {}
     merged_mods = sorted(set(before.get("modalities") or []) | set(modalities)) if before else modalities
     meta["pulled"] = {**record, "modalities": merged_mods}
     writer.group.attrs[L.ATTRS_KEY] = meta
     g, done = writer.group, writer.status()
-    scalars = [n for n in ALWAYS if src._has(n) and _present(g, n)]
+    scalars = [n for n in ALWAYS if src._has(n) and L.has_array(g, n)]
     added = [m for m in modalities if not before or m not in (before.get("modalities") or [])]
     todo = [int(i) for i in np.sort(wanted) if done[i] != L.DONE or added]
+    new_clip = scalars + [n for m in modalities for n in MODALITY_ARRAYS[m]]  # a clip not here yet
+    old_clip = [n for m in added for n in MODALITY_ARRAYS[m]]  # a clip here: only the modalities it lacks
     for i in tqdm(todo, unit="clip", disable=not progress, leave=False):
-        fresh = done[i] != L.DONE
-        for name in (scalars if fresh else []) + [
-            n for m in (modalities if fresh else added) for n in MODALITY_ARRAYS[m]
-        ]:
+        for name in new_clip if done[i] != L.DONE else old_clip:
             g[name][i] = src.group[name][i]
         g[L.STATUS][i] = L.DONE
     kept = set(scalars) | {n for m in merged_mods for n in MODALITY_ARRAYS[m]}

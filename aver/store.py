@@ -91,11 +91,12 @@ def _compressors(dtype: str):
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle" if dtype == "float16" else "shuffle")
 
 
-def _create(g, spec: L.ArraySpec, sizes: dict[str, int], data: np.ndarray | None = None) -> None:
-    shape = spec.shape(sizes)
-    chunks = (1, *shape[1:]) if spec.per_clip else tuple(max(s, 1) for s in shape)
-    kwargs = {} if spec.dtype == "str" else {"compressors": _compressors(spec.dtype)}
-    arr = g.create_array(
+def create_array(g, spec: L.ArraySpec, shape: tuple[int, ...], chunks: tuple[int, ...], **kwargs: Any):
+    """Array ``spec`` in group ``g`` with the layout's dtype, fill value, dimension names and
+    compression; ``kwargs`` go to zarr (``shards``, ``attributes``). Every store is made here."""
+    if spec.dtype != "str":
+        kwargs["compressors"] = _compressors(spec.dtype)
+    return g.create_array(
         spec.name,
         shape=shape,
         dtype=str if spec.dtype == "str" else spec.dtype,
@@ -104,6 +105,13 @@ def _create(g, spec: L.ArraySpec, sizes: dict[str, int], data: np.ndarray | None
         dimension_names=spec.dims,
         **kwargs,
     )
+
+
+def _create(g, spec: L.ArraySpec, sizes: dict[str, int], data: np.ndarray | None = None) -> None:
+    """A working-store array: one chunk per clip for per-clip arrays, else one chunk."""
+    shape = spec.shape(sizes)
+    chunks = (1, *shape[1:]) if spec.per_clip else tuple(max(s, 1) for s in shape)
+    arr = create_array(g, spec, shape, chunks)
     if data is not None:
         arr[:] = data
 
@@ -161,8 +169,7 @@ def _digests(data: dict, t: int, p: int, a: int, r: ClipResult, notes: bool) -> 
 
 def _column_change(g, name: str, want: np.ndarray | None) -> str:
     """How the stored clip-table array ``name`` differs from ``want`` ("" when it does not)."""
-    group, _, leaf = name.partition("/")
-    have = g[name][:] if group in g and leaf in g[group] else None
+    have = g[name][:] if L.has_array(g, name) else None
     if have is None or want is None:
         return "" if have is None and want is None else ("added" if have is None else "removed")
     if have.shape != want.shape:
@@ -180,7 +187,6 @@ class CacheWriter:
         self.url = url
         self.storage_options = storage_options or {}
         self._g = None
-        self._notes: bool | None = None
         self._present: dict[str, bool] = {}
 
     @property
@@ -345,10 +351,10 @@ class CacheWriter:
         for name, value in ((L.N_FRAMES, t), (L.N_FLOW, p), (L.N_AUDIO, a), (L.FPS, r.fps)):
             g[name][i] = value
         g[L.ERROR][i] = ""
-        if self._has_notes():
+        if self._has(L.NOTE):
             g[L.NOTE][i] = r.note
-        if self._has("digest"):  # before the status: a committed clip always has its digests
-            g[L.DIGEST][i] = _digests(data, t, p, a, r, self._has_notes())
+        if self._has(L.DIGEST):  # before the status: a committed clip always has its digests
+            g[L.DIGEST][i] = _digests(data, t, p, a, r, self._has(L.NOTE))
         g[L.STATUS][i] = L.DONE
 
     def write_failure(self, i: int, cause: str) -> None:
@@ -361,23 +367,17 @@ class CacheWriter:
         for name in L.CLIP_SCALARS:
             g[name][i] = 0
         g[L.ERROR][i] = cause
-        if self._has_notes():
-            g[L.NOTE][i] = ""
-        if self._has("digest"):
-            g[L.DIGEST][i] = ""
+        for name in (L.NOTE, L.DIGEST):
+            if self._has(name):
+                g[name][i] = ""
         g[L.STATUS][i] = L.FAILED
 
-    def _has(self, leaf: str) -> bool:
-        """Whether ``clips/<leaf>`` exists (arrays added after a store was made stay absent there)."""
-        if leaf not in self._present:
-            self._present[leaf] = leaf in self.group["clips"]
-        return self._present[leaf]
-
-    def _has_notes(self) -> bool:
-        """Stores written before aver 0.2 have no ``clips/note``; they stay writable as they are."""
-        if self._notes is None:
-            self._notes = "note" in self.group["clips"]
-        return self._notes
+    def _has(self, name: str) -> bool:
+        """Whether array ``name`` exists: arrays added to the layout later (``clips/note`` in aver
+        0.2, ``clips/digest`` in 0.3) are absent from older stores, which stay writable as they are."""
+        if name not in self._present:
+            self._present[name] = L.has_array(self.group, name)
+        return self._present[name]
 
 
 def _pad(x: np.ndarray, length: int) -> np.ndarray:

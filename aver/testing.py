@@ -6,6 +6,8 @@ as extraction does, so a cache built here is read by the same code as a real one
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from aver.folds import round_robin_groups, speaker_folds
@@ -110,3 +112,28 @@ def _table(
         target_names=list(targets),
         folds_source="speaker-round-robin",
     )
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str):
+    """A moto S3 server on a free local port with ``bucket`` created (the ``dev`` extra: moto,
+    boto3, s3fs); yields the fsspec storage options that reach it. For tests and benchmarks."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        boto3.client(
+            "s3", aws_access_key_id="testing", aws_secret_access_key="testing", **client
+        ).create_bucket(Bucket=bucket)
+        yield {"key": "testing", "secret": "testing", "client_kwargs": client}
+    finally:
+        server.stop()

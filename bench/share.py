@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -34,23 +33,6 @@ class _Calls(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("CALL:"):
             self.n += 1
-
-
-def _server():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    opts = {
-        "key": "k",
-        "secret": "s",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    return server, opts
 
 
 def load_fold(url: str, opts: dict, calls: _Calls) -> tuple[int, float, int]:
@@ -80,7 +62,7 @@ def main() -> None:
 
     from aver.info import storage_size
     from aver.pack import pack
-    from aver.testing import build_feature_cache
+    from aver.testing import build_feature_cache, local_s3
     from bench.extract import machine
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
@@ -89,40 +71,27 @@ def main() -> None:
     log.setLevel(logging.DEBUG)
     log.addHandler(calls)
     log.propagate = False
-    server, opts = _server()
     rows = []
-    try:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=opts["client_kwargs"]["endpoint_url"],
-            region_name="us-east-1",
-            aws_access_key_id="k",
-            aws_secret_access_key="s",
-        ).create_bucket(Bucket="caches")
+    with local_s3("caches") as opts, tempfile.TemporaryDirectory() as tmp:
         fs = fsspec.filesystem("s3", **opts)
-        with tempfile.TemporaryDirectory() as tmp:
-            src = build_feature_cache(
-                str(Path(tmp) / "ravdess.zarr"),
-                n_clips=args.clips,
-                n_classes=8,
-                n_speakers=24,
-                frames=tuple(args.frames),
-                d_image=args.d_image,
-                d_audio=args.d_audio,
-                separation=0.0,
-            )
-            packed = str(Path(tmp) / "packed.zarr")
-            pack(src, packed, shard_clips=args.shard_clips, progress=False)
-            for name, local in (("working store", src), (f"packed ({args.shard_clips} clips/shard)", packed)):
-                remote = f"s3://caches/{Path(local).name}"
-                fs.put(local, remote.removeprefix("s3://"), recursive=True)
-                objects, size = storage_size(remote, opts)
-                requests, seconds, n = load_fold(remote, opts, calls)
-                rows.append((name, objects, size, requests, seconds, n))
-    finally:
-        server.stop()
+        src = build_feature_cache(
+            str(Path(tmp) / "ravdess.zarr"),
+            n_clips=args.clips,
+            n_classes=8,
+            n_speakers=24,
+            frames=tuple(args.frames),
+            d_image=args.d_image,
+            d_audio=args.d_audio,
+            separation=0.0,
+        )
+        packed = str(Path(tmp) / "packed.zarr")
+        pack(src, packed, shard_clips=args.shard_clips, progress=False)
+        for name, local in (("working store", src), (f"packed ({args.shard_clips} clips/shard)", packed)):
+            remote = f"s3://caches/{Path(local).name}"
+            fs.put(local, remote.removeprefix("s3://"), recursive=True)
+            objects, size = storage_size(remote, opts)
+            requests, seconds, n = load_fold(remote, opts, calls)
+            rows.append((name, objects, size, requests, seconds, n))
     print(f"machine: {machine()}")
     print(
         f"{args.clips} clips of {args.frames[0]}-{args.frames[1]} frames, features {args.d_image}/{args.d_audio}-d; "

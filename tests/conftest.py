@@ -63,35 +63,12 @@ def extracted_store(small_corpus, tiny_config, tmp_path_factory) -> str:
     return url
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_endpoint():
     """A local moto S3 server with the bucket ``aver-caches``; yields fsspec storage options."""
-    moto_server = pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    opts = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    boto3 = pytest.importorskip("boto3")
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket="aver-caches")
-    yield opts
-    server.stop()
+    for module in ("moto.server", "s3fs", "boto3"):
+        pytest.importorskip(module)
+    from aver.testing import local_s3
+
+    with local_s3("aver-caches") as opts:
+        yield opts

@@ -122,9 +122,14 @@ def pack(
         zarr.consolidate_metadata(g.store)
     packed = FeatureCache(dest, dest_options)
     problems, verified, unverifiable = packed.verify(progress=progress)
-    if problems:
+    if problems:  # marked incomplete again: no reader takes a copy that failed verification
+        L.open_root(dest, "r+", dest_options).attrs[L.ATTRS_KEY] = {
+            L.TEMPLATE_KEY: "incomplete",
+            "layout_version": L.LAYOUT_VERSION,
+        }
         raise CacheError(
-            f"{dest}: the packed copy does not verify: {problems[0]} (and {len(problems) - 1} more)"
+            f"{dest}: the packed copy does not verify: {problems[0]} (and {len(problems) - 1} more); "
+            f"the source is damaged (aver cache verify {src}); {dest} is left marked incomplete"
         )
     before, after = storage_size(src, storage_options), storage_size(dest, dest_options)
     return {

@@ -55,6 +55,8 @@ def test_a_packed_copy_is_read_only_and_damage_is_not_packed(stores, tmp_path):
     chunk.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="does not verify"):
         pack(str(tmp_path / "d.zarr"), str(tmp_path / "d_packed.zarr"), progress=False)
+    with pytest.raises(CacheError, match="incomplete"):  # no reader takes the failed copy
+        FeatureCache(str(tmp_path / "d_packed.zarr"))
 
 
 def test_cli_pack(tmp_path, capsys):

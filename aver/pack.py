@@ -113,24 +113,7 @@ def pack(
     meta = dict(cache.meta)
     meta["packed"] = {"shard_clips": shard_clips, "source": src}
     g.attrs[L.ATTRS_KEY] = meta
-    import warnings
-
-    import zarr
-
-    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not yet in the v3 spec
-        warnings.simplefilter("ignore", category=UserWarning)
-        zarr.consolidate_metadata(g.store)
-    packed = FeatureCache(dest, dest_options)
-    problems, verified, unverifiable = packed.verify(progress=progress)
-    if problems:  # marked incomplete again: no reader takes a copy that failed verification
-        L.open_root(dest, "r+", dest_options).attrs[L.ATTRS_KEY] = {
-            L.TEMPLATE_KEY: "incomplete",
-            "layout_version": L.LAYOUT_VERSION,
-        }
-        raise CacheError(
-            f"{dest}: the packed copy does not verify: {problems[0]} (and {len(problems) - 1} more); "
-            f"the source is damaged (aver cache verify {src}); {dest} is left marked incomplete"
-        )
+    verified, unverifiable = _finish(g, dest, dest_options, src, progress)
     before, after = storage_size(src, storage_options), storage_size(dest, dest_options)
     return {
         "clips": n,
@@ -139,6 +122,29 @@ def pack(
         "objects": (before[0], after[0]),
         "bytes": (before[1], after[1]),
     }
+
+
+def _finish(g, dest: str, dest_options: dict | None, src: str, progress: bool) -> tuple[int, int]:
+    """Consolidate the metadata and verify the copy; a copy that fails verification is marked
+    incomplete again, so that no reader takes it. Returns (verified clips, clips without digests)."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not yet in the v3 spec
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(g.store)
+    problems, verified, unverifiable = FeatureCache(dest, dest_options).verify(progress=progress)
+    if problems:
+        L.open_root(dest, "r+", dest_options).attrs[L.ATTRS_KEY] = {
+            L.TEMPLATE_KEY: "incomplete",
+            "layout_version": L.LAYOUT_VERSION,
+        }
+        raise CacheError(
+            f"{dest}: the packed copy does not verify: {problems[0]} (and {len(problems) - 1} more); "
+            f"the source is damaged (aver cache verify {src}); {dest} is left marked incomplete"
+        )
+    return verified, unverifiable
 
 
 def _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress) -> dict[str, Any]:

@@ -20,7 +20,8 @@ WORKERS    ?= 0
 FOLD       ?= 1
 FOLDS      ?=
 RUNS       ?= runs
-VARIANT    ?= de3
+MODEL      ?= de3
+VARIANT    ?=
 EXTRA      ?=
 
 AVER := $(VENV)/bin/aver
@@ -45,7 +46,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(AVER) demo --cache $(CACHE) --runs $(RUNS) --device $(DEVICE)
+	HF_HUB_OFFLINE=1 $(AVER) demo --cache $(CACHE) --runs $(RUNS) --device $(DEVICE) --model $(MODEL)
 
 extract: $(STAMP)
 	$(AVER) extract --dataset $(DATASET) --cache $(CACHE) --preset $(PRESET) \
@@ -54,14 +55,16 @@ extract: $(STAMP)
 	  $(if $(FOLD_FILES),--fold-files '$(FOLD_FILES)') $(EXTRA)
 
 STORE := $(CACHE)/$(DATASET).zarr
+# runs/<dataset>/<variant> for DE-III (as before), runs/<dataset>/<model>/<variant> for the others
+RUN_DIR := $(RUNS)/$(DATASET)/$(if $(filter de3,$(MODEL)),,$(MODEL)/)$(or $(VARIANT),$(if $(filter de3,$(MODEL)),de3,full))
 
 train: $(STAMP)
-	$(AVER) train --cache $(STORE) --fold $(FOLD) --variant $(VARIANT) --preset $(PRESET) \
-	  --device $(DEVICE) --out $(RUNS)/$(DATASET)/$(VARIANT)/fold$(FOLD) $(EXTRA)
+	$(AVER) train --cache $(STORE) --fold $(FOLD) --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) \
+	  --preset $(PRESET) --device $(DEVICE) --out $(RUN_DIR)/fold$(FOLD) $(EXTRA)
 
 cv: $(STAMP)
-	$(AVER) cv --cache $(STORE) --variant $(VARIANT) --preset $(PRESET) --device $(DEVICE) \
-	  --out $(RUNS)/$(DATASET)/$(VARIANT) $(if $(FOLDS),--folds $(FOLDS)) --workers $(WORKERS) $(EXTRA)
+	$(AVER) cv --cache $(STORE) --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) --preset $(PRESET) \
+	  --device $(DEVICE) --out $(RUN_DIR) $(if $(FOLDS),--folds $(FOLDS)) --workers $(WORKERS) $(EXTRA)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -47,9 +47,9 @@ class FeatureCache:
                 "`aver extract` command to finish it"
             )
         version = meta.get("layout_version")
-        if type(version) is not int or version != L.LAYOUT_VERSION:
+        if type(version) is not int or version not in L.READABLE_VERSIONS:
             raise CacheError(
-                f"{url} has cache layout {version!r}; this aver reads layout {L.LAYOUT_VERSION} (an integer): "
+                f"{url} has cache layout {version!r}; this aver reads layouts {list(L.READABLE_VERSIONS)}: "
                 "re-extract it with this aver (or read it with the aver that wrote it)"
             )
         self.url = url
@@ -359,6 +359,56 @@ class FeatureCache:
                         "lists every damaged clip: copy the store again or re-extract them"
                     )
                 out[key].append(rows)
+        return out
+
+    # -- end-to-end inputs (layout 2) ---------------------------------------------------------
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """``attrs.aver.inputs`` (crops / wave settings and capacities); ``{}`` without inputs."""
+        meta = self.meta.get("inputs")
+        return dict(meta) if isinstance(meta, dict) and self._has(L.INPUT_STATUS) else {}
+
+    def input_status(self) -> np.ndarray:
+        """``int8 [N]`` commit status of each clip's inputs (all pending in a store without them)."""
+        if not hasattr(self, "_input_status"):
+            self._input_status = (
+                self._load(L.INPUT_STATUS) if self.inputs else np.zeros(len(self.ids), np.int8)
+            )
+        return self._input_status
+
+    def read_inputs(self, indices: np.ndarray, verify: bool = True) -> dict[str, list[np.ndarray]]:
+        """Valid crops (``uint8 [K_i, S, S, 3]``), crop frame indices and waveforms (``int16
+        [W_i]``; float = value / ``WAVE_SCALE``) of clips ``indices``, checked against their digests."""
+        from aver.integrity import input_digests, parse
+
+        idx = np.asarray(indices, dtype=np.int64)
+        if not self.inputs:
+            raise CacheError(
+                f"{self.url} holds no end-to-end inputs: extract with --set inputs.crops=true "
+                "--set inputs.wave=true (added to the existing store without recomputing features)"
+            )
+        missing = [str(self.ids[i]) for i in idx if self.input_status()[i] != L.DONE]
+        if missing:
+            raise CacheError(
+                f"{self.url}: {len(missing)} clips have no end-to-end inputs yet (e.g. {missing[:3]}): rerun "
+                "`aver extract` with the same inputs settings to fill them"
+            )
+        n_crops, n_wave = self._load(L.N_CROPS)[idx], self._load(L.N_WAVE)[idx]
+        crops = self._read(L.CROPS, idx, max(int(n_crops.max(initial=0)), 1))
+        index = self._read(L.CROP_INDEX, idx, max(int(n_crops.max(initial=0)), 1))
+        wave = self._read(L.WAVE, idx, max(int(n_wave.max(initial=0)), 1))
+        digests = self._load(L.INPUT_DIGEST)[idx] if verify else None
+        out: dict[str, list[np.ndarray]] = {"crops": [], "crop_index": [], "wave": []}
+        for k, i in enumerate(idx):
+            c, x, w = crops[k, : n_crops[k]], index[k, : n_crops[k]], wave[k, : n_wave[k]]
+            if digests is not None and parse(digests[k]) and digests[k] != input_digests(c, x, w):
+                raise CacheError(
+                    f"{self.url}: damaged cache: the inputs of clip {self.ids[i]} differ from their recorded "
+                    "digest; copy the store again or re-extract them"
+                )
+            out["crops"].append(np.ascontiguousarray(c))
+            out["crop_index"].append(np.ascontiguousarray(x))
+            out["wave"].append(np.ascontiguousarray(w))
         return out
 
     def digests(self) -> np.ndarray | None:

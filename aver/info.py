@@ -38,6 +38,7 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         f"dims:     image {dims['image']}  audio {dims['audio']} x {dims['audio_layers']} layer(s) "
         f"at {dims['audio_rate_hz']:g} Hz  capacity {meta['capacity']}",
     ]
+    lines.extend(_inputs_lines(cache, done))
     objects, size = storage_size(url, storage_options)
     lines.insert(3, f"storage:  {objects} objects, {size / 1e6:.1f} MB")
     if cache.classes:
@@ -67,3 +68,23 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
             lines.append(f"  {cache.ids[i]}: {errors[int(i)]}")
     # Everything above may hold text from a data folder: no control character reaches the terminal.
     return "\n".join(printable(line) for line in lines)
+
+
+def _inputs_lines(cache: FeatureCache, done: np.ndarray) -> list[str]:
+    """What the cache holds for each kind of model, and so which systems it can train."""
+    inputs = cache.inputs
+    feats = "features (frames, flow, wav2vec2)"
+    if not inputs:
+        return [f"inputs:   {feats} only; trains: de3 (add crops + waveforms for mocanu2023, avtca)"]
+    ready = int(((cache.input_status() == L.DONE) & done).sum())
+    held = []
+    if inputs.get("crops"):
+        k = inputs.get("crop_frames") or "all"
+        held.append(f"face crops ({k} frames at {inputs.get('crop_size')} px)")
+    if inputs.get("wave"):
+        held.append(f"waveforms ({inputs.get('sample_rate')} Hz)")
+    trains = ["de3"] + (["mocanu2023", "avtca"] if inputs.get("crops") and inputs.get("wave") else [])
+    return [
+        f"inputs:   {feats} + {' + '.join(held)}; {ready} of {int(done.sum())} done clips have them",
+        f"trains:   {', '.join(trains)}",
+    ]

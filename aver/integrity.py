@@ -51,6 +51,19 @@ def clip_digests(rows: dict[str, Any], note: str | None) -> str:
     return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
+def input_digests(crops: np.ndarray, crop_index: np.ndarray, wave: np.ndarray) -> str:
+    """The ``inputs/digest`` value of a clip: its valid crops, crop frame indices and waveform."""
+    rows = {
+        L.CROPS: crops,
+        L.CROP_INDEX: crop_index,
+        L.WAVE: wave,
+        L.N_CROPS: len(crops),
+        L.N_WAVE: len(wave),
+    }
+    out = {name: digest(value, L.ARRAYS[name].dtype) for name, value in rows.items()}
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
 @dataclass
 class Problem:
     """One thing wrong with one clip's array."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: optional end-to-end inputs (inputs/*); layout 1 stores are still read
+READABLE_VERSIONS = (1, 2)
 ATTRS_KEY = "aver"  # group attribute holding the provenance JSON
 TEMPLATE_KEY = "template"  # "incomplete" while the template is being written (then absent)
 
@@ -47,6 +48,17 @@ FACE_MASK = "frames/face_mask"
 FLOW_FEATURES = "flow/features"
 AUDIO_FEATURES = "audio/features"
 FOLD_SPLIT = "folds/split"
+# End-to-end inputs (layout 2, optional): face crops and the 16 kHz waveform, for models that train
+# their backbones (mocanu2023, avtca). They have their own commit marker, so they can be added to a
+# store whose features are done.
+CROPS = "inputs/crops"
+CROP_INDEX = "inputs/crop_index"
+N_CROPS = "inputs/n_crops"
+WAVE = "inputs/wave"
+N_WAVE = "inputs/n_wave"
+INPUT_STATUS = "inputs/status"
+INPUT_DIGEST = "inputs/digest"
+WAVE_SCALE = 32768.0  # inputs/wave holds 16-bit PCM: float = int16 / WAVE_SCALE
 
 # The valid length of each modality of a clip, and the feature array it applies to.
 LENGTHS = {"frames": N_FRAMES, "flow": N_FLOW, "audio": N_AUDIO}
@@ -60,6 +72,7 @@ class ArraySpec:
     Size symbols: ``N`` clips, ``T`` frame capacity, ``A`` audio capacity, ``L`` audio layers,
     ``D_image`` / ``D_audio`` feature widths, ``K`` folds, ``K_t`` targets, ``C`` classes, ``4`` a
     literal.
+    Inputs (layout 2): ``K_c`` crop frames per clip, ``S_c`` crop side, ``W`` waveform samples.
     ``per_clip`` arrays have one chunk per clip (written by the clip's worker); the others are
     written once, whole, with the template.
     """
@@ -110,11 +123,21 @@ ARRAYS: dict[str, ArraySpec] = {
             ["N", "A", "L", "D_audio"],
             0.0,
         ),
+        _spec(CROPS, "uint8", ["clip", "crop_frame", "y", "x", "rgb"], ["N", "K_c", "S_c", "S_c", "3"], 0),
+        _spec(CROP_INDEX, "int32", ["clip", "crop_frame"], ["N", "K_c"], -1),
+        _spec(N_CROPS, "int32", ["clip"], ["N"], 0),
+        _spec(WAVE, "int16", ["clip", "sample"], ["N", "W"], 0),
+        _spec(N_WAVE, "int32", ["clip"], ["N"], 0),
+        _spec(INPUT_STATUS, "int8", ["clip"], ["N"], PENDING),
+        _spec(INPUT_DIGEST, "str", ["clip"], ["N"], ""),
     )
 }
+# The end-to-end inputs: all present or all absent (a store extracted without inputs).
+INPUT_ARRAYS = (CROPS, CROP_INDEX, N_CROPS, WAVE, N_WAVE, INPUT_STATUS, INPUT_DIGEST)
+INPUT_DATA = (CROPS, CROP_INDEX, WAVE)  # per-clip time-axis data (sharded like features when packed)
 # Present only when the corpus has targets / folds / soft (consensus) labels; clips/note only in
 # stores written by aver >= 0.2, clips/digest by aver >= 0.3.
-OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE, SOFT_LABEL, DIGEST)
+OPTIONAL = (TARGETS, FOLD_SPLIT, NOTE, SOFT_LABEL, DIGEST, *INPUT_ARRAYS)
 
 # Per-clip data arrays: reset to their fill value when a clip fails.
 CLIP_DATA = (FRAME_FEATURES, FLOW_FEATURES, AUDIO_FEATURES, TIMESTAMP, FACE_BOX, FACE_PROB, FACE_MASK)
@@ -132,6 +155,9 @@ LIMITS = {
     "K": 1_000,  # folds
     "K_t": 1_000,  # continuous targets
     "C": 100_000,  # classes
+    "K_c": 1_000_000,  # crop frames per clip
+    "S_c": 1_024,  # crop side
+    "W": 700_000_000,  # waveform samples per clip (12 h at 16 kHz)
 }
 MAX_CHUNK_BYTES = 2**31  # one clip's chunk of any array: a read decodes the whole chunk
 
@@ -149,6 +175,17 @@ def sizes_from_meta(meta: dict[str, Any], n_clips: int, n_folds: int = 0) -> dic
         "K": n_folds,
         "K_t": len(meta.get("targets") or []),
         "C": len(meta.get("classes") or []),
+        **input_sizes(meta),
+    }
+
+
+def input_sizes(meta: dict[str, Any]) -> dict[str, int]:
+    """``K_c``, ``S_c``, ``W`` from ``attrs.aver.inputs`` (all 0 for a store without inputs)."""
+    inputs = meta.get("inputs") or {}
+    return {
+        "K_c": int(inputs.get("crop_frames_capacity", 0)),
+        "S_c": int(inputs.get("crop_size", 0)),
+        "W": int(inputs.get("wave_capacity", 0)),
     }
 
 

@@ -24,6 +24,7 @@ from aver.store import CacheWriter, diff_dicts
 log = logging.getLogger(__name__)
 
 PER_CLIP = (*L.CLIP_DATA, *L.CLIP_SCALARS, L.ERROR, L.NOTE, L.DIGEST)
+INPUTS = tuple(n for n in L.INPUT_ARRAYS if n != L.INPUT_STATUS)  # copied before inputs/status
 
 
 def differences(a: FeatureCache, b: FeatureCache) -> list[str]:
@@ -34,7 +35,16 @@ def differences(a: FeatureCache, b: FeatureCache) -> list[str]:
             f"config_hash {a.meta.get('config_hash')} vs {b.meta.get('config_hash')} "
             f"({diff_dicts(a.meta.get('config', {}), b.meta.get('config', {}))})"
         )
-    for key in ("dataset", "dims", "capacity", "classes", "targets", "folds_source", "label_source"):
+    for key in (
+        "dataset",
+        "dims",
+        "capacity",
+        "classes",
+        "targets",
+        "folds_source",
+        "label_source",
+        "inputs",
+    ):
         if a.meta.get(key) != b.meta.get(key):
             out.append(f"{key}: {a.meta.get(key)!r} vs {b.meta.get(key)!r}")
     if list(a.ids) != list(b.ids):
@@ -79,11 +89,15 @@ def merge(
     writer = CacheWriter.create_or_open(
         dest, **base.template(), overwrite=True, storage_options=storage_options
     )
+    if base.inputs:
+        writer.add_inputs(base.inputs)
     g = writer.group
     for i, src in tqdm(sorted(chosen.items()), unit="clip", disable=not progress, leave=False):
-        for name in PER_CLIP:
+        for name in PER_CLIP + (INPUTS if base.inputs else ()):
             if src._has(name) and L.has_array(g, name):
                 g[name][i] = src.group[name][i]
+        if base.inputs:
+            g[L.INPUT_STATUS][i] = src.input_status()[i]
         g[L.STATUS][i] = src.status[i]  # the commit marker, last
     counts = {c.url: sum(1 for s in chosen.values() if s is c) for c in caches}
     writer.log_run({"event": "merge", "sources": sources, "clips": counts})

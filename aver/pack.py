@@ -54,6 +54,13 @@ DESCRIPTIONS = {
     L.FLOW_FEATURES: ("EfficientNet features of the flow images", "1"),
     L.AUDIO_FEATURES: ("wav2vec2 hidden states", "1"),
     L.FOLD_SPLIT: ("split of each clip in each fold", "1"),
+    L.CROPS: ("face crops, RGB channels last", "1"),
+    L.CROP_INDEX: ("frame of each stored crop (-1 none)", "1"),
+    L.N_CROPS: ("valid crops", "1"),
+    L.WAVE: ("16 kHz mono waveform, 16-bit PCM (divide by 32768)", "1"),
+    L.N_WAVE: ("valid waveform samples", "1"),
+    L.INPUT_STATUS: ("commit status of the end-to-end inputs", "1"),
+    L.INPUT_DIGEST: ("sha256 content digests of the clip's inputs (JSON)", None),
 }
 
 
@@ -62,7 +69,7 @@ def _attributes(name: str, meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"long_name": long_name}
     if units:
         out["units"] = units
-    if name == L.STATUS:
+    if name in (L.STATUS, L.INPUT_STATUS):
         out.update(flag_values=list(L.STATUS_NAMES), flag_meanings=" ".join(L.STATUS_NAMES.values()))
     elif name == L.FOLD_SPLIT:
         out.update(flag_values=list(L.SPLIT_CODES.values()), flag_meanings=" ".join(L.SPLIT_CODES))
@@ -192,7 +199,7 @@ def _copy(src_arr, g, spec: L.ArraySpec, meta: dict[str, Any], n: int, shard_cli
     from aver.store import create_array
 
     shape = tuple(src_arr.shape)
-    big = spec.name in L.CLIP_DATA
+    big = spec.name in (*L.CLIP_DATA, *L.INPUT_DATA)
     chunks = (1, *shape[1:]) if big else tuple(max(s, 1) for s in shape)
     shards = (max(min(shard_clips, n), 1), *shape[1:]) if big else None
     arr = create_array(g, spec, shape, chunks, shards=shards, attributes=_attributes(spec.name, meta))

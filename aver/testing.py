@@ -10,6 +10,7 @@ import contextlib
 
 import numpy as np
 
+from aver import layout as L
 from aver.folds import round_robin_groups, speaker_folds
 from aver.store import CacheWriter, Capacity, ClipResult, ClipTable
 
@@ -137,3 +138,41 @@ def local_s3(bucket: str):
         yield {"key": "testing", "secret": "testing", "client_kwargs": client}
     finally:
         server.stop()
+
+
+def add_toy_inputs(
+    url: str,
+    crop_frames: int = 8,
+    crop_size: int = 32,
+    seconds: tuple[float, float] = (0.4, 1.2),
+    seed: int = 0,
+) -> str:
+    """Give a ``build_feature_cache`` store end-to-end inputs a model can learn from: each class has
+    its own face tint and its own tone (plus noise), so crops and waveforms both carry the label."""
+    from aver.store import ClipInputs
+
+    w = CacheWriter(url)
+    labels = w.group[L.LABEL][:]
+    n_classes = max(int(labels.max()) + 1, 1)
+    rng = np.random.default_rng(seed)
+    w.add_inputs(
+        {
+            "crops": True,
+            "crop_frames": crop_frames,
+            "crop_size": crop_size,
+            "wave": True,
+            "sample_rate": 16000,
+            "crop_frames_capacity": crop_frames,
+            "wave_capacity": int(seconds[1] * 16000) + 1,
+        }
+    )
+    tints = rng.integers(40, 215, size=(n_classes, 3))
+    for i, k in enumerate(labels):
+        crops = np.clip(tints[k] + rng.normal(0, 25, (crop_frames, crop_size, crop_size, 3)), 0, 255)
+        n = int(rng.uniform(*seconds) * 16000)
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 150 * k) * np.arange(n) / 16000) + 0.05 * rng.standard_normal(
+            n
+        )
+        wave = np.round(np.clip(tone, -1, 1) * 32767).astype(np.int16)
+        w.write_inputs(i, ClipInputs(crops.astype(np.uint8), np.arange(crop_frames), wave))
+    return url

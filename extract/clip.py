@@ -108,8 +108,11 @@ def encode_audio_early(cfg: ExtractConfig) -> bool:
     return rt.device == "cpu" and rt.threads == 1
 
 
-def _crop_pass(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
-    """Second decoding pass: ``uint8 [n, 3, S, S]`` crops of the smoothed boxes, on the run's device."""
+def _crop_pass(
+    path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock, keep: np.ndarray | None = None
+):
+    """Second decoding pass: ``uint8 [n, 3, S, S]`` crops of the smoothed boxes, on the run's device;
+    with ``keep`` (sorted frame indices) only those frames' crops, computed exactly as in a full pass."""
     import torch
 
     from .faces import crop_faces
@@ -122,7 +125,10 @@ def _crop_pass(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
             break
         t = torch.from_numpy(frames).to(cfg.runtime.device, non_blocking=True)
         with lock:
-            out.append(crop_faces(t, boxes[seen : seen + len(frames)], cfg.face.crop_size))
+            crops = crop_faces(t, boxes[seen : seen + len(frames)], cfg.face.crop_size)
+        if keep is not None:
+            crops = crops[torch.as_tensor(keep[(keep >= seen) & (keep < seen + len(frames))] - seen)]
+        out.append(crops)
         seen += len(frames)
     if seen != n:
         raise ClipError(path, f"second decoding pass gave {seen} frames, the first {n}", "decode")

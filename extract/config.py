@@ -246,6 +246,30 @@ class RuntimeConfig:
 
 
 @dataclass
+class InputsConfig:
+    """End-to-end inputs stored beside the features (``inputs/*``, layout 2): face crops and the
+    waveform, for models that train their own backbones (``mocanu2023``, ``avtca``).
+
+    Not part of ``config_hash``: they are recorded in ``attrs.aver.inputs`` and can be added to a
+    store whose features are done (only what is missing is filled). Crops are the pipeline's own
+    crops (the smoothed track at ``face.crop_size``), resized with antialiasing to ``crop_size``.
+    """
+
+    crops: bool = False
+    crop_frames: int = 0  # frames kept per clip, uniformly sampled; 0 keeps every frame
+    crop_size: int = 112  # side of the stored crops (paper systems: 224; 112 is 4x smaller on disk)
+    wave: bool = False  # the 16 kHz mono waveform as 16-bit PCM
+
+    def __post_init__(self) -> None:
+        _check(self.crop_frames >= 0, "inputs.crop_frames must be >= 0 (0 keeps every frame)")
+        _check(16 <= self.crop_size <= 1024, "inputs.crop_size must be in 16..1024")
+
+    @property
+    def any(self) -> bool:
+        return self.crops or self.wave
+
+
+@dataclass
 class ExtractConfig:
     """Everything that defines a cache. ``config_hash`` covers all but ``runtime``."""
 
@@ -258,6 +282,7 @@ class ExtractConfig:
     max_seconds: float | None = None  # clips are cut to this length (None: whole clip)
     min_audio_ratio: float = 0.5  # audio shorter than this fraction of the video is a failure
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
 
     def __post_init__(self) -> None:
         _check(self.max_seconds is None or self.max_seconds > 0, "max_seconds must be > 0")
@@ -273,6 +298,7 @@ class ExtractConfig:
     def hashed_dict(self) -> dict[str, Any]:
         d = self.to_dict()
         d.pop("runtime")
+        d.pop("inputs")  # recorded in attrs.aver.inputs: inputs can be added to a finished store
         # Fields added after caches existed are hashed only when set away from their defaults, so
         # a cache written before they existed keeps its hash and can be resumed.
         for (section, key), legacy in LATE_FIELDS.items():

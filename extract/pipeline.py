@@ -48,6 +48,7 @@ class Summary:
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
     store: str = ""  # the store's path or URL
+    inputs_filled: int = 0  # committed clips given their end-to-end inputs (inputs/*) by this run
 
     def merge(self, other: Summary) -> None:
         self.done += other.done
@@ -61,6 +62,8 @@ class Summary:
             f"clips: {self.total} | done now: {self.done} | skipped (already done): {self.skipped} | "
             f"failed: {self.failed} | {self.frames} frames in {self.seconds:.1f} s ({fps:.1f} frames/s)"
         ]
+        if self.inputs_filled:
+            lines.append(f"end-to-end inputs added to {self.inputs_filled} clips extracted before")
         for cid, cause in sorted(self.failures.items()):
             lines.append(f"  FAILED {cid}: {cause}")
         return "\n".join(lines)
@@ -168,6 +171,7 @@ def _extract_indices(indices, index, cfg, writer, cap, models, progress) -> Summ
     from .models import models_for
 
     models = models or models_for(cfg)
+    inputs = writer.meta().get("inputs") if cfg.inputs.any else None
     summary = Summary(total=len(indices))
     t0 = time.perf_counter()
     bar = tqdm(total=len(indices), unit="clip", disable=not progress, dynamic_ncols=True)
@@ -176,6 +180,8 @@ def _extract_indices(indices, index, cfg, writer, cap, models, progress) -> Summ
     def flush():
         for p, outcome in _compute(group, cfg, models, cap, compute_group):
             cid = p.record.clip_id
+            if inputs and not isinstance(outcome, ClipError):
+                outcome = _with_inputs(p, outcome, cfg, inputs, models.lock)
             if isinstance(outcome, ClipError):
                 writer.write_failure(p.index, str(outcome))
                 summary.failed += 1
@@ -205,6 +211,20 @@ def _extract_indices(indices, index, cfg, writer, cap, models, progress) -> Summ
     bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _with_inputs(p, result, cfg, inputs: dict, lock):
+    """``result`` with the clip's end-to-end inputs, or the ``ClipError`` that stopped them."""
+    from .inputs import clip_inputs
+
+    try:
+        result.inputs = clip_inputs(p, cfg, inputs, lock)
+    except ClipError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - one bad clip must not stop the run
+        return ClipError(p.record.video, f"{type(e).__name__}: {e}", "inputs")
+    result.note = "; ".join(p.notes)
+    return result
 
 
 def _compute(group, cfg, models, cap, compute_group):
@@ -270,10 +290,39 @@ def run_extraction(
     distributed = executor is not None or bool(cfg.runtime.workers or cfg.runtime.scheduler)
     models = Models.build(cfg, device="cpu" if distributed else cfg.runtime.device)
     with StoreLease(url, storage_options):  # one driver per store (see aver.lease)
+        from .inputs import ensure_inputs
+
         writer = _open_store(cfg, index, url, models, overwrite, storage_options)
+        cfg = ensure_inputs(writer, cfg, models.dims(cfg)["audio_rate_hz"])
         todo = _pending(writer.status(), retry_failed, limit)
         where = {"executor": executor, "storage_options": storage_options, "progress": progress}
-        return _run(cfg, index, url, writer, models, todo, distributed, **where)
+        summary = _run(cfg, index, url, writer, models, todo, distributed, **where)
+        _fill_inputs(summary, index, cfg, writer, retry_failed, limit, progress)
+        return summary
+
+
+def _fill_inputs(
+    summary: Summary, index, cfg, writer: CacheWriter, retry_failed: bool, limit, progress
+) -> None:
+    """End-to-end inputs for committed clips that lack them (a store given inputs after its
+    features were done), from the raw media and the store's face boxes; failures are reported."""
+    from .inputs import fill_inputs
+
+    have = writer.input_status()
+    if have is None:
+        return
+    wanted = (have == PENDING) | ((have == FAILED) if retry_failed else False)
+    todo = [int(i) for i in np.flatnonzero((writer.status() == DONE) & wanted)][
+        : limit if limit is not None else None
+    ]
+    if not todo:
+        return
+    log.info("%s: end-to-end inputs for %d clips extracted before", writer.url, len(todo))
+    failures = fill_inputs(todo, index, cfg.resolved(), writer, progress)
+    summary.inputs_filled += len(todo) - len(failures)
+    summary.failed += len(failures)
+    summary.failures.update({cid: f"inputs: {cause}" for cid, cause in failures.items()})
+    writer.log_run({"event": "inputs", "filled": len(todo) - len(failures), "failed": len(failures)})
 
 
 def _pending(status: np.ndarray, retry_failed: bool, limit: int | None) -> list[int]:

@@ -58,7 +58,7 @@ def test_an_edited_shape_is_refused_without_allocating(toy, array, shape):
             "attrs.aver.dims",
         ),
         ("layout_version", "1", "layout '1'"),
-        ("layout_version", 2, "layout 2"),
+        ("layout_version", 99, "layout 99"),
     ],
 )
 def test_edited_attributes(toy, key, value, match):

@@ -74,7 +74,8 @@ def test_nothing_installs_top_level_extract_or_train(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--variant", "nope"], "invalid choice: 'nope'"),
+        (["--variant", "nope"], "unknown de3 variant 'nope'"),
+        (["--model", "nope"], "invalid choice: 'nope'"),
         (["--preset", "big"], "invalid choice: 'big'"),
         (["--head", "left"], "invalid choice: 'left'"),
     ],

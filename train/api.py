@@ -17,9 +17,12 @@ from .report import evaluate_run
 __all__ = ["cross_validate", "evaluate_run", "summarise_folds", "train_fold"]
 
 
-def default_out(cache: str, variant: str) -> str:
-    """``runs/<dataset store name>/<variant>``."""
-    return str(Path("runs") / Path(cache.rstrip("/")).stem / variant)
+def default_out(cache: str, variant: str, system: str = "de3", protocol: str = "cache") -> str:
+    """``runs/<dataset store name>/<variant>`` for DE-III on the cache's folds; other systems and
+    protocols get their own folder level: ``runs/<store>/<system>/<variant>[@<protocol>]``."""
+    leaf = variant + ("" if protocol == "cache" else f"@{protocol}")
+    root = Path("runs") / Path(cache.rstrip("/")).stem
+    return str(root / leaf if system == "de3" else root / system / leaf)
 
 
 def train_fold(
@@ -27,7 +30,7 @@ def train_fold(
     fold: int = 1,
     *,
     preset: str = "paper",
-    variant: str = "de3",
+    variant: str | None = None,
     out: str | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
     **fields: Any,
@@ -40,8 +43,9 @@ def train_fold(
     """
     if isinstance(cache, TrainConfig):
         return _train_fold(cache)
-    out = out or str(Path(default_out(cache, variant)) / f"fold{fold}")
-    cfg = make_config(preset, overrides, cache=cache, fold=fold, variant=variant, out=out, **fields)
+    cfg = make_config(preset, overrides, cache=cache, fold=fold, variant=variant, out=out or "", **fields)
+    if not out:
+        cfg.out = str(Path(default_out(cache, cfg.variant, cfg.system, cfg.protocol)) / f"fold{fold}")
     return _train_fold(cfg)
 
 
@@ -52,7 +56,7 @@ def cross_validate(
     seeds: int = 1,
     workers: int = 0,
     preset: str = "paper",
-    variant: str = "de3",
+    variant: str | None = None,
     out: str | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
     **fields: Any,
@@ -68,9 +72,11 @@ def cross_validate(
     if isinstance(cache, TrainConfig):
         cfg = cache
     else:
-        out = out or default_out(cache, variant)
-        cfg = make_config(preset, overrides, cache=cache, variant=variant, out=out, **fields)
-    store = FeatureCache(cfg.cache, cfg.storage_options)
+        cfg = make_config(preset, overrides, cache=cache, variant=variant, out=out or "", **fields)
+        cfg.out = out or default_out(cache, cfg.variant, cfg.system, cfg.protocol)
+    from .recipe import apply_protocol
+
+    store = apply_protocol(FeatureCache(cfg.cache, cfg.storage_options), cfg.protocol)
     folds = folds or list(range(1, store.n_folds + 1))
     for k in folds:
         store.check_fold(k)

@@ -31,8 +31,13 @@ class TrainConfig:
     cache: str
     fold: int = 1
     out: str = "runs/run"
-    variant: str = "de3"
+    variant: str = "de3"  # an ablation of the system (`aver variants --model SYSTEM`)
     preset: str = "paper"
+    system: str = "de3"  # the model family (`--model`): de3, mocanu2023, avtca (aver.train.systems)
+    optimizer: str = "adamw"  # adamw (DE-III) or adam (Mocanu 2023, AVT-CA)
+    # Which folds: "cache" = the folds stored in the cache; or a named protocol computed from the
+    # cache's speakers and labels (aver.train.protocols), e.g. mocanu2023-10fold, avtca-random (leaky).
+    protocol: str = "cache"
     epochs: int = 20
     lr: float = 5e-6
     weight_decay: float = 5e-2
@@ -56,8 +61,8 @@ class TrainConfig:
     read_through: str | None = None
 
     def __post_init__(self) -> None:
-        from .models.de3 import DE3Config
-        from .models.variants import VARIANTS
+        from .protocols import PROTOCOLS
+        from .systems import SYSTEMS, check_variant, config_fields
 
         if isinstance(self.data, dict):
             self.data = from_dict(DataConfig, self.data)
@@ -69,12 +74,16 @@ class TrainConfig:
             raise ConfigError("lr must be > 0 and weight_decay >= 0")
         if self.grad_clip < 0:
             raise ConfigError("grad_clip must be >= 0 (0 disables clipping)")
-        VARIANTS.check(self.variant)
+        SYSTEMS.check(self.system)
+        check_variant(self.system, self.variant)
         TRAIN_PRESETS.check(self.preset)
+        PROTOCOLS.check(self.protocol)
+        if self.optimizer not in ("adamw", "adam"):
+            raise ConfigError(f"optimizer must be adamw or adam, not {self.optimizer!r}")
         if self.head != "best":
             HEADS.check(self.head)
         check_device(self.device)
-        known = [f.name for f in dataclasses.fields(DE3Config) if f.name not in _FROM_CACHE]
+        known = config_fields(self.system)
         for key in self.model:
             if key not in known:
                 raise ConfigError("--set model.KEY: " + unknown_choice("model key", key, known))
@@ -126,7 +135,14 @@ def make_config(
 ) -> TrainConfig:
     """Preset ``preset``, then ``fields`` (``None`` values ignored), then dotted ``overrides``
     (``{"model.d_model": 64}`` or ``["data.batch_size=8"]``)."""
-    base = copy.deepcopy(TRAIN_PRESETS.get(preset))
+    from .systems import SYSTEMS, TRAINING
+
+    system = fields.get("system") or "de3"
+    SYSTEMS.check(system)
+    TRAIN_PRESETS.check(preset)
+    base = copy.deepcopy(TRAINING[system][preset] if system in TRAINING else TRAIN_PRESETS.get(preset))
+    if fields.get("variant") is None:
+        fields["variant"] = SYSTEMS.get(system).default_variant
     base.update({k: v for k, v in fields.items() if v is not None}, preset=preset)
     if "cache" not in base:
         raise ConfigError("a training config needs the cache it trains on")

@@ -64,6 +64,11 @@ class ClipTensors:
     targets: torch.Tensor  # float32 [K]
     soft: torch.Tensor | None = None  # float32 [C] consensus distribution (data.labels=soft)
 
+    @property
+    def length(self) -> int:
+        """What batches are bucketed by."""
+        return int(self.frames.shape[0])
+
 
 def audio_fragments(frames: np.ndarray, window: int, hop: int, layer: int | None) -> np.ndarray:
     """``[A, L, D]`` wav2vec2 frames -> ``[M, D]`` fragments: mean over ``window`` frames every ``hop``.
@@ -250,7 +255,7 @@ def batches(clips: list[ClipTensors], cfg: DataConfig, shuffle: bool, seed: int)
     rng = np.random.default_rng(seed)
     n = len(clips)
     if cfg.bucket:
-        lengths = np.array([len(c.frames) for c in clips])
+        lengths = np.array([c.length for c in clips])
         order = np.lexsort((rng.random(n) if shuffle else np.arange(n), lengths))
     else:
         order = rng.permutation(n) if shuffle else np.arange(n)

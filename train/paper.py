@@ -66,7 +66,7 @@ def collect(runs: Path) -> list[Result]:
         summary = json.loads(summary_file.read_text())["summary"]
         heads = {h: {k: (v["mean"], v["std"], v["n"]) for k, v in m.items()} for h, m in summary.items()}
         out.append(
-            Result(folder, info["cache"]["dataset"], info["variant"], "reported", heads, *_setting(info))
+            Result(folder, info["cache"]["dataset"], _variant(info), "reported", heads, *_setting(info))
         )
         covered.add(folder)
     for metrics_file in sorted(runs.rglob("metrics.json")):
@@ -82,10 +82,16 @@ def collect(runs: Path) -> list[Result]:
         heads["reported"] = {k: (v, None, 1) for k, v in flat_metrics(m["test_reported"]).items()}
         out.append(
             Result(
-                folder, info["cache"]["dataset"], info["variant"], m["reported_head"], heads, *_setting(info)
+                folder, info["cache"]["dataset"], _variant(info), m["reported_head"], heads, *_setting(info)
             )
         )
     return out
+
+
+def _variant(info: dict[str, Any]) -> str:
+    """``de3`` variants by name; the other systems' as ``<system>:<variant>`` (as in the paper rows)."""
+    system = info.get("system", "de3")
+    return info["variant"] if system == "de3" else f"{system}:{info['variant']}"
 
 
 def _setting(info: dict[str, Any]) -> tuple[tuple[int, int], str]:
@@ -95,7 +101,12 @@ def _setting(info: dict[str, Any]) -> tuple[tuple[int, int], str]:
     labels = cache.get("label_source") or "file name"
     if data.get("labels") == "soft":
         labels += ", trained on the soft labels"
-    protocol = f"folds {cache.get('folds_source') or 'as recorded in the cache'}; labels {labels}"
+    folds = cache.get("folds_source") or "as recorded in the cache"
+    from .protocols import LEAKY
+
+    if any(name in folds for name in LEAKY):
+        folds += " (SPEAKER-LEAKY: not comparable with speaker-independent folds)"
+    protocol = f"folds {folds}; labels {labels}"
     return (int(flow[0]), int(flow[1])), protocol
 
 
@@ -130,8 +141,9 @@ def render(runs: Path) -> str:
         f"# aver report: {runs}",
         "",
         "Ours: test metrics in %, mean ± sample std over runs (n).",
-        "Paper: DE-III (Shi et al.), the table and row named. Same dataset, variant, head and flow "
-        "window/stride (Table 4).",
+        "Paper: the system's paper (DE-III: Shi et al.; mocanu2023: Mocanu et al. 2023; avtca: Dhanith "
+        "et al.), the table and row named. Same dataset, system, variant, head and flow window/stride "
+        "(DE-III Table 4). The papers' protocols differ from ours where a row's source says so.",
         "",
     ]
     if not results:

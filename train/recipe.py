@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from aver.cache import FeatureCache
-from aver.errors import CacheError, CheckpointError, TrainingError
+from aver.errors import CacheError, CheckpointError, ConfigError, TrainingError
 from aver.layout import SPLITS
 from aver.utils import autocast
 
@@ -84,7 +84,8 @@ def train_fold(cfg: TrainConfig) -> dict[str, Any]:
         if run.cache.audio_fragments:
             size, hop = run.cache.audio_fragments
             log.info("audio: fragment-level features (%g s every %g s) used as stored", size, hop)
-        save_tensors(run.ckpt / "feature_stats.safetensors", run.stats.tensors())
+        if run.stats is not None:  # end-to-end systems read crops and waveforms: nothing to standardise
+            save_tensors(run.ckpt / "feature_stats.safetensors", run.stats.tensors())
         setup_optimizer(run)
         fit(run)
         from .report import report
@@ -101,13 +102,13 @@ def setup(cfg: TrainConfig) -> Run:
     cache = open_cache(cfg)
     task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     splits = fold_splits(cache, cfg.fold)
-    from .models.variants import build_model
-
-    model, model_cfg = build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
+    model, model_cfg = build_system(cfg, cache, task)
     info = {
         "train_config": cfg.to_dict(),
         "model_config": model_cfg,
+        "system": cfg.system,
         "variant": cfg.variant,
+        "protocol": cfg.protocol,
         "task": task.name,
         "names": task.names,
         "cache": cache_identity(cache),
@@ -117,8 +118,43 @@ def setup(cfg: TrainConfig) -> Run:
     return run
 
 
+def build_system(cfg: TrainConfig, cache: FeatureCache, task: Task) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of ``cfg.system`` / ``cfg.variant`` for this cache (``aver.train.systems``)."""
+    from .systems import SYSTEMS, build_end_to_end
+
+    if not SYSTEMS.get(cfg.system).end_to_end:
+        from .models.variants import build_model
+
+        return build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
+    if task.name != "classification":
+        raise ConfigError(
+            f"{cfg.system} classifies emotions; {cache.url} holds continuous targets ({task.names})"
+        )
+    model, model_cfg = build_end_to_end(cfg.system, cfg.preset, cfg.variant, cfg.model, task.names)
+    from .e2e import check_inputs
+
+    check_inputs(cache, model.input_spec, cfg.system)
+    return model, model_cfg
+
+
 def open_cache(cfg: TrainConfig) -> FeatureCache:
-    """The run's cache; a remote URL through its local read-through copy (``cfg.read_through``)."""
+    """The run's cache (a remote URL through its local read-through copy, ``cfg.read_through``),
+    with the folds of ``cfg.protocol`` when it is not the cache's own."""
+    return apply_protocol(_open_cache(cfg), cfg.protocol)
+
+
+def apply_protocol(cache: FeatureCache, protocol: str) -> FeatureCache:
+    """``cache`` with the fold table of ``protocol`` (``aver.train.protocols``) in place of its own."""
+    if protocol != "cache":
+        from .protocols import describe, protocol_folds
+
+        cache.folds = protocol_folds(cache.speakers, cache.labels, protocol)
+        cache.meta = {**cache.meta, "folds_source": f"protocol {protocol}"}
+        log.info("folds: %s", describe(protocol))
+    return cache
+
+
+def _open_cache(cfg: TrainConfig) -> FeatureCache:
     remote = "://" in cfg.cache and not cfg.cache.startswith(("file://", "memory://"))
     if not remote or cfg.read_through == "":
         return FeatureCache(cfg.cache, cfg.storage_options)
@@ -152,6 +188,10 @@ def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
 def setup_data(run: Run) -> None:
     """Read the fold into memory and standardise it with training statistics (kept with the checkpoint)."""
     t0 = time.perf_counter()
+    if hasattr(run.model, "input_spec"):
+        _setup_inputs(run)
+        run.loaded = ({s: len(v) for s, v in run.clips.items()}, time.perf_counter() - t0)
+        return
     run.clips = {s: load_clips(run.cache, v, run.cfg.data) for s, v in run.splits.items()}
     stats = (
         FeatureStats.from_clips(run.clips["train"])
@@ -166,13 +206,44 @@ def setup_data(run: Run) -> None:
     run.loaded = ({s: len(v) for s, v in run.clips.items()}, time.perf_counter() - t0)
 
 
+def _setup_inputs(run: Run) -> None:
+    """The fold's crops and waveforms (end-to-end systems), on the device when ``resident``."""
+    from .e2e import load_input_clips, move_input_clips
+
+    n = int(run.model.input_spec["n_frames"])
+    run.clips = {s: load_input_clips(run.cache, v, n, run.cfg.data.labels) for s, v in run.splits.items()}
+    if run.cfg.resident and run.cfg.device != "cpu":
+        for split in run.clips.values():
+            move_input_clips(split, run.cfg.device)
+
+
+def make_batch(
+    model, clips: list, device: str, train: bool, generator: torch.Generator | None = None
+) -> dict:
+    """A batch of ``clips`` on ``device``: padded features (DE-III), or augmented crops and
+    waveforms (end-to-end systems; augmentation only when ``train``)."""
+    spec = getattr(model, "input_spec", None)
+    if spec is None:
+        return to_device(collate(clips), device)
+    from .e2e import collate_inputs
+
+    return collate_inputs(clips, device, int(spec["image_size"]), train, generator)
+
+
 def setup_optimizer(run: Run) -> None:
-    """AdamW (the paper's optimiser); restore model, optimiser and RNG when resuming."""
+    """AdamW (DE-III's optimiser) or Adam (the other systems'); restore model, optimiser and RNG
+    when resuming."""
     cfg = run.cfg
-    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    run.optimizer = opt(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.resume and (run.ckpt / "last.safetensors").exists():
         saved = load_model_state(run.ckpt)[1] if (run.ckpt / "model.safetensors").exists() else run.info
-        if saved["model_config"] != run.info["model_config"] or saved["variant"] != run.info["variant"]:
+        same = _as_json(saved["model_config"]) == _as_json(run.info["model_config"])  # tuples vs lists
+        if (
+            not same
+            or saved["variant"] != run.info["variant"]
+            or saved.get("system", "de3") != run.cfg.system
+        ):
             raise CheckpointError(
                 f"{run.ckpt} holds a {saved['variant']} model with another architecture; resuming would "
                 "change it. Use another --out, or the original settings."
@@ -209,6 +280,10 @@ _RESUMABLE = (
     "resident",
     "read_through",
 )
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
@@ -285,13 +360,17 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, model, clips = run.cfg, run.model, run.clips["train"]
     model.train()
     total, n, t_data, t_model = 0.0, 0, 0.0, 0.0
-    for idx in batches(clips, cfg.data, shuffle=True, seed=cfg.seed * 1000 + epoch):
+    generator = _augment_generator(cfg, epoch)
+    for idx in epoch_batches(run, epoch):
         t0 = time.perf_counter()
-        batch = to_device(collate([clips[i] for i in idx]), cfg.device)
+        batch = make_batch(model, [clips[i] for i in idx], cfg.device, True, generator)
         t1 = time.perf_counter()
         with autocast(cfg.device, cfg.amp):
             out = model(batch)
-        loss = run.task.loss(out, run.task.loss_truth(batch))
+            loss = run.task.loss(out, run.task.loss_truth(batch))
+            aux = model.aux_loss(out, batch) if hasattr(model, "aux_loss") else None
+            if aux is not None:
+                loss = loss + aux
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1} on the batch of clips "
@@ -310,6 +389,30 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     return {"train_loss": total / max(n, 1), "data_s": t_data, "model_s": t_model, "clips": n}
 
 
+def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
+    """The epoch's batches: length-bucketed and shuffled, or, for a model trained with a metric
+    loss (``model.metric_batches``), batches that hold positives, related and opposite classes."""
+    cfg, clips = run.cfg, run.clips["train"]
+    if not getattr(run.model, "metric_batches", False):
+        return batches(clips, cfg.data, shuffle=True, seed=cfg.seed * 1000 + epoch)
+    from .metric_losses import PolarityBatchSampler, polarity_of
+
+    k = 2 if cfg.data.batch_size < 16 else 4  # at least 3 chunks per batch: +, - and one free place
+    size = max(3 * k, cfg.data.batch_size - cfg.data.batch_size % k)
+    sampler = PolarityBatchSampler(
+        [c.label for c in clips], polarity_of(run.task.names), size, k=k, seed=cfg.seed
+    )
+    sampler.set_epoch(epoch)
+    return [list(b) for b in sampler]
+
+
+def _augment_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
+    """The epoch's augmentation draws, on the training device (reproducible per seed and epoch)."""
+    g = torch.Generator(device=cfg.device)
+    g.manual_seed(cfg.seed * 1000 + epoch + 1)
+    return g
+
+
 @torch.no_grad()
 def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> dict[str, Any]:
     """Every head's outputs for ``clips`` (in their order), the truth, and the loss over the split.
@@ -320,7 +423,7 @@ def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> di
     outs: dict[str, list[torch.Tensor]] = {}
     order, truth, loss_truth = [], [], []
     for idx in batches(clips, cfg.data, shuffle=False, seed=0):
-        batch = to_device(collate([clips[i] for i in idx]), cfg.device)
+        batch = make_batch(model, [clips[i] for i in idx], cfg.device, False)
         with autocast(cfg.device, cfg.amp):
             out = model(batch)
         for h in HEADS:

@@ -18,7 +18,8 @@ from .checkpoint import check_cache, load_model_state, load_tensors
 from .config import TrainConfig
 from .data import FeatureStats, load_clips
 from .heads import HEADS
-from .recipe import Run, fold_splits, log_to, predict
+from .protocols import LEAKY
+from .recipe import Run, apply_protocol, fold_splits, log_to, make_batch, predict
 from .tasks import Task
 
 
@@ -38,7 +39,10 @@ def report(run: Run) -> dict[str, Any]:
         select_metric=task.select_metric,
         test_reported=metrics["test"][head],
         fold=cfg.fold,
+        system=cfg.system,
         variant=cfg.variant,
+        protocol=cfg.protocol,
+        speaker_leaky=cfg.protocol in LEAKY,
         task=task.name,
     )
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
@@ -51,17 +55,29 @@ def report(run: Run) -> dict[str, Any]:
     return metrics
 
 
+WEIGHT_FILES = ("video_weights", "audio_weights")  # pretrained-backbone paths in the model configs
+
+
 def saved_model(info: dict[str, Any]):
     """The architecture a checkpoint records (``model_config``), freshly built: a run saved by an
-    older aver is rebuilt as it was (``DE3Config.LEGACY``), whatever today's defaults are."""
-    from .models.de3 import DE3, DE3Config
+    older aver is rebuilt as it was (``DE3Config.LEGACY``), whatever today's defaults are. An
+    end-to-end model is built without its pretrained-weight files (the checkpoint holds every weight)."""
+    system = info.get("system", "de3")
+    if system == "de3":
+        from .models.de3 import DE3, DE3Config
 
-    return DE3(DE3Config.from_dict(info["model_config"]))
+        return DE3(DE3Config.from_dict(info["model_config"]))
+    from .systems import SYSTEMS, module
+
+    spec, m = SYSTEMS.get(system), module(system)
+    fields = {k: (None if k in WEIGHT_FILES else v) for k, v in info["model_config"].items()}
+    cfg_cls = getattr(m, spec.config)
+    cfg = cfg_cls.from_dict(fields) if hasattr(cfg_cls, "from_dict") else cfg_cls(**fields)
+    return getattr(m, spec.model)(cfg, len(info["names"]), list(info["names"]))
 
 
 def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
     """confusion.png (classification), learning_curves.png, attention.png (IFE maps of a test clip)."""
-    from .data import collate, to_device
     from .plots import plot_attention, plot_confusion, plot_learning_curves
 
     cfg, task, test = run.cfg, run.task, run.clips["test"]
@@ -76,7 +92,7 @@ def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
         )
     model.eval()
     with torch.no_grad():
-        out = model(to_device(collate([test[0]]), cfg.device))
+        out = model(make_batch(model, [test[0]], cfg.device, False))
     if "attn_video" in out and "attn_audio" in out:
         plot_attention(
             out["attn_video"][0].float().cpu().numpy(),
@@ -92,9 +108,9 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
     clip list or folds) is refused."""
     run_dir = Path(run_dir)
     _, info = load_model_state(run_dir / "checkpoint")
-    cache = FeatureCache(cache_url, storage_options)
-    check_cache(info["cache"], cache, "evaluate")
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
+    cache = apply_protocol(FeatureCache(cache_url, storage_options), cfg.protocol)
+    check_cache(info["cache"], cache, "evaluate")
     task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     model = saved_model(info)
     out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
@@ -103,10 +119,16 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
         cfg, out, cache, task, fold_splits(cache, cfg.fold), model, info, ckpt_dir=run_dir / "checkpoint"
     )
     with log_to(out / "evaluate.log"):
-        run.clips = {s: load_clips(cache, v, cfg.data) for s, v in run.splits.items()}
-        stats = FeatureStats.from_tensors(load_tensors(run.ckpt / "feature_stats.safetensors"))
-        for split in run.clips.values():
-            stats.apply(split)
+        if hasattr(model, "input_spec"):
+            from .e2e import load_input_clips
+
+            n = int(model.input_spec["n_frames"])
+            run.clips = {s: load_input_clips(cache, v, n, cfg.data.labels) for s, v in run.splits.items()}
+        else:
+            run.clips = {s: load_clips(cache, v, cfg.data) for s, v in run.splits.items()}
+            stats = FeatureStats.from_tensors(load_tensors(run.ckpt / "feature_stats.safetensors"))
+            for split in run.clips.values():
+                stats.apply(split)
         history = run_dir / "history.json"
         run.state["history"] = json.loads(history.read_text()) if history.exists() else []
         return report(run)

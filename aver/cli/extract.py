@@ -18,6 +18,8 @@ FLAG_FIELDS = {
     "flow_weights": "flow.weights",
     "image_size": "image.input_size",
     "max_seconds": "max_seconds",
+    "crop_frames": "inputs.crop_frames",
+    "crop_size": "inputs.crop_size",
 }
 
 
@@ -84,6 +86,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow-weights", help="flow weights: raft file, perceiver hub id or folder")
     p.add_argument("--image-size", type=int, help="EfficientNet input size (224 as the paper, 260 native)")
     p.add_argument("--max-seconds", type=float, help="cut clips to this many seconds")
+    p.add_argument(
+        "--inputs",
+        metavar="KINDS",
+        help="also store end-to-end inputs for mocanu2023 / avtca: crops,wave (added to a finished "
+        "store without recomputing features; bench/RESULTS.md gives the size of each choice)",
+    )
+    p.add_argument("--crop-frames", type=int, help="crops kept per clip, uniformly sampled (0: every frame)")
+    p.add_argument("--crop-size", type=int, help="side of the stored crops in pixels (default 112)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -110,6 +120,14 @@ def overrides_from_flags(args: argparse.Namespace) -> list[str]:
         sets.append(f"audio.layers={json.dumps([int(v) for v in args.audio_layers.split(',')])}")
     if args.allow_pickle:
         sets += ["image.allow_pickle=true", "flow.allow_pickle=true"]
+    if args.inputs:
+        kinds = [k.strip() for k in args.inputs.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in ("crops", "wave")]
+        if bad:
+            from aver.errors import ConfigError
+
+            raise ConfigError(f"--inputs {args.inputs!r}: choose from crops, wave (comma-separated)")
+        sets += [f"inputs.{k}=true" for k in kinds]
     return sets + list(args.set)
 
 

@@ -21,14 +21,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     from . import choice_option, kv_option, set_option
 
     p.add_argument("--cache", required=True, help="the dataset's store: a .zarr path or fsspec URL")
-    p.add_argument("--out", help="run directory (default runs/<store>/<variant>[/fold<k>])")
+    p.add_argument("--out", help="run directory (default runs/<store>/<model>/<variant>[/fold<k>])")
     choice_option(
         p,
-        "--variant",
-        "aver.train.models.variants",
-        "VARIANTS",
-        "model variant (`aver variants` describes them): %(choices)s",
+        "--model",
+        "aver.train.systems",
+        "SYSTEMS",
+        "the system to train, %(choices)s (default de3; mocanu2023 and avtca need a cache with crops "
+        "and waveforms: aver extract --set inputs.crops=true --set inputs.wave=true)",
         default="de3",
+    )
+    p.add_argument(
+        "--variant",
+        metavar="NAME",
+        help="an ablation of the model (`aver variants --model M` lists them; default: the full model)",
+    )
+    choice_option(
+        p,
+        "--protocol",
+        "aver.train.protocols",
+        "PROTOCOLS",
+        "folds: %(choices)s (default cache: the folds stored in the cache; avtca-random is speaker-leaky)",
+        default="cache",
     )
     choice_option(
         p,
@@ -64,7 +78,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    from . import kv_option
+    from . import choice_option, kv_option
 
     p = sub.add_parser("train", help="train one fold on a cache")
     _common(p)
@@ -92,7 +106,8 @@ def register(sub) -> None:
     p.add_argument("runs", help="a folder of runs (searched recursively)")
     p.add_argument("--out", help="the Markdown file to write (default RUNS/report.md; .html beside it)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("variants", help="list the model variants (the paper's ablations)")
+    p = sub.add_parser("variants", help="list the models and their variants (the papers' ablations)")
+    choice_option(p, "--model", "aver.train.systems", "SYSTEMS", "only this model: %(choices)s")
     p.set_defaults(func=cmd_variants)
 
 
@@ -108,7 +123,9 @@ def _config(args: argparse.Namespace, fold: int, out: str):
         cache=args.cache,
         fold=fold,
         out=out,
+        system=args.model,
         variant=args.variant,
+        protocol=args.protocol,
         resume=not args.restart,
         progress=not args.quiet,
         storage_options=parse_kv(args.storage_option, "--storage-option"),
@@ -119,7 +136,8 @@ def print_report(metrics: dict) -> None:
     head, test = metrics["reported_head"], metrics["test_reported"]
     scalars = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
     print(
-        f"fold {metrics['fold']} | variant {metrics['variant']} | reported head: {head} "
+        f"fold {metrics['fold']} | model {metrics.get('system', 'de3')} | variant {metrics['variant']} | "
+        f"reported head: {head} "
         f"({metrics.get('head_selection', 'best on validation')})"
     )
     print("test: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
@@ -132,9 +150,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from aver.train.api import default_out, train_fold
 
-    cfg = _config(
-        args, args.fold, args.out or str(Path(default_out(args.cache, args.variant)) / f"fold{args.fold}")
-    )
+    cfg = _config(args, args.fold, args.out or "")
+    if not args.out:
+        cfg.out = str(
+            Path(default_out(args.cache, cfg.variant, cfg.system, cfg.protocol)) / f"fold{args.fold}"
+        )
     print_report(train_fold(cfg))
     print(f"run: {cfg.out}")
     return 0
@@ -144,7 +164,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from aver.errors import ConfigError
     from aver.train.api import cross_validate, default_out
 
-    cfg = _config(args, 1, args.out or default_out(args.cache, args.variant))
+    cfg = _config(args, 1, args.out or "")
+    if not args.out:
+        cfg.out = default_out(args.cache, cfg.variant, cfg.system, cfg.protocol)
     try:
         folds = [int(k) for k in args.folds.split(",")] if args.folds else None
     except ValueError:
@@ -201,7 +223,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_variants(args: argparse.Namespace) -> int:
     from aver.train.models.variants import VARIANTS
+    from aver.train.systems import SYSTEMS, variants
 
-    for name in VARIANTS:
-        print(f"{name:18} {VARIANTS.summary(name)}")
+    for system in [args.model] if args.model else list(SYSTEMS):
+        print(f"{system}: {SYSTEMS.summary(system)}")
+        for name, sets in variants(system).items():
+            what = (
+                VARIANTS.summary(name) if system == "de3" else ", ".join(f"{k}={v}" for k, v in sets.items())
+            )
+            print(f"  {name:22} {what}")
     return 0

@@ -1,0 +1,132 @@
+"""The data path of the end-to-end systems (``mocanu2023``, ``avtca``): cached face crops and
+waveforms (``inputs/*``) as batches on the device.
+
+Clips are read once per run through ``FeatureCache.read_inputs`` (digests checked) and kept as
+``uint8`` crops of the model's ``n_frames`` frames (uniformly sampled from the stored ones) and
+``int16`` waveforms; with ``resident`` on a GPU they live on the device. A batch moves the
+``uint8`` crops to the device once, where they are augmented (crop, flip, brightness; training
+only), resized to the model's ``image_size`` and normalised (``aver.train.augment``), and the
+waveform becomes float. Spectrograms and MFCCs are computed inside the models, on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aver.cache import FeatureCache
+from aver.errors import CacheError
+from aver.layout import WAVE_SCALE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InputClip:
+    """One clip's end-to-end inputs (what ``ClipTensors`` is for the features)."""
+
+    index: int
+    clip_id: str
+    crops: torch.Tensor  # uint8 [T, S, S, 3]
+    wave: torch.Tensor  # int16 [W]
+    label: int
+    targets: torch.Tensor
+    soft: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.wave.shape[0])
+
+
+def frame_choice(stored: int, wanted: int) -> np.ndarray:
+    """``wanted`` indices spread uniformly over ``stored`` crops (repeated when fewer are stored)."""
+    if stored < 1:
+        raise ValueError("no crops stored")
+    return np.round(np.linspace(0, stored - 1, wanted)).astype(np.int64)
+
+
+def check_inputs(cache: FeatureCache, spec: dict, system: str) -> None:
+    """Refuse a cache without the inputs ``system`` needs, saying how to add them."""
+    have = cache.inputs
+    need = [k for k in ("crops", "wave") if spec.get(f"needs_{k}", True) and not have.get(k)]
+    if need:
+        raise CacheError(
+            f"{cache.url} holds no {' or '.join(need)} for end-to-end training ({system}); add them to the "
+            "store (features are kept): aver extract ... --set inputs.crops=true --set inputs.wave=true"
+        )
+    size = int(have.get("crop_size", 0))
+    if have.get("crops") and size < int(spec["image_size"]):
+        log.warning(
+            "%s stores %d px crops; %s wants %d px: they are upsampled",
+            cache.url,
+            size,
+            system,
+            spec["image_size"],
+        )
+
+
+def load_input_clips(
+    cache: FeatureCache, indices: np.ndarray, n_frames: int, labels: str = "hard", chunk: int = 32
+) -> list[InputClip]:
+    """Clips ``indices`` (sorted by cache row) with ``n_frames`` crops each and their waveforms."""
+    out: list[InputClip] = []
+    order = np.sort(np.asarray(indices, dtype=np.int64))
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        got = cache.read_inputs(idx)
+        for k, i in enumerate(idx):
+            crops = got["crops"][k]
+            if len(crops):
+                crops = crops[frame_choice(len(crops), n_frames)]
+            soft = cache.soft_labels[i] if labels == "soft" and cache.soft_labels is not None else None
+            out.append(
+                InputClip(
+                    index=int(i),
+                    clip_id=str(cache.ids[i]),
+                    crops=torch.from_numpy(np.ascontiguousarray(crops)),
+                    wave=torch.from_numpy(got["wave"][k]),
+                    label=int(cache.labels[i]),
+                    targets=torch.from_numpy(cache.targets[i].astype(np.float32)),
+                    soft=None if soft is None else torch.from_numpy(soft.astype(np.float32)),
+                )
+            )
+    return out
+
+
+def move_input_clips(clips: list[InputClip], device: str) -> None:
+    """The clips' tensors onto ``device`` once (uint8 crops, int16 waveforms), in place."""
+    for c in clips:
+        for name in ("crops", "wave", "targets", "soft"):
+            value = getattr(c, name)
+            if value is not None:
+                setattr(c, name, value.to(device, non_blocking=True))
+
+
+def collate_inputs(
+    clips: list[InputClip], device: str, image_size: int, train: bool, generator: torch.Generator | None
+) -> dict:
+    """A batch on ``device``: ``video`` float ``[B, T, 3, S, S]`` (augmented when ``train``),
+    ``wave`` float ``[B, L]`` zero-padded with ``wave_lengths``, labels, targets and ids."""
+    from .augment import video_batch
+
+    lengths = torch.tensor([c.length for c in clips], dtype=torch.long)
+    wave = torch.zeros((len(clips), max(int(lengths.max()), 1)), dtype=torch.float32, device=device)
+    for k, c in enumerate(clips):
+        wave[k, : c.length] = c.wave.to(device, non_blocking=True).float() / WAVE_SCALE
+    batch = {
+        "wave": wave,
+        "wave_lengths": lengths.to(device),
+        "labels": torch.tensor([c.label for c in clips], dtype=torch.long, device=device),
+        "targets": torch.stack([c.targets for c in clips]).to(device),
+        "index": torch.tensor([c.index for c in clips], dtype=torch.long, device=device),
+        "clip_id": [c.clip_id for c in clips],
+    }
+    if clips[0].soft is not None:
+        batch["soft"] = torch.stack([c.soft for c in clips]).to(device)
+    if clips[0].crops.numel():
+        crops = torch.stack([c.crops for c in clips]).to(device, non_blocking=True)  # uint8, one copy
+        batch["video"] = video_batch(crops, image_size, train, generator)
+    return batch

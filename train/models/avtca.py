@@ -1,0 +1,567 @@
+"""AVT-CA: audio-video transformer fusion with cross attention (Dhanith et al., section 3, Alg. 1-10).
+
+End to end from face crops and the waveform. Data flow (B clips, T frames, N MFCC frames):
+
+    video [B, T, 3, S, S] --per frame (EfficientFace, MMER): conv block, max pool, IR stage 2,
+        channel x spatial attention + local feature extractor, IR stages 3-4, 1x1 conv, mean over HW
+        --> [B, T, C5] --temporal Conv1d blocks, stage 1 (Alg. 10 "convBlock(convBlock(V_iR))")--> V [B, T, dv1]
+    wave [B, L] --spectral preset "avtca" (10 MFCCs)--> [B, 10, N] --Conv1d-BN-ReLU-MaxPool x2--> A [B, N', da1]
+    transformer fusion (Alg. 6, MMER "it"): A += TB(key V, query A); V += TB(key A, query V)
+    stage 2: audio Conv1d-BN-ReLU-MaxPool x2, video Conv1d-BN-ReLU x2 (no pooling)
+    cross attention (Alg. 8): A += Att(key V, query A); V += Att(key A, query V)
+    late multi-head attention (Alg. 9), 4 heads, per stream
+    masked max-pool over time -> concatenate -> linear classifier -> logits
+
+Audio clips differ in length: every audio block zeroes its padded frames, its BatchNorm takes
+statistics of valid frames only, attention masks padded audio keys and max-pooling skips padded
+frames, so a clip's logits do not depend on its batch neighbours (``tests/test_avtca.py``).
+
+Corrections of the paper's listings (its text says what they mean): attention multiplies the
+softmax weights by the values (Alg. 8 returns ``dropout(attn)`` without ``@ v``); the model ends in
+a linear classifier that returns logits (Alg. 10 applies softmax to the pooled features, which have
+no class dimension; cross-entropy in the trainer applies log-softmax); MLP's GELU acts on its first
+linear layer (Alg. 7 writes ``GELU(V_input)``); the attention maps gate the input features
+(EfficientFace: ``x * sigmoid(c * s)``; Alg. 10 multiplies the two maps only: ``attention_gate``);
+channel x spatial attention acts after the first inverted-residual stage, as in MMER, since the
+local feature extractor returns a half-resolution map (28x28 from 56x56) that must match it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from aver.train.models.conformer import MaskedBatchNorm, padding_mask, zero_padding
+
+# fusion_blocks -> (transformer fusion after stage 1, cross attention after stage 2)
+FUSION_BLOCKS: dict[str, tuple[bool, bool]] = {
+    "both": (True, True),
+    "transformer": (True, False),
+    "cross": (False, True),
+    "none": (False, False),
+}
+MODALITIES = ("av", "audio", "video")
+BLOCK_NORMS = ("layer", "batch")  # transformer-fusion norms: MMER's LayerNorm, or Alg. 6's BatchNorm
+LATE_ATTENTION = ("self", "cross", "none")  # Alg. 9's keys/values: own stream (Alg. 10), other stream, off
+MERGES = ("concat", "sum")  # Alg. 10 concatenates the pooled streams; the text says "combined by addition"
+ATTENTION_GATES = ("sigmoid", "product")  # EfficientFace x*sigmoid(c*s), or Alg. 10 literally: c*s
+_CHOICES = {
+    "fusion_blocks": FUSION_BLOCKS,
+    "modality": MODALITIES,
+    "block_norm": BLOCK_NORMS,
+    "late_attention": LATE_ATTENTION,
+    "merge": MERGES,
+    "attention_gate": ATTENTION_GATES,
+}
+_TUPLES = ("frame_channels", "stage_repeats", "video_stage1", "video_stage2", "audio_stage1", "audio_stage2")
+
+
+@dataclass(frozen=True)
+class AvtcaConfig:
+    """Architecture of one AVT-CA model; defaults are the paper's (MMER sizes where it is silent).
+
+    ``frame_channels``: widths of the per-frame encoder (conv block, IR stages 2-4, final 1x1 conv;
+    EfficientFace's 29/116/232/464/1024); ``stage_repeats``: IR units per stage (4/8/4).
+    ``video_stage*``/``audio_stage*``: output widths of the temporal conv blocks before and after the
+    transformer fusion (MMER: video 64,64 | 128,128; audio 64,128 | 256,128). ``spectral``: the
+    ``aver.train.spectral`` preset whose rows feed the audio branch (10 MFCCs).
+    """
+
+    n_frames: int = 15
+    image_size: int = 224
+    spectral: str = "avtca"
+    frame_channels: tuple[int, ...] = (29, 116, 232, 464, 1024)
+    stage_repeats: tuple[int, ...] = (4, 8, 4)
+    attention_reduction: int = 16  # channel/spatial attention bottleneck ratio (EfficientFace)
+    attention_gate: str = "sigmoid"
+    video_stage1: tuple[int, ...] = (64, 64)
+    video_stage2: tuple[int, ...] = (128, 128)
+    audio_stage1: tuple[int, ...] = (64, 128)
+    audio_stage2: tuple[int, ...] = (256, 128)
+    audio_pool_stride: int = 1  # MMER's MaxPool1d(2, 1); 2 halves the audio rate at every block
+    heads_transformer: int = 4  # paper: 4 heads (ablation IT-1 uses 1)
+    heads_cross: int = 4  # paper: 4 heads (ablation CT-1 uses 1); also the late attention's heads
+    mlp_ratio: float = 4.0  # transformer-fusion MLP width / its input width (MMER)
+    dropout: float = 0.1  # paper: dropout in Alg. 6-8, rate not given
+    block_norm: str = "layer"
+    late_attention: str = "self"
+    merge: str = "concat"
+    fusion_blocks: str = "both"
+    modality: str = "av"
+
+    def __post_init__(self) -> None:
+        for name in _TUPLES:  # JSON round trips turn tuples into lists
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"AvtcaConfig.{name}={getattr(self, name)!r}; choose one of {list(choices)}")
+        if self.image_size < 16 or self.image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 (>= 16), got {self.image_size}")
+        if len(self.frame_channels) != 5 or len(self.stage_repeats) != 3 or min(self.stage_repeats) < 1:
+            raise ValueError("frame_channels needs 5 widths and stage_repeats 3 positive counts")
+        if any(c % 2 for c in self.frame_channels[1:4]):
+            raise ValueError(f"IR stage widths must be even (channel split), got {self.frame_channels}")
+        stages = (self.video_stage1, self.video_stage2, self.audio_stage1, self.audio_stage2)
+        if not all(stages) or min(min(s) for s in stages) < 1 or self.n_frames < 1:
+            raise ValueError("every temporal stage needs at least one positive width; n_frames >= 1")
+        if not 0.0 <= self.dropout < 1.0 or self.audio_pool_stride < 1 or self.attention_reduction < 1:
+            raise ValueError("dropout must be in [0, 1); audio_pool_stride, attention_reduction >= 1")
+        self._check_fusion()
+
+    def _check_fusion(self) -> None:
+        transformer, cross = FUSION_BLOCKS[self.fusion_blocks]
+        if self.modality != "av" and (transformer or cross):
+            raise ValueError(f"modality={self.modality!r} has nothing to fuse: it needs fusion_blocks='none'")
+        da1, dv1, da2, dv2 = (
+            s[-1] for s in (self.audio_stage1, self.video_stage1, self.audio_stage2, self.video_stage2)
+        )
+        need = {self.heads_transformer: (da1, dv1)} if transformer else {}
+        if cross:
+            need[self.heads_cross] = need.get(self.heads_cross, ()) + (da2, dv2)
+        for heads, dims in need.items():
+            if heads < 1 or any(d % heads for d in dims):
+                raise ValueError(f"attention widths {dims} must be positive multiples of {heads} heads")
+        if self.modality == "av" and self.merge == "sum" and da2 != dv2:
+            raise ValueError(f"merge='sum' needs equal final widths, got audio {da2}, video {dv2}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AvtcaConfig:
+        """The inverse of ``to_dict``; unknown keys are an error (a config from another version)."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown AvtcaConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+
+# Named ablations: each sets every switch it is about, so it applies to any preset.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {"fusion_blocks": "both", "modality": "av"},
+    "no_transformer_fusion": {"fusion_blocks": "cross", "modality": "av"},
+    "no_cross_attention": {"fusion_blocks": "transformer", "modality": "av"},
+    "no_fusion": {"fusion_blocks": "none", "modality": "av"},
+    "audio_only": {"fusion_blocks": "none", "modality": "audio"},
+    "video_only": {"fusion_blocks": "none", "modality": "video"},
+    # Tables 8-9: intermediate transformer fusion only (IT) or cross attention only (CT), 1 or 4 heads
+    "it_1": {"fusion_blocks": "transformer", "modality": "av", "heads_transformer": 1},
+    "it_4": {"fusion_blocks": "transformer", "modality": "av", "heads_transformer": 4},
+    "ct_1": {"fusion_blocks": "cross", "modality": "av", "heads_cross": 1},
+    "ct_4": {"fusion_blocks": "cross", "modality": "av", "heads_cross": 4},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Section 4: Adam, lr 0.01, weight decay 0.001, batch 8, 128 epochs; MMER: 15 frames at 224 px.
+    "paper": {
+        "n_frames": 15,
+        "image_size": 224,
+        "train": {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.001, "batch_size": 8, "epochs": 128},
+    },
+    # Trains on a CPU in seconds per epoch (tests, smoke runs).
+    "tiny": {
+        "n_frames": 4,
+        "image_size": 32,
+        "frame_channels": (8, 16, 16, 16, 32),
+        "stage_repeats": (1, 1, 1),
+        "attention_reduction": 4,
+        "video_stage1": (16, 16),
+        "video_stage2": (16, 16),
+        "audio_stage1": (16, 16),
+        "audio_stage2": (16, 16),
+    },
+}
+
+
+def avtca_config(preset: str = "paper", variant: str = "full", **overrides: Any) -> AvtcaConfig:
+    """The config of ``variant`` on ``preset`` (its ``"train"`` settings left out), then ``overrides``."""
+    for name, table in (("preset", PRESETS), ("variant", VARIANTS)):
+        key = preset if name == "preset" else variant
+        if key not in table:
+            raise ValueError(f"unknown AVT-CA {name} {key!r}; choose one of {list(table)}")
+    arch = {k: v for k, v in PRESETS[preset].items() if k != "train"}
+    return AvtcaConfig(**{**arch, **VARIANTS[variant], **overrides})
+
+
+def spectral_rows(name: str) -> int:
+    """Feature rows F of spectral preset ``name`` (the audio branch's input channels)."""
+    from aver.train.spectral import SPECTRAL
+
+    if name not in SPECTRAL:
+        raise ValueError(f"unknown spectral preset {name!r}; choose one of {list(SPECTRAL)}")
+    return int(SPECTRAL[name].n_features)
+
+
+# ---------------------------------------------------------------- per-frame encoder (EfficientFace)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _depthwise(cin: int, cout: int, stride: int) -> nn.Conv2d:
+    """3x3 grouped conv; ``groups = gcd`` generalises EfficientFace's ``groups=cin`` (cout a multiple)."""
+    return nn.Conv2d(cin, cout, 3, stride, 1, groups=math.gcd(cin, cout), bias=False)
+
+
+class InvertedResidual(nn.Module):
+    """ShuffleNet-v2 unit (Alg. 5; EfficientFace's stages): two branches concatenated, then shuffled.
+
+    Branch 1 (stride 2 only): depthwise -> BN -> 1x1 -> BN -> ReLU. Branch 2: 1x1 block -> depthwise
+    -> BN -> 1x1 block. At stride 1 branch 1 is the identity on half of the channels.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                _depthwise(cin, cin, stride), nn.BatchNorm2d(cin), _conv_bn_relu(cin, half, kernel=1)
+            )
+        self.branch2 = nn.Sequential(
+            _conv_bn_relu(cin if stride > 1 else half, half, kernel=1),
+            _depthwise(half, half, stride),
+            nn.BatchNorm2d(half),
+            _conv_bn_relu(half, half, kernel=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat([x1, self.branch2(x2)], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        n, c, h, w = out.shape  # channel shuffle, 2 groups
+        return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _stage(cin: int, cout: int, repeats: int) -> nn.Sequential:
+    return nn.Sequential(
+        InvertedResidual(cin, cout, 2), *(InvertedResidual(cout, cout, 1) for _ in range(repeats - 1))
+    )
+
+
+class ChannelAttention(nn.Module):
+    """Alg. 2 (EfficientFace ``Channel``): global average pool -> FC-BN-ReLU bottleneck -> FC, per channel."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        mid = max(1, channels // reduction)
+        self.gate = nn.Sequential(
+            nn.Linear(channels, mid), nn.BatchNorm1d(mid), nn.ReLU(inplace=True), nn.Linear(mid, channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x.mean((2, 3)))[:, :, None, None]
+
+
+class SpatialAttention(nn.Module):
+    """Alg. 3 (EfficientFace ``Spatial``): 1x1 reduce, two dilated (4) 3x3 conv blocks, 1x1 to one map."""
+
+    def __init__(self, channels: int, reduction: int, n_dilated: int = 2, dilation: int = 4) -> None:
+        super().__init__()
+        mid = max(1, channels // reduction)
+        layers: list[nn.Module] = [nn.Conv2d(channels, mid, 1), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+        for _ in range(n_dilated):
+            layers += [
+                nn.Conv2d(mid, mid, 3, padding=dilation, dilation=dilation),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(True),
+            ]
+        self.gate = nn.Sequential(*layers, nn.Conv2d(mid, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x)
+
+
+class Modulator(nn.Module):
+    """Channel x spatial attention (the paper's "dot product multiplication" of the two maps)."""
+
+    def __init__(self, channels: int, reduction: int, gate: str) -> None:
+        super().__init__()
+        self.channel, self.spatial, self.gate = (
+            ChannelAttention(channels, reduction),
+            SpatialAttention(channels, reduction),
+            gate,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        att = self.channel(x) * self.spatial(x)  # [N, C, 1, 1] * [N, 1, H, W]
+        return x * torch.sigmoid(att) if self.gate == "sigmoid" else att
+
+
+class LocalFeatureExtractor(nn.Module):
+    """Alg. 4: the map's four quadrants (28x28 of 56x56 at 224 px), each through its own two
+    depthwise conv blocks (the first with stride 2), reassembled into a half-resolution map."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+
+        def branch() -> nn.Sequential:
+            return nn.Sequential(
+                _depthwise(cin, cout, 2), nn.BatchNorm2d(cout), nn.ReLU(True),
+                _depthwise(cout, cout, 1), nn.BatchNorm2d(cout), nn.ReLU(True),
+            )  # fmt: skip
+
+        self.branches = nn.ModuleList(branch() for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2] // 2, x.shape[3] // 2
+        p11, p12, p21, p22 = (
+            b(x[:, :, i * h : (i + 1) * h, j * w : (j + 1) * w])
+            for b, (i, j) in zip(self.branches, ((0, 0), (0, 1), (1, 0), (1, 1)), strict=True)
+        )
+        return torch.cat([torch.cat([p11, p12], dim=3), torch.cat([p21, p22], dim=3)], dim=2)
+
+
+class FrameEncoder(nn.Module):
+    """One frame ``[N, 3, S, S]`` -> one vector ``[N, C5]`` (EfficientFace, as MMER's video branch)."""
+
+    def __init__(self, cfg: AvtcaConfig) -> None:
+        super().__init__()
+        c0, c1, c2, c3, c4 = cfg.frame_channels
+        r2, r3, r4 = cfg.stage_repeats
+        # Alg. 1's video conv block: 3x3 conv (stride 2, with EfficientFace's BN + ReLU) and max pooling
+        self.conv1 = nn.Sequential(_conv_bn_relu(3, c0, 3, 2), nn.MaxPool2d(3, 2, 1))
+        self.stage2 = _stage(c0, c1, r2)
+        self.modulator = Modulator(c1, cfg.attention_reduction, cfg.attention_gate)
+        self.local = LocalFeatureExtractor(c0, c1)
+        self.stage3, self.stage4 = _stage(c1, c2, r3), _stage(c2, c3, r4)
+        self.conv5 = _conv_bn_relu(c3, c4, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # [N, c0, S/4, S/4]
+        x = self.modulator(self.stage2(x)) + self.local(x)  # [N, c1, S/8, S/8]
+        x = self.conv5(self.stage4(self.stage3(x)))
+        return x.mean((2, 3))  # global average pool: one vector per frame
+
+
+def _video_blocks(cin: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """MMER's video ``conv1d_block``: Conv1d(3, 'same')-BN-ReLU, no pooling (T is fixed)."""
+    layers: list[nn.Module] = []
+    for cout in widths:
+        layers += [nn.Conv1d(cin, cout, 3, padding=1), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------- audio blocks
+
+
+class AudioConvBlock(nn.Module):
+    """Alg. 1's audio conv block (MMER ``conv1d_block_audio``): Conv1d(3, valid) -> BatchNorm over valid
+    frames -> ReLU -> MaxPool1d(2, ``pool_stride``); padded frames stay zero on output."""
+
+    def __init__(self, cin: int, cout: int, pool_stride: int) -> None:
+        super().__init__()
+        self.conv, self.bn, self.stride = nn.Conv1d(cin, cout, 3), MaskedBatchNorm(cout), pool_stride
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``[B, C, N]`` (zero at padding), ``lengths`` ``[B]`` -> (``[B, C', N']``, ``[B]``)."""
+        if x.shape[-1] < 4:  # room for one conv + pool output; the extra frames are padding
+            x = F.pad(x, (0, 4 - x.shape[-1]))
+        x = self.conv(x)  # valid: output i sees inputs i..i+2, so only the first n - 2 are clean
+        lengths = (lengths - 2).clamp(min=1)  # a clip shorter than the kernel keeps one (zero-padded) frame
+        mask = padding_mask(lengths, x.shape[-1])
+        x = zero_padding(F.relu(self.bn(x.transpose(1, 2), mask)), mask).transpose(1, 2)
+        x = F.max_pool1d(x, 2, self.stride)
+        lengths = ((lengths - 2).div(self.stride, rounding_mode="floor") + 1).clamp(min=1)
+        return x.masked_fill(padding_mask(lengths, x.shape[-1])[:, None, :], 0.0), lengths
+
+
+# ---------------------------------------------------------------- attention
+
+
+class _SeqNorm(nn.Module):
+    """LayerNorm (MMER) or BatchNorm over valid rows (Alg. 6's batchNorm, padding-safe) on ``[B, N, D]``."""
+
+    def __init__(self, kind: str, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if kind == "layer" else MaskedBatchNorm(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(self.norm, nn.LayerNorm):
+            return self.norm(x)
+        if mask is None:
+            mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        return self.norm(x, mask)
+
+
+class Attention(nn.Module):
+    """Multi-head attention between two streams of different widths (MMER ``Attention``; Alg. 8-9).
+
+    ``q = W_q x_q``, ``k, v = W_kv x_k``; ``softmax(q k^T / sqrt(d_head)) v`` per head (the paper's
+    Alg. 8 omits ``@ v``), heads concatenated, then a linear layer and dropout.
+    """
+
+    def __init__(self, dim_k: int, dim_q: int, dim_out: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim_q, dim_out, bias=False)
+        self.kv = nn.Linear(dim_k, 2 * dim_out, bias=False)
+        self.proj = nn.Sequential(nn.Linear(dim_out, dim_out), nn.Dropout(dropout))
+
+    def forward(self, x_k: torch.Tensor, x_q: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """``x_k`` ``[B, Nk, Dk]``, ``x_q`` ``[B, Nq, Dq]``, ``key_mask`` bool ``[B, Nk]`` (True = padding)
+        -> ``[B, Nq, dim_out]``."""
+        b, nq, nk = x_q.shape[0], x_q.shape[1], x_k.shape[1]
+        q = self.q(x_q).view(b, nq, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(x_k).view(b, nk, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        allowed = None if key_mask is None else ~key_mask[:, None, None, :]
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        return self.proj(out.transpose(1, 2).reshape(b, nq, -1))
+
+
+class TransformerBlock(nn.Module):
+    """Alg. 6 (MMER ``AttentionBlock``): norm both inputs, attention (query stream attends to key
+    stream), dropout, then a residual GELU MLP (Alg. 7) on the attention output."""
+
+    def __init__(self, dim_k: int, dim_q: int, heads: int, cfg: AvtcaConfig) -> None:
+        super().__init__()
+        self.norm_k, self.norm_q = _SeqNorm(cfg.block_norm, dim_k), _SeqNorm(cfg.block_norm, dim_q)
+        self.attn = Attention(dim_k, dim_q, dim_q, heads, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norm2 = _SeqNorm(cfg.block_norm, dim_q)
+        hidden = int(dim_q * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim_q, hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(hidden, dim_q),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(
+        self,
+        x_k: torch.Tensor,
+        x_q: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        query_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """-> ``[B, Nq, Dq]``, to be added to the query stream (Alg. 10: ``h_AV + A_conv``)."""
+        x = self.drop(self.attn(self.norm_k(x_k, key_mask), self.norm_q(x_q, query_mask), key_mask))
+        return x + self.mlp(self.norm2(x, query_mask))
+
+
+# ---------------------------------------------------------------- the model
+
+
+def _masked_max(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Max over time of ``[B, N, D]``, skipping rows where ``mask`` is True."""
+    return (x if mask is None else x.masked_fill(mask[..., None], float("-inf"))).amax(dim=1)
+
+
+class Avtca(nn.Module):
+    """AVT-CA on the shared end-to-end batch (``video``, ``wave``, ``wave_lengths``).
+
+    Returns ``logits_fusion`` (``modality="av"``), ``logits_audio`` or ``logits_video`` (unimodal
+    ablations), each ``[B, n_classes]``, and ``embedding`` ``[B, E]`` (the merged pooled features).
+    Only the blocks a config uses are built, so every parameter receives a gradient.
+    """
+
+    def __init__(self, cfg: AvtcaConfig, n_classes: int, class_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.cfg, self.n_classes, self.class_names = cfg, n_classes, list(class_names or [])
+        self.input_spec = {"n_frames": cfg.n_frames, "image_size": cfg.image_size}
+        use_a, use_v = cfg.modality in ("av", "audio"), cfg.modality in ("av", "video")
+        if use_a:
+            widths = (spectral_rows(cfg.spectral), *cfg.audio_stage1, *cfg.audio_stage2)
+            blocks = [
+                AudioConvBlock(i, o, cfg.audio_pool_stride) for i, o in zip(widths, widths[1:], strict=False)
+            ]
+            self.audio1 = nn.ModuleList(blocks[: len(cfg.audio_stage1)])
+            self.audio2 = nn.ModuleList(blocks[len(cfg.audio_stage1) :])
+        if use_v:
+            self.frames = FrameEncoder(cfg)
+            self.video1 = _video_blocks(cfg.frame_channels[-1], cfg.video_stage1)
+            self.video2 = _video_blocks(cfg.video_stage1[-1], cfg.video_stage2)
+        self._build_fusion(cfg)
+        da, dv = cfg.audio_stage2[-1], cfg.video_stage2[-1]
+        d_merged = {"audio": da, "video": dv}.get(cfg.modality, da if cfg.merge == "sum" else da + dv)
+        self.classifier = nn.Linear(d_merged, n_classes)  # the paper's softmax needs one: see the docstring
+
+    def _build_fusion(self, cfg: AvtcaConfig) -> None:
+        transformer, cross = FUSION_BLOCKS[cfg.fusion_blocks]
+        da1, dv1, da2, dv2 = (
+            cfg.audio_stage1[-1],
+            cfg.video_stage1[-1],
+            cfg.audio_stage2[-1],
+            cfg.video_stage2[-1],
+        )
+        if transformer:  # h_AV = TB(key V, query A) joins audio; h_VA = TB(key A, query V) joins video
+            self.fuse_a = TransformerBlock(dv1, da1, cfg.heads_transformer, cfg)
+            self.fuse_v = TransformerBlock(da1, dv1, cfg.heads_transformer, cfg)
+        if cross:  # Alg. 8 pair, each added back to its query stream
+            self.cross_a = Attention(dv2, da2, da2, cfg.heads_cross, cfg.dropout)
+            self.cross_v = Attention(da2, dv2, dv2, cfg.heads_cross, cfg.dropout)
+            if cfg.late_attention != "none":  # Alg. 9 multi-head attention on each stream
+                other = cfg.late_attention == "cross"
+                self.late_a = Attention(dv2 if other else da2, da2, da2, cfg.heads_cross, cfg.dropout)
+                self.late_v = Attention(da2 if other else dv2, dv2, dv2, cfg.heads_cross, cfg.dropout)
+
+    def _audio_input(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        from aver.train.spectral import features
+
+        wave, lengths = batch["wave"], batch["wave_lengths"].to(batch["wave"].device)
+        x, n = features(wave, lengths, self.cfg.spectral)  # [B, F, N], zero past n
+        return x, n.to(x.device).long().clamp(min=1)
+
+    @staticmethod
+    def _run_audio(
+        blocks: nn.ModuleList, x: torch.Tensor, n: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in blocks:
+            x, n = block(x, n)
+        return x, n
+
+    def _stage1(self, batch: dict[str, torch.Tensor]) -> tuple[Any, Any, Any]:
+        """-> (audio ``[B, C, N']`` or None, its lengths or None, video ``[B, C, T]`` or None)."""
+        a = n = v = None
+        if self.cfg.modality != "video":
+            a, n = self._run_audio(self.audio1, *self._audio_input(batch))
+        if self.cfg.modality != "audio":
+            video = batch["video"]
+            b, t = video.shape[:2]
+            v = self.frames(video.flatten(0, 1)).view(b, t, -1).transpose(1, 2)  # [B, C5, T]
+            v = self.video1(v)
+        return a, n, v
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        a, n, v = self._stage1(batch)
+        mask = None if a is None else padding_mask(n, a.shape[-1])
+        if hasattr(self, "fuse_a"):  # transformer fusion (sequence-first inside)
+            sa, sv = a.transpose(1, 2), v.transpose(1, 2)
+            ha, hv = self.fuse_a(sv, sa, None, mask), self.fuse_v(sa, sv, mask, None)
+            a, v = zero_padding(sa + ha, mask).transpose(1, 2), (sv + hv).transpose(1, 2)
+        if a is not None:
+            a, n = self._run_audio(self.audio2, a, n)
+            a, mask = a.transpose(1, 2), padding_mask(n, a.shape[-1])  # [B, N'', D]
+        if v is not None:
+            v = self.video2(v).transpose(1, 2)  # [B, T, D]
+        if hasattr(self, "cross_a"):
+            a, v = zero_padding(a + self.cross_a(v, a, None), mask), v + self.cross_v(a, v, mask)
+        if hasattr(self, "late_a"):
+            other = self.cfg.late_attention == "cross"
+            a, v = (
+                zero_padding(self.late_a(v if other else a, a, None if other else mask), mask),
+                self.late_v(a if other else v, v, mask if other else None),
+            )
+        return self._head(a, mask, v)
+
+    def _head(self, a: torch.Tensor | None, mask: torch.Tensor | None, v: torch.Tensor | None) -> dict:
+        pooled = [_masked_max(a, mask)] if a is not None else []
+        pooled += [v.amax(dim=1)] if v is not None else []
+        emb = pooled[0] + pooled[1] if self.cfg.merge == "sum" and len(pooled) == 2 else torch.cat(pooled, -1)
+        key = {"av": "logits_fusion", "audio": "logits_audio", "video": "logits_video"}[self.cfg.modality]
+        return {key: self.classifier(emb), "embedding": emb}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from aver.errors import ConfigError
-from aver.layout import TEST, TRAIN, VALIDATION
+from aver.layout import TEST, TRAIN, UNUSED, VALIDATION
 
 
 def round_robin_groups(speakers: list[str], n_folds: int) -> list[list[str]]:
@@ -34,3 +34,28 @@ def speaker_folds(speakers: list[str], groups: list[list[str]]) -> np.ndarray:
         table[k, group_of == k] = TEST
         table[k, group_of == (k + 1) % n] = VALIDATION
     return table
+
+
+def protocol_folds(speakers: np.ndarray, labels: np.ndarray, name: str) -> np.ndarray:
+    """Fold table ``int8 [K, N]`` of the named protocol ``name`` (``aver.train.protocols``; not
+    ``cache``) for these clips: chosen at extraction (``aver extract --protocol``) or training."""
+    if name == "mocanu2023-10fold":
+        return speaker_folds([str(s) for s in speakers], round_robin_groups([str(s) for s in speakers], 10))
+    if name == "avtca-random":
+        return np.stack([random_split(labels, seed=k) for k in range(5)])
+    raise ConfigError(f"protocol {name!r} has no fold table of its own")
+
+
+def random_split(labels: np.ndarray, seed: int, test: float = 0.2, validation: float = 0.1) -> np.ndarray:
+    """Split codes ``int8 [N]``: per class, ``test`` of the clips to test, ``validation`` of the rest
+    to validation, the others to train (seeded). Unlabelled clips are unused."""
+    rng = np.random.default_rng(seed)
+    out = np.full(len(labels), UNUSED, dtype=np.int8)
+    for c in np.unique(labels[labels >= 0]):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(test * len(members)))
+        n_val = int(round(validation * (len(members) - n_test)))
+        out[members[:n_test]] = TEST
+        out[members[n_test : n_test + n_val]] = VALIDATION
+        out[members[n_test + n_val :]] = TRAIN
+    return out

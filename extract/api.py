@@ -36,6 +36,7 @@ def extract_dataset(
     limit: int | None = None,
     executor: Any = None,
     progress: bool = True,
+    protocol: str | None = None,
 ):
     """Extract ``dataset`` (a name in ``aver.extract.datasets.DATASETS``) into ``<cache>/<dataset>.zarr``.
 
@@ -54,7 +55,13 @@ def extract_dataset(
     cfg = apply_overrides(preset_config(preset, dataset), overrides or {})
     if cfg.preset == "tiny" and dataset != "synthetic":
         log.warning(TINY_WARNING, dataset)
-    opts = DatasetOptions(data, labels, folds, tuple(targets), options=dict(dataset_options or {}))
+    if protocol:
+        from aver.train.protocols import PROTOCOLS  # the names only (aver.train has no extraction stack)
+
+        PROTOCOLS.check(protocol)
+    opts = DatasetOptions(
+        data, labels, folds, tuple(targets), options=dict(dataset_options or {}), protocol=protocol
+    )
     index = load_dataset(dataset, opts)
     url = store or store_url(cache, dataset)
     _announce(index, cfg, url)

@@ -101,3 +101,33 @@ def test_protocols_give_their_folds_and_say_when_they_leak(input_cache, tmp_path
     assert set(cache.speakers[rnd[0] == TEST]) & set(cache.speakers[rnd[0] == TRAIN])  # leaky
     m = train_fold(_cfg(input_cache, tmp_path / "leaky", "avtca", epochs=1, protocol="avtca-random"))
     assert m["speaker_leaky"] and m["protocol"] == "avtca-random"
+
+
+@pytest.mark.slow
+def test_cv_under_two_protocols_prints_them_side_by_side(input_cache, tmp_path, capsys):
+    from aver.cli import main
+
+    out = str(tmp_path / "cv")
+    code = main(
+        ["cv", "--cache", input_cache, "--model", "avtca", "--preset", "tiny", "--epochs", "1", "-q"]
+        + ["--protocols", "cache,avtca-random", "--out", out]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| metric | cache | avtca-random (speaker-leaky) | difference |" in text
+    assert "| accuracy |" in text
+    leaky = json.loads((tmp_path / "cv@avtca-random" / "fold1" / "metrics.json").read_text())
+    assert leaky["speaker_leaky"] and (tmp_path / "cv" / "cv_summary.json").exists()
+
+
+def test_a_layout_1_cache_still_trains_de3(tmp_path):
+    """A cache written before layout 2 (no inputs, layout_version 1) trains DE-III as before."""
+    import zarr
+
+    from aver import layout as L
+
+    url = build_feature_cache(str(tmp_path / "old.zarr"), n_clips=15, n_classes=3)
+    g = zarr.open_group(url, mode="r+")
+    g.attrs[L.ATTRS_KEY] = {**dict(g.attrs[L.ATTRS_KEY]), "layout_version": 1}
+    m = train_fold(make_config("tiny", cache=url, out=str(tmp_path / "r"), epochs=1, progress=False))
+    assert m["system"] == "de3" and np.isfinite(m["test_reported"]["accuracy"])

@@ -172,3 +172,13 @@ def test_damaged_inputs_are_named(input_store, tmp_path):
     with pytest.raises(CacheError, match=f"inputs of clip {cache.ids[2]} differ"):
         cache.read_inputs(np.array([2]))
     assert len(cache.read_inputs(np.array([1]))["crops"]) == 1
+
+
+def test_a_named_protocol_can_be_chosen_at_extraction(small_corpus):
+    from aver.layout import TEST, TRAIN
+
+    index = small_index(small_corpus, protocol="avtca-random")
+    assert index.folds.shape == (5, 6) and index.folds_source == "protocol avtca-random"
+    assert ((index.folds == TEST).sum(1) == 2).all() and ((index.folds == TRAIN).sum(1) == 4).all()
+    ten = small_index(small_corpus, protocol="mocanu2023-10fold")
+    assert ten.folds.shape == (3, 6) and ten.folds_source == "protocol mocanu2023-10fold"

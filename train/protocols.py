@@ -15,11 +15,7 @@ systems can be compared on the same folds, and on each other's:
 
 from __future__ import annotations
 
-import numpy as np
-
-from aver.errors import ConfigError
-from aver.folds import round_robin_groups, speaker_folds
-from aver.layout import TEST, TRAIN, UNUSED, VALIDATION
+from aver.folds import protocol_folds, random_split  # noqa: F401 - the fold tables live in the kernel
 from aver.registry import Registry
 
 PROTOCOLS: Registry[str] = Registry("fold protocol")
@@ -35,27 +31,3 @@ LEAKY = frozenset({"avtca-random"})  # protocols whose test speakers also appear
 def describe(name: str) -> str:
     """One line for logs, metrics and reports; leaky protocols say so."""
     return f"{name}: {PROTOCOLS.get(name)}" + (" (speaker-leaky: not comparable)" if name in LEAKY else "")
-
-
-def protocol_folds(speakers: np.ndarray, labels: np.ndarray, name: str) -> np.ndarray:
-    """Fold table ``int8 [K, N]`` of protocol ``name`` (not ``cache``) for these clips."""
-    if name == "mocanu2023-10fold":
-        return speaker_folds([str(s) for s in speakers], round_robin_groups([str(s) for s in speakers], 10))
-    if name == "avtca-random":
-        return np.stack([random_split(labels, seed=k) for k in range(5)])
-    raise ConfigError(f"protocol {name!r} has no fold table of its own")
-
-
-def random_split(labels: np.ndarray, seed: int, test: float = 0.2, validation: float = 0.1) -> np.ndarray:
-    """Split codes ``int8 [N]``: per class, ``test`` of the clips to test, ``validation`` of the rest
-    to validation, the others to train (seeded). Unlabelled clips are unused."""
-    rng = np.random.default_rng(seed)
-    out = np.full(len(labels), UNUSED, dtype=np.int8)
-    for c in np.unique(labels[labels >= 0]):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(test * len(members)))
-        n_val = int(round(validation * (len(members) - n_test)))
-        out[members[:n_test]] = TEST
-        out[members[n_test : n_test + n_val]] = VALIDATION
-        out[members[n_test + n_val :]] = TRAIN
-    return out

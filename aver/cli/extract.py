@@ -65,6 +65,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fold-files", help="VAVL partition CSVs: a pattern with {fold} or a comma-separated list"
     )
+    choice_option(
+        p,
+        "--protocol",
+        "aver.train.protocols",
+        "PROTOCOLS",
+        "store a named fold protocol instead of the corpus's folds: %(choices)s (training can also "
+        "choose one: aver train --protocol)",
+    )
     kv_option(p, "--dataset-option", "adapter-specific option, e.g. synthetic n_actors=3")
     p.add_argument("--targets", default="", help="folder: comma-separated continuous target columns")
 
@@ -144,6 +152,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         overrides=overrides_from_flags(args),
         labels=args.labels,
         folds=args.fold_files,
+        protocol=args.protocol,
         targets=tuple(t for t in args.targets.split(",") if t),
         dataset_options=parse_kv(args.dataset_option, "--dataset-option"),
         storage_options=parse_kv(args.storage_option, "--storage-option"),

@@ -96,6 +96,12 @@ def register(sub) -> None:
         default=0,
         help="train this many runs at once in separate processes (with --device cuda: one per GPU)",
     )
+    p.add_argument(
+        "--protocols",
+        metavar="A,B",
+        help="cross-validate under each fold protocol (e.g. cache,avtca-random) and print them side by "
+        "side: what a speaker-leaky split adds (each to <out>@<protocol>)",
+    )
     p.set_defaults(func=cmd_cv)
     p = sub.add_parser("evaluate", help="re-score a run on a cache (refuses another cache)")
     p.add_argument("--run", required=True, help="a run folder written by `aver train`")
@@ -161,6 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    if args.protocols:
+        return _cv_protocols(args)
     from aver.errors import ConfigError
     from aver.train.api import cross_validate, default_out
 
@@ -195,6 +203,39 @@ def cmd_cv(args: argparse.Namespace) -> int:
                 std = "-" if metrics[key]["std"] is None else f"{metrics[key]['std']:.4f}"
                 print(f"{head} head: {key} {metrics[key]['mean']:.4f} ± {std}")
     print(f"runs: {cfg.out} (cv_summary.json, .csv, .md)")
+    return 0
+
+
+def _cv_protocols(args: argparse.Namespace) -> int:
+    """``aver cv --protocols A,B``: one cross-validation per protocol, then their main metrics side
+    by side with the difference to the first (a leaky protocol is marked)."""
+    import dataclasses
+
+    from aver.train.api import cross_validate, default_out
+    from aver.train.protocols import LEAKY, PROTOCOLS
+
+    names = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    for name in names:
+        PROTOCOLS.check(name)
+    summaries = {}
+    for name in names:
+        cfg = dataclasses.replace(_config(args, 1, ""), protocol=name)
+        cfg.out = (
+            (args.out + (f"@{name}" if name != "cache" else ""))
+            if args.out
+            else default_out(args.cache, cfg.variant, cfg.system, name)
+        )
+        cfg = type(cfg).from_dict(cfg.to_dict())  # validated again
+        summaries[name] = cross_validate(cfg, None, seeds=args.seeds, workers=args.workers)["reported"]
+        print(f"{name}: runs in {cfg.out}")
+    metrics = [m for m in ("accuracy", "f1_macro", "uar", "ccc_mean") if m in summaries[names[0]]]
+    label = lambda n: n + (" (speaker-leaky)" if n in LEAKY else "")  # noqa: E731
+    print("| metric | " + " | ".join(label(n) for n in names) + " | difference |")
+    print("| --- |" + " --- |" * (len(names) + 1))
+    for m in metrics:
+        values = [summaries[n][m]["mean"] for n in names]
+        cells = [f"{v:.4f} ± {summaries[n][m]['std'] or 0:.4f}" for n, v in zip(names, values, strict=True)]
+        print(f"| {m} | " + " | ".join(cells) + f" | {values[-1] - values[0]:+.4f} |")
     return 0
 
 

@@ -40,6 +40,7 @@ class DatasetOptions:
     targets: tuple[str, ...] = ()  # folder: names of continuous target columns
     n_folds: int = 5
     options: dict = field(default_factory=dict)  # adapter-specific (--dataset-option key=value)
+    protocol: str | None = None  # a named fold protocol (mocanu2023-10fold, avtca-random) instead
 
     def __post_init__(self) -> None:
         self.data = Path(self.data) if self.data else None
@@ -162,6 +163,12 @@ def finish_index(
     folds, source = choose_folds(
         [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds, groups, groups_name
     )
+    if opts.protocol and opts.protocol != "cache":
+        from aver.folds import protocol_folds
+
+        labels = np.array([c.label for c in clips], dtype=np.int64)
+        folds = protocol_folds(np.array([c.speaker for c in clips]), labels, opts.protocol)
+        source = f"protocol {opts.protocol}"
     unused = np.flatnonzero((folds == UNUSED).all(0)) if folds.size else np.zeros(0, np.int64)
     skip = set(unused.tolist())
     unlabelled = [c.clip_id for i, c in enumerate(clips) if classes and c.label < 0 and i not in skip]

@@ -30,7 +30,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test extract train cv lint bench clean
+.PHONY: venv demo test test-browser extract train cv lint bench clean
 
 venv: $(STAMP)
 
@@ -68,6 +68,13 @@ cv: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# the page of `aver qa` as a browser shows it: installs Chromium from the system packages when missing
+test-browser: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y chromium; }
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -m browser $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check aver extract train tests bench

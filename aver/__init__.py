@@ -11,19 +11,21 @@ The library API is imported lazily so that ``import aver`` (and ``aver --help``)
     aver.extract_dataset("ravdess", data="/data/RAVDESS", cache="caches", preset="paper")
     aver.train_fold("caches/ravdess.zarr", fold=3, preset="paper")
     aver.cross_validate("caches/ravdess.zarr", preset="paper")
+    aver.predict("runs/ravdess/de3/fold3", ["new_video.mp4"])   # a table: one dict per file
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _API = {
     "extract_dataset": "aver.extract.api",
     "train_fold": "aver.train.api",
     "cross_validate": "aver.train.api",
     "evaluate_run": "aver.train.api",
+    "predict": "aver.apps.prediction",
 }
 
 __all__ = ["__version__", *_API]

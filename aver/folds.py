@@ -10,6 +10,17 @@ import numpy as np
 
 from aver.errors import ConfigError
 from aver.layout import TEST, TRAIN, UNUSED, VALIDATION
+from aver.registry import Registry
+
+# Named fold protocols (described in aver.train.protocols).
+PROTOCOLS: Registry[str] = Registry("fold protocol")
+PROTOCOLS.add("cache", "the folds stored in the cache (attrs.aver.folds_source)")
+PROTOCOLS.add("mocanu2023-10fold", "Mocanu 2023: 10 speaker-independent folds, 80/10/10 by speakers")
+PROTOCOLS.add(
+    "avtca-random",
+    "AVT-CA: per-class random 80/20 train/test (validation: 10% of train), 5 seeds; SPEAKER-LEAKY",
+)
+LEAKY = frozenset({"avtca-random"})  # protocols whose test speakers also appear in training
 
 
 def round_robin_groups(speakers: list[str], n_folds: int) -> list[list[str]]:

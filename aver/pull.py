@@ -23,6 +23,8 @@ MODALITY_ARRAYS = {
     "frames": (L.FRAME_FEATURES, L.TIMESTAMP, L.FACE_BOX, L.FACE_PROB, L.FACE_MASK),
     "flow": (L.FLOW_FEATURES,),
     "audio": (L.AUDIO_FEATURES,),
+    # end-to-end inputs (crops, waveforms), pulled by default when the source has them
+    "inputs": (L.CROPS, L.CROP_INDEX, L.N_CROPS, L.WAVE, L.N_WAVE, L.INPUT_DIGEST, L.INPUT_STATUS),
 }
 ALWAYS = (*L.CLIP_SCALARS, L.ERROR, L.NOTE, L.DIGEST)
 
@@ -42,11 +44,13 @@ def pull(
 
     from aver.store import CacheWriter
 
-    modalities = list(modalities or MODALITY_ARRAYS)
-    unknown = [m for m in modalities if m not in MODALITY_ARRAYS]
+    unknown = [m for m in modalities or [] if m not in MODALITY_ARRAYS]
     if unknown:
         raise UserError(f"--modality {unknown}: choose from {list(MODALITY_ARRAYS)}")
     src = FeatureCache(url, storage_options)
+    modalities = list(modalities or [m for m in MODALITY_ARRAYS if m != "inputs" or src.inputs])
+    if "inputs" in modalities and not src.inputs:
+        raise UserError(f"--modality inputs: {url} holds no end-to-end inputs (crops, waveforms)")
     splits = list(splits or L.SPLITS)
     if fold is not None:
         src.check_fold(fold)
@@ -59,6 +63,8 @@ def pull(
         if have != url:
             raise UserError(f"{dest} exists and was not pulled from {url}: choose another destination")
     writer = CacheWriter.create_or_open(dest, **src.template())
+    if "inputs" in modalities and not writer.meta().get("inputs"):
+        writer.add_inputs(src.inputs)
     meta = writer.meta()
     before = meta.get("pulled") or {}
     merged_mods = sorted(set(before.get("modalities") or []) | set(modalities)) if before else modalities

@@ -56,7 +56,7 @@ def extract_dataset(
     if cfg.preset == "tiny" and dataset != "synthetic":
         log.warning(TINY_WARNING, dataset)
     if protocol:
-        from aver.train.protocols import PROTOCOLS  # the names only (aver.train has no extraction stack)
+        from aver.folds import PROTOCOLS
 
         PROTOCOLS.check(protocol)
     opts = DatasetOptions(

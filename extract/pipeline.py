@@ -277,6 +277,7 @@ def run_extraction(
     storage_options: dict | None = None,
     executor=None,
     progress: bool = True,
+    models=None,
 ) -> Summary:
     """Extract every pending clip of ``index`` into the store at ``url`` and return a summary.
 
@@ -288,7 +289,7 @@ def run_extraction(
 
     cfg = cfg.resolved()
     distributed = executor is not None or bool(cfg.runtime.workers or cfg.runtime.scheduler)
-    models = Models.build(cfg, device="cpu" if distributed else cfg.runtime.device)
+    models = models or Models.build(cfg, device="cpu" if distributed else cfg.runtime.device)
     with StoreLease(url, storage_options):  # one driver per store (see aver.lease)
         from .inputs import ensure_inputs
 

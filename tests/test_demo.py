@@ -38,6 +38,7 @@ def test_demo_extracts_trains_and_beats_chance(tmp_path):
     assert "done now: 96" in out.stdout and "failed: 0" in out.stdout
     assert "reported head" in out.stdout and "chance level: 0.25" in out.stdout
     assert "report: " in out.stdout and (tmp_path / "runs" / "report.md").is_file()
+    assert "aver predict " in out.stdout and "grace_hopper.mp4" in out.stdout  # an unseen face, scored
     metrics = json.loads((tmp_path / "runs/synthetic/de3/fold1/metrics.json").read_text())
     # 4 balanced classes: chance is 0.25; the corpus is built to be learnable from faces, flow and voice
     assert metrics["test_reported"]["accuracy"] >= 0.5, metrics["test_reported"]

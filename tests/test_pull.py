@@ -39,6 +39,21 @@ def test_pull_modalities_then_the_rest(tmp_path):
     assert all(np.array_equal(x, y) for k in a for x, y in zip(a[k], b[k], strict=True))
 
 
+def test_pull_carries_the_end_to_end_inputs(tmp_path):
+    from aver.testing import add_toy_inputs
+
+    src = add_toy_inputs(build_feature_cache(str(tmp_path / "shared.zarr"), n_clips=20))
+    dest = str(tmp_path / "mine.zarr")
+    pull(src, dest, fold=1, splits=["train"], progress=False)
+    idx = FeatureCache(src).split_indices(1, "train")
+    a, b = FeatureCache(src).read_inputs(idx), FeatureCache(dest).read_inputs(idx)
+    assert all(np.array_equal(x, y) for k in a for x, y in zip(a[k], b[k], strict=True))
+    plain = str(tmp_path / "features.zarr")
+    pull(src, plain, modalities=["frames", "flow", "audio"], progress=False)
+    with pytest.raises(CacheError, match="no end-to-end inputs"):
+        FeatureCache(plain).read_inputs(idx)
+
+
 @pytest.mark.slow
 def test_pull_a_fold_from_s3_reads_only_its_clips(tmp_path, s3_endpoint):
     import fsspec

@@ -15,17 +15,8 @@ systems can be compared on the same folds, and on each other's:
 
 from __future__ import annotations
 
-from aver.folds import protocol_folds, random_split  # noqa: F401 - the fold tables live in the kernel
-from aver.registry import Registry
-
-PROTOCOLS: Registry[str] = Registry("fold protocol")
-PROTOCOLS.add("cache", "the folds stored in the cache (attrs.aver.folds_source)")
-PROTOCOLS.add("mocanu2023-10fold", "Mocanu 2023: 10 speaker-independent folds, 80/10/10 by speakers")
-PROTOCOLS.add(
-    "avtca-random",
-    "AVT-CA: per-class random 80/20 train/test (validation: 10% of train), 5 seeds; SPEAKER-LEAKY",
-)
-LEAKY = frozenset({"avtca-random"})  # protocols whose test speakers also appear in training
+# the names and fold tables live in the kernel, so that extraction can store them too
+from aver.folds import LEAKY, PROTOCOLS, protocol_folds, random_split  # noqa: F401
 
 
 def describe(name: str) -> str:

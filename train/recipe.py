@@ -109,6 +109,11 @@ def setup(cfg: TrainConfig) -> Run:
         "system": cfg.system,
         "variant": cfg.variant,
         "protocol": cfg.protocol,
+        # how the cache's inputs were made: what `aver predict` extracts new videos with
+        "extraction": {
+            k: cache.meta.get(k) for k in ("dataset", "preset", "config", "config_hash", "models", "dims")
+        }
+        | {"inputs": cache.inputs},
         "task": task.name,
         "names": task.names,
         "cache": cache_identity(cache),

@@ -104,12 +104,20 @@ def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
 
 def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | None = None) -> dict[str, Any]:
     """Re-score a finished run on its cache, into ``<run>/evaluations/<store>/`` (the run's own
-    metrics, predictions and plots are never overwritten). A cache with another identity (provenance,
-    clip list or folds) is refused."""
+    metrics, predictions and plots are never overwritten). A cache of the same dataset with another
+    identity (provenance, clip list or folds) is refused; a cache of another dataset made with the
+    same extractors is a cross-corpus evaluation (``crosscorpus``)."""
     run_dir = Path(run_dir)
     _, info = load_model_state(run_dir / "checkpoint")
     cfg = TrainConfig.from_dict({**info["train_config"], "cache": cache_url})
     cache = apply_protocol(FeatureCache(cache_url, storage_options), cfg.protocol)
+    if cache.meta.get("dataset") != (info.get("cache") or {}).get("dataset"):  # another corpus
+        from .crosscorpus import evaluate_cross_corpus
+
+        out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
+        out.mkdir(parents=True, exist_ok=True)
+        with log_to(out / "evaluate.log"):
+            return evaluate_cross_corpus(run_dir, cache, info, out)
     check_cache(info["cache"], cache, "evaluate")
     task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     model = saved_model(info)

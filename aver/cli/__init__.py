@@ -15,9 +15,9 @@ import traceback
 from aver import __version__
 from aver.errors import EXIT_CODES, AverError
 
-from . import cache, demo, extract, train
+from . import cache, demo, extract, qa, train
 
-COMMANDS = (extract, train, cache, demo)
+COMMANDS = (extract, train, cache, qa, demo)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -75,7 +75,10 @@ def _pull_parser(tools) -> None:
     u.add_argument("dest", help="a local .zarr path")
     u.add_argument("--fold", type=int, help="only the clips this fold uses")
     u.add_argument("--split", default="train,validation,test", help="splits of --fold (default: all three)")
-    u.add_argument("--modality", default="frames,flow,audio", help="modalities (default: all three)")
+    u.add_argument(
+        "--modality",
+        help="comma-separated: frames, flow, audio, inputs (crops + waveforms) (default: all the store has)",
+    )
 
 
 def _merge_parser(tools) -> None:
@@ -157,7 +160,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         args.dest,
         fold=args.fold,
         splits=[x.strip() for x in args.split.split(",") if x.strip()],
-        modalities=[x.strip() for x in args.modality.split(",") if x.strip()],
+        modalities=[x.strip() for x in (args.modality or "").split(",") if x.strip()] or None,
         storage_options=parse_kv(args.storage_option, "--storage-option") or None,
         progress=not args.quiet,
     )

@@ -68,7 +68,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     choice_option(
         p,
         "--protocol",
-        "aver.train.protocols",
+        "aver.folds",
         "PROTOCOLS",
         "store a named fold protocol instead of the corpus's folds: %(choices)s (training can also "
         "choose one: aver train --protocol)",

@@ -103,7 +103,10 @@ def register(sub) -> None:
         "side: what a speaker-leaky split adds (each to <out>@<protocol>)",
     )
     p.set_defaults(func=cmd_cv)
-    p = sub.add_parser("evaluate", help="re-score a run on a cache (refuses another cache)")
+    p = sub.add_parser(
+        "evaluate",
+        help="re-score a run on its cache, or on a cache of another dataset made with the same extractors",
+    )
     p.add_argument("--run", required=True, help="a run folder written by `aver train`")
     p.add_argument("--cache", required=True)
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
@@ -112,9 +115,70 @@ def register(sub) -> None:
     p.add_argument("runs", help="a folder of runs (searched recursively)")
     p.add_argument("--out", help="the Markdown file to write (default RUNS/report.md; .html beside it)")
     p.set_defaults(func=cmd_report)
+    _predict_parser(sub)
     p = sub.add_parser("variants", help="list the models and their variants (the papers' ablations)")
     choice_option(p, "--model", "aver.train.systems", "SYSTEMS", "only this model: %(choices)s")
     p.set_defaults(func=cmd_variants)
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="a trained run on new videos: features made as its cache's were, then each head's scores",
+        description="Extracts each video with exactly the models and configuration of the cache the run "
+        "was trained on (weights checked by sha256), then prints per file the predicted label and each "
+        "head's probabilities (or values). Exits 1 only when every file failed.",
+    )
+    p.add_argument("run", help="a run folder written by `aver train` (its checkpoint/ and config.json)")
+    p.add_argument("videos", nargs="+", help="video files or folders (searched recursively)")
+    p.add_argument("--out", help="write the table to this .csv or .json (timeline plots go beside it)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--timeline", action="store_true", help="score sliding windows over each video")
+    p.add_argument("--window", type=float, default=4.0, help="timeline window in seconds (default 4)")
+    p.add_argument("--hop", type=float, default=1.0, help="timeline hop in seconds (default 1)")
+    p.add_argument("--face-weights", help="the EfficientNet weights, where they are on this machine")
+    p.add_argument("--audio-model", help="the wav2vec2 model (folder or hub id), where it is on this machine")
+    p.add_argument("--flow-weights", help="the flow weights, where they are on this machine")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from aver.apps.prediction import predict
+
+    weights = {
+        key: value
+        for key, value in (
+            ("image.weights", args.face_weights),
+            ("audio.model", args.audio_model),
+            ("flow.weights", args.flow_weights),
+        )
+        if value
+    }
+    rows = predict(
+        args.run,
+        args.videos,
+        device=args.device,
+        out=args.out,
+        timeline=args.timeline,
+        window_s=args.window,
+        hop_s=args.hop,
+        weights=weights,
+        progress=not args.quiet,
+    )
+    for r in rows:
+        if r["status"] != "ok":
+            cause = r["error"] if r["error"].startswith(r["file"]) else f"{r['file']}: {r['error']}"
+            print(f"FAILED {cause}")
+            continue
+        span = f" [{r['start_s']:.2f}-{r['end_s']:.2f} s]" if "start_s" in r else ""
+        head = r["head"]
+        scores = "  ".join(f"{k[len(head) + 1 :]} {v:.3f}" for k, v in r.items() if k.startswith(f"{head}_"))
+        label = f"{r['prediction']} " if "prediction" in r else ""
+        print(f"{r['clip']}{span}: {label}({head} head: {scores})")
+    if args.out:
+        print(f"table: {args.out}")
+    return 0 if any(r["status"] == "ok" for r in rows) or not rows else 1
 
 
 def _config(args: argparse.Namespace, fold: int, out: str):
@@ -141,6 +205,14 @@ def _config(args: argparse.Namespace, fold: int, out: str):
 def print_report(metrics: dict) -> None:
     head, test = metrics["reported_head"], metrics["test_reported"]
     scalars = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
+    if metrics.get("cross_corpus"):
+        print(
+            f"cross-corpus: {metrics['clips']} clips of {metrics['dataset']} | shared classes "
+            f"{metrics['shared_classes']} | not in the run: {metrics['missing_classes'] or 'none'} "
+            f"({metrics['clips_left_out']} clips left out) | head {head}"
+        )
+        print("all clips: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
+        return
     print(
         f"fold {metrics['fold']} | model {metrics.get('system', 'de3')} | variant {metrics['variant']} | "
         f"reported head: {head} "
@@ -267,7 +339,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
     from aver.train.systems import SYSTEMS, variants
 
     for system in [args.model] if args.model else list(SYSTEMS):
-        print(f"{system}: {SYSTEMS.summary(system)}")
+        print(f"{system}: {SYSTEMS.get(system).summary}")
         for name, sets in variants(system).items():
             what = (
                 VARIANTS.summary(name) if system == "de3" else ", ".join(f"{k}={v}" for k, v in sets.items())

@@ -164,11 +164,7 @@ def finish_index(
         [c.clip_id for c in clips], [c.speaker for c in clips], opts.folds, opts.n_folds, groups, groups_name
     )
     if opts.protocol and opts.protocol != "cache":
-        from aver.folds import protocol_folds
-
-        labels = np.array([c.label for c in clips], dtype=np.int64)
-        folds = protocol_folds(np.array([c.speaker for c in clips]), labels, opts.protocol)
-        source = f"protocol {opts.protocol}"
+        folds, source = _protocol(clips, opts.protocol)
     unused = np.flatnonzero((folds == UNUSED).all(0)) if folds.size else np.zeros(0, np.int64)
     skip = set(unused.tolist())
     unlabelled = [c.clip_id for i, c in enumerate(clips) if classes and c.label < 0 and i not in skip]
@@ -202,6 +198,14 @@ def finish_index(
         soft_labels=soft_labels,
         label_source=label_source if classes else "",
     )
+
+
+def _protocol(clips: list[ClipRecord], name: str) -> tuple[np.ndarray, str]:
+    """The fold table of named protocol ``name`` (``aver.folds.PROTOCOLS``) for these clips."""
+    from aver.folds import protocol_folds
+
+    labels = np.array([c.label for c in clips], dtype=np.int64)
+    return protocol_folds(np.array([c.speaker for c in clips]), labels, name), f"protocol {name}"
 
 
 def read_csv(

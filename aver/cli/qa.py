@@ -1,0 +1,51 @@
+"""``aver qa``: a quality report of a cache (base install; OpenCV and PyAV used when installed)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    from . import kv_option
+
+    p = sub.add_parser(
+        "qa",
+        help="write an HTML quality report of a cache (failures, face tracks, flow, durations, outliers)",
+        description=(
+            "Write one self-contained HTML page (PNGs and a per-clip CSV beside it, in <page>_files/) to "
+            "read before training on a cache: clip counts, failures grouped by cause, per-clip face "
+            "detection rate, interpolated frames, track jumps, optical-flow magnitude and audio vs video "
+            "duration, histograms, outliers (robust rule stated on the page) and face / flow thumbnails "
+            "of a sample of clips and of the worst clips by each measure."
+        ),
+    )
+    p.add_argument("store", help="a .zarr path or fsspec URL")
+    p.add_argument("--out", help="the HTML page to write (default: <dataset>-qa.html)")
+    p.add_argument(
+        "--data",
+        help="raw-data folder (clips/video is relative to it): thumbnails and flow from the videos "
+        "when the cache holds no face crops",
+    )
+    p.add_argument("--sample", type=int, default=12, help="clips in the random thumbnail sample (default 12)")
+    kv_option(p, "--storage-option", "fsspec storage option for the URL")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_qa)
+
+
+def cmd_qa(args: argparse.Namespace) -> int:
+    from aver.errors import UserError
+    from aver.overrides import parse_kv
+    from aver.qa import write_report
+
+    if args.sample < 0:
+        raise UserError(f"--sample must be >= 0, not {args.sample}")
+    page = write_report(
+        args.store,
+        out=args.out,
+        data=args.data,
+        sample=args.sample,
+        storage_options=parse_kv(args.storage_option, "--storage-option") or None,
+        progress=not args.quiet,
+    )
+    print(page)
+    return 0

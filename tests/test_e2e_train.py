@@ -131,3 +131,17 @@ def test_a_layout_1_cache_still_trains_de3(tmp_path):
     g.attrs[L.ATTRS_KEY] = {**dict(g.attrs[L.ATTRS_KEY]), "layout_version": 1}
     m = train_fold(make_config("tiny", cache=url, out=str(tmp_path / "r"), epochs=1, progress=False))
     assert m["system"] == "de3" and np.isfinite(m["test_reported"]["accuracy"])
+
+
+def test_crops_read_per_batch_train_the_same_as_crops_in_memory(input_cache, tmp_path):
+    """A fold too big for memory reads its crops from the cache batch by batch: same numbers."""
+    a = train_fold(
+        _cfg(input_cache, tmp_path / "mem", "avtca", epochs=2, overrides=["data.inputs_in_memory=true"])
+    )
+    b = train_fold(
+        _cfg(input_cache, tmp_path / "lazy", "avtca", epochs=2, overrides=["data.inputs_in_memory=false"])
+    )
+    assert a["test"]["fusion"]["accuracy"] == b["test"]["fusion"]["accuracy"]
+    ha = json.loads((tmp_path / "mem" / "history.json").read_text())
+    hb = json.loads((tmp_path / "lazy" / "history.json").read_text())
+    assert [r["train_loss"] for r in ha] == pytest.approx([r["train_loss"] for r in hb], abs=1e-6)

@@ -41,6 +41,9 @@ class DataConfig:
     bucket: bool = True  # batches of similar length (less padding); order shuffled per epoch
     standardise: bool = True  # features standardised with training-split statistics (paper: not mentioned)
     labels: str = "hard"
+    # end-to-end systems: the fold's crops held in memory (true), read from the cache batch by batch
+    # (false), or in memory when they fit in 4 GiB (None)
+    inputs_in_memory: bool | None = None
 
     def __post_init__(self) -> None:
         if self.labels not in ("hard", "soft"):

@@ -30,11 +30,13 @@ class InputClip:
 
     index: int
     clip_id: str
-    crops: torch.Tensor  # uint8 [T, S, S, 3]
+    crops: torch.Tensor | None  # uint8 [T, S, S, 3]; None: read from ``source`` when batched
     wave: torch.Tensor  # int16 [W]
     label: int
     targets: torch.Tensor
     soft: torch.Tensor | None = None
+    source: FeatureCache | None = None  # the cache its crops are read from (crops not in memory)
+    n_frames: int = 0
 
     @property
     def length(self) -> int:
@@ -68,38 +70,74 @@ def check_inputs(cache: FeatureCache, spec: dict, system: str) -> None:
         )
 
 
+MEMORY_BUDGET = 4 * 2**30  # bytes of crops a fold may hold in memory when not told (inputs_in_memory)
+
+
+def crops_in_memory(cache: FeatureCache, n_clips: int, n_frames: int, wanted: bool | None) -> bool:
+    """Whether a fold's crops are held in memory: as asked, or when they fit ``MEMORY_BUDGET``."""
+    size = int(cache.inputs.get("crop_size", 0))
+    need = n_clips * n_frames * size * size * 3
+    if wanted is None:
+        wanted = need <= MEMORY_BUDGET
+        if not wanted:
+            log.info(
+                "crops of %d clips need %.1f GiB: read from the cache batch by batch", n_clips, need / 2**30
+            )
+    return wanted
+
+
 def load_input_clips(
-    cache: FeatureCache, indices: np.ndarray, n_frames: int, labels: str = "hard", chunk: int = 32
+    cache: FeatureCache,
+    indices: np.ndarray,
+    n_frames: int,
+    labels: str = "hard",
+    chunk: int = 32,
+    in_memory: bool | None = True,
 ) -> list[InputClip]:
-    """Clips ``indices`` (sorted by cache row) with ``n_frames`` crops each and their waveforms."""
+    """Clips ``indices`` (sorted by cache row) with ``n_frames`` crops each (or read per batch,
+    ``in_memory`` false or too big) and their waveforms."""
     out: list[InputClip] = []
     order = np.sort(np.asarray(indices, dtype=np.int64))
+    keep = crops_in_memory(cache, len(order), n_frames, in_memory)
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
         got = cache.read_inputs(idx)
         for k, i in enumerate(idx):
-            crops = got["crops"][k]
-            if len(crops):
-                crops = crops[frame_choice(len(crops), n_frames)]
+            crops = _chosen(got["crops"][k], n_frames) if keep else None
             soft = cache.soft_labels[i] if labels == "soft" and cache.soft_labels is not None else None
             out.append(
                 InputClip(
                     index=int(i),
                     clip_id=str(cache.ids[i]),
-                    crops=torch.from_numpy(np.ascontiguousarray(crops)),
+                    crops=None if crops is None else torch.from_numpy(crops),
                     wave=torch.from_numpy(got["wave"][k]),
                     label=int(cache.labels[i]),
                     targets=torch.from_numpy(cache.targets[i].astype(np.float32)),
                     soft=None if soft is None else torch.from_numpy(soft.astype(np.float32)),
+                    source=None if keep else cache,
+                    n_frames=n_frames,
                 )
             )
     return out
 
 
+def _chosen(crops: np.ndarray, n_frames: int) -> np.ndarray:
+    """``n_frames`` of a clip's stored crops, spread uniformly (none stored: none)."""
+    return np.ascontiguousarray(crops[frame_choice(len(crops), n_frames)] if len(crops) else crops)
+
+
+def batch_crops(clips: list[InputClip]) -> torch.Tensor:
+    """``uint8 [B, T, S, S, 3]`` crops of ``clips``: from memory, or one bulk read from their cache."""
+    if clips[0].crops is not None:
+        return torch.stack([c.crops for c in clips])
+    got = clips[0].source.read_inputs(np.array([c.index for c in clips]))["crops"]
+    return torch.from_numpy(np.stack([_chosen(x, c.n_frames) for x, c in zip(got, clips, strict=True)]))
+
+
 def move_input_clips(clips: list[InputClip], device: str) -> None:
     """The clips' tensors onto ``device`` once (uint8 crops, int16 waveforms), in place."""
     for c in clips:
-        for name in ("crops", "wave", "targets", "soft"):
+        for name in ("crops", "wave", "targets", "soft"):  # crops read per batch stay in the cache
             value = getattr(c, name)
             if value is not None:
                 setattr(c, name, value.to(device, non_blocking=True))
@@ -126,7 +164,8 @@ def collate_inputs(
     }
     if clips[0].soft is not None:
         batch["soft"] = torch.stack([c.soft for c in clips]).to(device)
-    if clips[0].crops.numel():
-        crops = torch.stack([c.crops for c in clips]).to(device, non_blocking=True)  # uint8, one copy
+    crops = batch_crops(clips)
+    if crops.numel():
+        crops = crops.to(device, non_blocking=True)  # uint8, one copy per batch
         batch["video"] = video_batch(crops, image_size, train, generator)
     return batch

@@ -216,7 +216,11 @@ def _setup_inputs(run: Run) -> None:
     from .e2e import load_input_clips, move_input_clips
 
     n = int(run.model.input_spec["n_frames"])
-    run.clips = {s: load_input_clips(run.cache, v, n, run.cfg.data.labels) for s, v in run.splits.items()}
+    data = run.cfg.data
+    run.clips = {
+        s: load_input_clips(run.cache, v, n, data.labels, in_memory=data.inputs_in_memory)
+        for s, v in run.splits.items()
+    }
     if run.cfg.resident and run.cfg.device != "cpu":
         for split in run.clips.values():
             move_input_clips(split, run.cfg.device)
@@ -300,7 +304,13 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
         saved = TrainConfig.from_dict(saved).to_dict()
     except Exception:  # noqa: BLE001 - an unreadable saved config: compare as stored
         pass
-    keep = lambda d: {k: v for k, v in d.items() if k not in _RESUMABLE}  # noqa: E731
+
+    def keep(d: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k not in _RESUMABLE}
+        if isinstance(out.get("data"), dict):  # where crops are read from changes no number
+            out["data"] = {k: v for k, v in out["data"].items() if k != "inputs_in_memory"}
+        return out
+
     diff = diff_dicts(keep(saved), keep(now))
     return "" if diff == "none" else diff
 

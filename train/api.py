@@ -17,11 +17,13 @@ from .report import evaluate_run
 __all__ = ["cross_validate", "evaluate_run", "summarise_folds", "train_fold"]
 
 
-def default_out(cache: str, variant: str, system: str = "de3", protocol: str = "cache") -> str:
-    """``runs/<dataset store name>/<variant>`` for DE-III on the cache's folds; other systems and
-    protocols get their own folder level: ``runs/<store>/<system>/<variant>[@<protocol>]``."""
+def default_out(
+    cache: str, variant: str, system: str = "de3", protocol: str = "cache", runs: str = "runs"
+) -> str:
+    """``<runs>/<dataset store name>/<variant>`` for DE-III on the cache's folds; other systems and
+    protocols get their own folder level: ``<runs>/<store>/<system>/<variant>[@<protocol>]``."""
     leaf = variant + ("" if protocol == "cache" else f"@{protocol}")
-    root = Path("runs") / Path(cache.rstrip("/")).stem
+    root = Path(runs) / Path(cache.rstrip("/")).stem
     return str(root / leaf if system == "de3" else root / system / leaf)
 
 

@@ -135,12 +135,13 @@ def make_config(
 ) -> TrainConfig:
     """Preset ``preset``, then ``fields`` (``None`` values ignored), then dotted ``overrides``
     (``{"model.d_model": 64}`` or ``["data.batch_size=8"]``)."""
-    from .systems import SYSTEMS, TRAINING
+    from .systems import SYSTEMS, training
 
     system = fields.get("system") or "de3"
     SYSTEMS.check(system)
     TRAIN_PRESETS.check(preset)
-    base = copy.deepcopy(TRAINING[system][preset] if system in TRAINING else TRAIN_PRESETS.get(preset))
+    end_to_end = SYSTEMS.get(system).end_to_end
+    base = training(system, preset) if end_to_end else copy.deepcopy(TRAIN_PRESETS.get(preset))
     if fields.get("variant") is None:
         fields["variant"] = SYSTEMS.get(system).default_variant
     base.update({k: v for k, v in fields.items() if v is not None}, preset=preset)

@@ -53,7 +53,7 @@ def frame_choice(stored: int, wanted: int) -> np.ndarray:
 def check_inputs(cache: FeatureCache, spec: dict, system: str) -> None:
     """Refuse a cache without the inputs ``system`` needs, saying how to add them."""
     have = cache.inputs
-    need = [k for k in ("crops", "wave") if spec.get(f"needs_{k}", True) and not have.get(k)]
+    need = [k for k in ("crops", "wave") if not have.get(k)]
     if need:
         raise CacheError(
             f"{cache.url} holds no {' or '.join(need)} for end-to-end training ({system}); add them to the "
@@ -130,7 +130,8 @@ def batch_crops(clips: list[InputClip]) -> torch.Tensor:
     """``uint8 [B, T, S, S, 3]`` crops of ``clips``: from memory, or one bulk read from their cache."""
     if clips[0].crops is not None:
         return torch.stack([c.crops for c in clips])
-    got = clips[0].source.read_inputs(np.array([c.index for c in clips]))["crops"]
+    # verified when the fold was loaded: no digest on the hot path
+    got = clips[0].source.read_inputs(np.array([c.index for c in clips]), verify=False)["crops"]
     return torch.from_numpy(np.stack([_chosen(x, c.n_frames) for x, c in zip(got, clips, strict=True)]))
 
 
@@ -151,9 +152,10 @@ def collate_inputs(
     from .augment import video_batch
 
     lengths = torch.tensor([c.length for c in clips], dtype=torch.long)
-    wave = torch.zeros((len(clips), max(int(lengths.max()), 1)), dtype=torch.float32, device=device)
+    pcm = clips[0].wave.new_zeros((len(clips), max(int(lengths.max()), 1)))  # padded where the clips are
     for k, c in enumerate(clips):
-        wave[k, : c.length] = c.wave.to(device, non_blocking=True).float() / WAVE_SCALE
+        pcm[k, : c.length] = c.wave
+    wave = pcm.to(device, non_blocking=True).float() / WAVE_SCALE  # one copy per batch
     batch = {
         "wave": wave,
         "wave_lengths": lengths.to(device),

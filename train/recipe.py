@@ -288,6 +288,7 @@ _RESUMABLE = (
     "tensorboard",
     "resident",
     "read_through",
+    "data.inputs_in_memory",  # where crops are read from changes no number
 )
 
 
@@ -305,11 +306,12 @@ def _changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - an unreadable saved config: compare as stored
         pass
 
-    def keep(d: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in d.items() if k not in _RESUMABLE}
-        if isinstance(out.get("data"), dict):  # where crops are read from changes no number
-            out["data"] = {k: v for k, v in out["data"].items() if k != "inputs_in_memory"}
-        return out
+    def keep(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        return {
+            k: keep(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in d.items()
+            if f"{prefix}{k}" not in _RESUMABLE
+        }
 
     diff = diff_dicts(keep(saved), keep(now))
     return "" if diff == "none" else diff

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from aver.cache import FeatureCache
+from aver.overrides import from_dict
 
 from .checkpoint import check_cache, load_model_state, load_tensors
 from .config import TrainConfig
@@ -71,8 +72,7 @@ def saved_model(info: dict[str, Any]):
 
     spec, m = SYSTEMS.get(system), module(system)
     fields = {k: (None if k in WEIGHT_FILES else v) for k, v in info["model_config"].items()}
-    cfg_cls = getattr(m, spec.config)
-    cfg = cfg_cls.from_dict(fields) if hasattr(cfg_cls, "from_dict") else cfg_cls(**fields)
+    cfg = from_dict(getattr(m, spec.config), fields)
     return getattr(m, spec.model)(cfg, len(info["names"]), list(info["names"]))
 
 

@@ -4,8 +4,8 @@ and ``avtca`` end to end on the cached face crops and waveforms (``inputs/*``, l
 Registry key = ``aver train --model`` choice = ``TrainConfig.system``. Each end-to-end system lives
 in one file of ``aver.train.models`` exporting its config dataclass, its model class (built as
 ``Model(cfg, n_classes, class_names)``), ``VARIANTS`` (named ablations: config fields) and
-``PRESETS`` (``paper`` and ``tiny`` architecture sizes). ``TRAINING`` below holds each system's
-optimisation settings per preset, from its paper.
+``PRESETS`` (``paper`` and ``tiny`` architecture sizes, and under ``"train"`` the optimisation
+from its paper, read by ``training``).
 """
 
 from __future__ import annotations
@@ -61,50 +61,15 @@ SYSTEMS.add(
     ),
 )
 
-# Optimisation per system and preset (TrainConfig fields; ``data`` = DataConfig fields).
-TRAINING: dict[str, dict[str, dict[str, Any]]] = {
-    "mocanu2023": {
-        # Section 4: Adam, lr 1e-4, batch 16, early stop after 20 epochs without gain (most epochs: not
-        # given; 100 here). Weight decay: not given (0).
-        "paper": {
-            "optimizer": "adam",
-            "lr": 1e-4,
-            "weight_decay": 0.0,
-            "epochs": 100,
-            "patience": 20,
-            "data": {"batch_size": 16},
-        },
-        "tiny": {
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "weight_decay": 0.0,
-            "epochs": 25,
-            "patience": 8,
-            "data": {"batch_size": 8},
-        },
-    },
-    "avtca": {
-        # Section 4: Adam, lr 0.01, weight decay 0.001, batch 8, 128 epochs (no early stopping stated:
-        # patience = epochs).
-        "paper": {
-            "optimizer": "adam",
-            "lr": 0.01,
-            "weight_decay": 0.001,
-            "epochs": 128,
-            "patience": 128,
-            "data": {"batch_size": 8},
-        },
-        # lr 1e-3: the paper's 0.01 diverges at toy scale
-        "tiny": {
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "weight_decay": 0.001,
-            "epochs": 25,
-            "patience": 8,
-            "data": {"batch_size": 8},
-        },
-    },
-}
+
+def training(system: str, preset: str) -> dict[str, Any]:
+    """``TrainConfig`` fields of an end-to-end system's preset: its model module's
+    ``PRESETS[preset]["train"]`` (the paper's optimiser there). Without a ``patience`` the paper
+    stops on no validation criterion: patience = epochs."""
+    t = dict(module(system).PRESETS[preset]["train"])
+    data = {"batch_size": t.pop("batch_size")}
+    t.setdefault("patience", t["epochs"])
+    return {**t, "data": data}
 
 
 def module(system: str):

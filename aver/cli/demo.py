@@ -48,10 +48,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(summary.report())
     print(describe(summary.store))
+    from aver.train.api import default_out
+    from aver.train.systems import SYSTEMS
+
     for system in ["de3", "mocanu2023", "avtca"] if args.model == "all" else [args.model]:
-        # the layout of default_out: runs/<store>/de3 for DE-III, runs/<store>/<model>/<variant> else
-        leaf = "de3" if system == "de3" else f"{system}/full"
-        out = str(Path(args.runs) / "synthetic" / leaf / "fold1")
+        variant = SYSTEMS.get(system).default_variant
+        out = str(Path(default_out(summary.store, variant, system, runs=args.runs)) / "fold1")
         metrics = train_fold(
             summary.store,
             1,

@@ -297,7 +297,6 @@ def _cv_protocols(args: argparse.Namespace) -> int:
             if args.out
             else default_out(args.cache, cfg.variant, cfg.system, name)
         )
-        cfg = type(cfg).from_dict(cfg.to_dict())  # validated again
         summaries[name] = cross_validate(cfg, None, seeds=args.seeds, workers=args.workers)["reported"]
         print(f"{name}: runs in {cfg.out}")
     metrics = [m for m in ("accuracy", "f1_macro", "uar", "ccc_mean") if m in summaries[names[0]]]

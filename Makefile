@@ -43,6 +43,9 @@ $(STAMP): pyproject.toml Makefile
 	# facenet-pytorch's metadata pins torch<2.3, numpy<2 and Pillow<10.3; it works with current
 	# releases, so it is installed without its declared dependencies.
 	$(PIP) install --quiet --no-deps facenet-pytorch==2.6.0
+	# setuptools leaves an egg-info in the tree; it would shadow the installed metadata (entry points)
+	# for commands run from the repository root
+	rm -rf aver.egg-info
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -55,16 +58,15 @@ extract: $(STAMP)
 	  $(if $(FOLD_FILES),--fold-files '$(FOLD_FILES)') $(EXTRA)
 
 STORE := $(CACHE)/$(DATASET).zarr
-# runs/<dataset>/<variant> for DE-III (as before), runs/<dataset>/<model>/<variant> for the others
-RUN_DIR := $(RUNS)/$(DATASET)/$(if $(filter de3,$(MODEL)),,$(MODEL)/)$(or $(VARIANT),$(if $(filter de3,$(MODEL)),de3,full))
 
+# run folders: aver's default under RUNS (RUNS/<dataset>/[<model>/]<variant>[/fold<k>]; `aver train --help`)
 train: $(STAMP)
 	$(AVER) train --cache $(STORE) --fold $(FOLD) --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) \
-	  --preset $(PRESET) --device $(DEVICE) --out $(RUN_DIR)/fold$(FOLD) $(EXTRA)
+	  --preset $(PRESET) --device $(DEVICE) --runs $(RUNS) $(EXTRA)
 
 cv: $(STAMP)
 	$(AVER) cv --cache $(STORE) --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) --preset $(PRESET) \
-	  --device $(DEVICE) --out $(RUN_DIR) $(if $(FOLDS),--folds $(FOLDS)) --workers $(WORKERS) $(EXTRA)
+	  --device $(DEVICE) --runs $(RUNS) $(if $(FOLDS),--folds $(FOLDS)) --workers $(WORKERS) $(EXTRA)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)

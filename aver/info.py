@@ -20,7 +20,14 @@ def storage_size(url: str, storage_options: dict | None = None) -> tuple[int, in
     return len(sizes), int(sum(sizes.values()))
 
 
-def describe(url: str, storage_options: dict | None = None, max_failures: int = 20) -> str:
+def describe(
+    url: str,
+    storage_options: dict | None = None,
+    max_failures: int = 20,
+    systems: dict[str, bool] | None = None,
+) -> str:
+    """``aver info``: what a cache holds. ``systems`` (name -> trains on inputs, from stage two's
+    registry, which the kernel does not import) adds which systems the cache can train."""
     cache = FeatureCache(url, storage_options)
     meta, status = cache.meta, cache.status
     counts = collections.Counter(L.STATUS_NAMES.get(int(s), f"code {int(s)}") for s in status)
@@ -38,7 +45,7 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
         f"dims:     image {dims['image']}  audio {dims['audio']} x {dims['audio_layers']} layer(s) "
         f"at {dims['audio_rate_hz']:g} Hz  capacity {meta['capacity']}",
     ]
-    lines.extend(_inputs_lines(cache, done))
+    lines.extend(_inputs_lines(cache, done, systems or {}))
     objects, size = storage_size(url, storage_options)
     lines.insert(3, f"storage:  {objects} objects, {size / 1e6:.1f} MB")
     if cache.classes:
@@ -70,12 +77,15 @@ def describe(url: str, storage_options: dict | None = None, max_failures: int = 
     return "\n".join(printable(line) for line in lines)
 
 
-def _inputs_lines(cache: FeatureCache, done: np.ndarray) -> list[str]:
+def _inputs_lines(cache: FeatureCache, done: np.ndarray, systems: dict[str, bool]) -> list[str]:
     """What the cache holds for each kind of model, and so which systems it can train."""
     inputs = cache.inputs
     feats = "features (frames, flow, wav2vec2)"
+    on_features = [n for n, on_inputs in systems.items() if not on_inputs] or ["systems on features"]
+    on_inputs = [n for n, on_inputs in systems.items() if on_inputs]
     if not inputs:
-        return [f"inputs:   {feats} only; trains: de3 (add crops + waveforms for mocanu2023, avtca)"]
+        more = f" (add crops + waveforms for {', '.join(on_inputs)})" if on_inputs else ""
+        return [f"inputs:   {feats} only; trains: {', '.join(on_features)}{more}"]
     ready = int(((cache.input_status() == L.DONE) & done).sum())
     held = []
     if inputs.get("crops"):
@@ -83,7 +93,7 @@ def _inputs_lines(cache: FeatureCache, done: np.ndarray) -> list[str]:
         held.append(f"face crops ({k} frames at {inputs.get('crop_size')} px)")
     if inputs.get("wave"):
         held.append(f"waveforms ({inputs.get('sample_rate')} Hz)")
-    trains = ["de3"] + (["mocanu2023", "avtca"] if inputs.get("crops") and inputs.get("wave") else [])
+    trains = on_features + (on_inputs if inputs.get("crops") and inputs.get("wave") else [])
     return [
         f"inputs:   {feats} + {' + '.join(held)}; {ready} of {int(done.sum())} done clips have them",
         f"trains:   {', '.join(trains)}",

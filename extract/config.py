@@ -67,7 +67,8 @@ class FaceConfig:
 
 @dataclass
 class FlowConfig:
-    """Optical flow between face crops, its per-pixel std normalisation and its image encoding."""
+    """Optical flow between face crops, its std normalisation (one sigma per clip, or per pixel) and its
+    image encoding."""
 
     backend: str = "dis"  # registry key: dis | raft | perceiver
     variant: str = ""  # raft: large | small; dis: ultrafast | fast | medium; perceiver: unused

@@ -5,8 +5,8 @@ crops (``uint8 [T, 3, S, S]``) and flow maps (``float32 [P, 2, S, S]``) go to fi
 a private temporary folder (``$TMPDIR``; deleted afterwards) through plain reads and writes (not
 memory maps, whose resident pages would count against the process), and every model runs on windows of
 ``runtime.stream_window`` frames or pairs. Flow pairs that cross a window boundary read both
-frames from the crop file, so no pair is lost or duplicated; DE-III's per-pixel sigma is
-accumulated over all windows (``FlowSigma``) before any map is normalised. Peak memory is then
+frames from the crop file, so no pair is lost or duplicated; the flow sigma (one per clip, or
+per pixel with ``flow.sigma=pixel``) is accumulated over all windows (``FlowSigma``) before any map is normalised. Peak memory is then
 set by the window, not by the clip's length (``bench/extract.py --long`` measures it).
 
 The numbers are those of the in-memory path: image embeddings do not depend on batching

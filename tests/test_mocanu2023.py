@@ -14,6 +14,7 @@ from aver.overrides import from_dict
 from aver.train.backbones import resnet3d, resnet18_2d
 from aver.train.metric_losses import emotion_constraint_loss, polarity_of, triplet_loss
 from aver.train.models.mocanu2023 import (
+    LEGACY,
     PRESETS,
     VARIANTS,
     CrossModalFusion,
@@ -23,6 +24,8 @@ from aver.train.models.mocanu2023 import (
 )
 
 RAVDESS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+CREMA = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+TABLE_VARIANTS = ["table1_at", "table1_vs", "table1_vs_vc", "table1_vs_vc_vt", "triplet"]
 LENGTHS = [16000, 9000, 4000, 12000, 16000, 7000]  # different valid lengths, one shorter than a part
 
 
@@ -62,8 +65,10 @@ def test_every_variant_trains(variant):
     head = {"av": "logits_fusion", "audio": "logits_audio", "video": "logits_video"}[cfg.modality]
     assert set(out) == {head, "embedding"}
     assert out[head].shape == (len(LENGTHS), len(RAVDESS)) and torch.isfinite(out[head]).all()
-    width = cfg.d_fusion * (2 if cfg.modality == "av" else 1)
-    assert out["embedding"].shape == (len(LENGTHS), width)
+    # eq. 11: the N x 2m' matrix (N x m' for one modality), flattened, is the metric-loss embedding
+    width = cfg.d_fusion * (2 if cfg.modality == "av" else 1) * cfg.n_snippets
+    assert cfg.snippet_pool == "flatten" and out["embedding"].shape == (len(LENGTHS), width)
+    assert model.classifier.in_features == (width if cfg.head_layers == 0 else cfg.head_hidden)
     assert torch.allclose(out["embedding"].norm(dim=1), torch.ones(len(LENGTHS)))
     _assert_every_parameter_learns(model)
     names = {n.split(".")[0] + "." + n.split(".")[1] for n in dict(model.named_parameters()) if "." in n}
@@ -95,7 +100,7 @@ def test_variants_set_the_paper_ablations():
     [
         {"attn_residual": True},
         {"cross_weights": "literal", "cross_scale": True},
-        {"snippet_pool": "flatten"},
+        {"snippet_pool": "mean"},
         {"embedding": "hidden", "head_layers": 2, "normalize_embedding": False},
         {"head_layers": 0, "mining": "all"},
         {"video_stage": 4},
@@ -112,8 +117,8 @@ def test_every_option_trains(options):
     _assert_every_parameter_learns(model)
     if cfg.video_stage == 4:
         assert model.video.n_positions == 16  # 64 px -> 4x4 conv4 map
-    if cfg.snippet_pool == "flatten":
-        assert out["embedding"].shape[1] == 2 * cfg.d_fusion * cfg.n_snippets
+    if cfg.snippet_pool == "mean":
+        assert out["embedding"].shape[1] == 2 * cfg.d_fusion
     if cfg.embedding == "hidden":
         assert out["embedding"].shape[1] == cfg.head_hidden and out["embedding"].norm(dim=1).ne(1).any()
 
@@ -211,13 +216,14 @@ def test_paper_config_builds_and_runs_at_reduced_size():
     assert model.video.trunk.out_channels == 2048 and model.video.n_positions == 49
     assert model.video.channel.w_o.out_features == 49 and model.video.temporal.w_o.out_features == 512
     assert model.fusion.weight.shape == (512, 512) and model.classifier.in_features == 512
+    assert model.hidden[0].in_features == 6 * 2 * 512  # eq. 11: N x 2m' flattened
     small = Mocanu2023(replace(cfg, image_size=64, n_snippets=2, audio_image_size=64), 8, RAVDESS).eval()
     batch = {"video": torch.randn(1, 32, 3, 64, 64), "wave": torch.randn(1, 20000)}
     batch["wave_lengths"] = torch.tensor([20000])
     with torch.no_grad():
         out = small(batch)
     assert out["logits_fusion"].shape == (1, 8) and torch.isfinite(out["logits_fusion"]).all()
-    assert out["embedding"].shape == (1, 1024)
+    assert out["embedding"].shape == (1, 2 * 2 * 512)
 
 
 def test_pretrained_weights_through_the_config(tmp_path):
@@ -243,3 +249,56 @@ def test_pretrained_weights_through_the_config(tmp_path):
     wrong = replace(cfg, allow_pickle=True, video_depth=18)
     with pytest.raises(ConfigError, match="missing keys"):
         Mocanu2023(wrong, 8, RAVDESS)
+
+
+@pytest.mark.parametrize("variant", TABLE_VARIANTS)
+def test_table_variants_end_with_one_fully_connected_layer(variant):
+    """Section 4.3: every row of Tables 1-2 (and Table 3's triplet row, the same numbers) "ends with
+    one fully connected layer having the number of neurons equal to the total number of emotion
+    classes" and is trained with the triplet loss; the full model keeps its hidden FC layer."""
+    for preset in ("tiny", "paper"):
+        cfg = make_config(preset, variant)
+        assert (cfg.loss, cfg.head_layers) == ("triplet", 0)
+    cfg = make_config("tiny", variant)
+    model = Mocanu2023(cfg, len(RAVDESS), RAVDESS)
+    after_fusion = [m for m in [*model.hidden.modules(), model.classifier] if isinstance(m, torch.nn.Linear)]
+    assert after_fusion == [model.classifier] and model.classifier.out_features == len(RAVDESS)
+    width = cfg.d_fusion * (2 if cfg.modality == "av" else 1) * cfg.n_snippets
+    assert model.classifier.in_features == width
+    assert not any(isinstance(m, torch.nn.ReLU | torch.nn.Dropout) for m in model.hidden.modules())
+    # a table variant applied to another variant's config gives the same as on the full model
+    assert replace(make_config("tiny", "full"), **VARIANTS[variant]) == cfg
+    full = Mocanu2023(make_config("tiny", "full"), len(RAVDESS), RAVDESS)
+    linears = [m for m in full.hidden.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 2 * 16 * 2
+    assert replace(cfg, **VARIANTS["full"]) == make_config("tiny", "full")
+
+
+def _old_saved_dict() -> dict:
+    """A ``model_config`` as aver 0.4.0 saved it: no ``no_related_loss``, snippets averaged."""
+    old = asdict(make_config("tiny", snippet_pool="mean"))
+    for key in LEGACY:
+        old.pop(key)
+    return {**old, "spectral": "mocanu2023"}  # the spectrogram preset's former name
+
+
+def test_a_config_saved_before_the_new_fields_rebuilds_the_old_model():
+    old = _old_saved_dict()
+    cfg = Mocanu2023Config.from_dict(old)
+    assert cfg.snippet_pool == "mean" and cfg.no_related_loss == "none"  # saved value kept, LEGACY
+    assert cfg.spectral == "spectrogram256"
+    assert Mocanu2023Config.from_dict(asdict(make_config("tiny"))) == make_config("tiny")
+    model = Mocanu2023(cfg, len(CREMA), CREMA)
+    assert model.classifier.in_features == 16 and model.hidden[0].in_features == 2 * 16  # mean pooled
+    saved = Mocanu2023(make_config("tiny", snippet_pool="mean"), len(CREMA), CREMA).state_dict()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in saved.items()}
+    model.load_state_dict(saved)  # strict: the same parameters
+    with pytest.raises(ValueError, match="bogus"):
+        Mocanu2023Config.from_dict({**old, "bogus": 1})
+    # the old loss too: CREMA-D happy anchors had no metric term, now eq. 13
+    emb = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    out, batch = {"embedding": emb}, {"labels": torch.tensor([3, 3, 4, 5])}  # happy x2, neutral, sad
+    assert model.aux_loss(out, batch).item() == 0.0
+    new = Mocanu2023(make_config("tiny", loss_weight=1.0), len(CREMA), CREMA)
+    assert new.aux_loss(out, batch).item() == pytest.approx(triplet_loss(emb, batch["labels"], 0.2).item())
+    assert new.aux_loss(out, batch).item() > 0

@@ -40,7 +40,7 @@ def test_spectrogram_matches_librosa_stft(center, window):
 
 
 def test_mocanu_preset_is_the_paper_spectrogram():
-    cfg = sp.SPECTRAL["mocanu2023"]
+    cfg = sp.SPECTRAL["spectrogram256"]
     assert (cfg.window, cfg.win_length, cfg.hop_length, cfg.n_fft, cfg.n_features) == (
         "hamming",
         512,
@@ -80,7 +80,7 @@ def test_logmel_matches_librosa_melspectrogram():
 @pytest.mark.parametrize("htk", [False, True])
 def test_mfcc_matches_librosa(htk):
     y = _clip(6000, seed=4)
-    cfg = sp.with_options("avtca", htk=htk)
+    cfg = sp.with_options("mfcc10", htk=htk)
     ref = librosa.feature.mfcc(
         y=y, sr=SR, n_mfcc=10, n_fft=512, hop_length=160, win_length=400, window="hann", n_mels=40, htk=htk
     )
@@ -94,7 +94,7 @@ def test_dct_is_orthonormal():
     torch.testing.assert_close(d @ d.T, torch.eye(40, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("preset", ["mocanu2023", "avtca", "logmel"])
+@pytest.mark.parametrize("preset", ["spectrogram256", "mfcc10", "logmel"])
 @pytest.mark.parametrize("center", [True, False])
 def test_batched_equals_per_clip(preset, center):
     cfg = sp.with_options(preset, center=center)
@@ -124,7 +124,7 @@ def test_frame_counts_follow_librosa():
 
 
 def test_short_and_empty_clips_are_finite():
-    x, c = sp.features(torch.randn(2, 50), torch.tensor([50, 0]), "avtca")
+    x, c = sp.features(torch.randn(2, 50), torch.tensor([50, 0]), "mfcc10")
     assert c.tolist() == [1, 1] and torch.isfinite(x).all()
 
 
@@ -156,7 +156,7 @@ def test_spectrogram_images_shape_and_batch_norm(placement):
 def _parts_raw(lens, placement, n_parts=6):
     """Parts without resizing/normalising: size = the part's own height/width would need F x 100."""
     wave = torch.randn(len(lens), max(lens)) * 0.1
-    x, counts = sp.raw_features(wave, torch.tensor(lens), "mocanu2023", min_len=n_parts * 100 * 160 + 512)
+    x, counts = sp.raw_features(wave, torch.tensor(lens), "spectrogram256", min_len=n_parts * 100 * 160 + 512)
     starts = sp._part_starts(counts, n_parts, 100, placement)
     return x, counts, starts
 
@@ -183,7 +183,7 @@ def test_images_are_resized_parts():
     wave = torch.randn(2, 37000) * 0.1
     for placement in ("uniform", "pad"):
         img = sp.spectrogram_images(wave, torch.tensor(lens), size=50, placement=placement, normalize="none")
-        x, counts = sp.raw_features(wave, torch.tensor(lens), "mocanu2023", min_len=600 * 160 + 512)
+        x, counts = sp.raw_features(wave, torch.tensor(lens), "spectrogram256", min_len=600 * 160 + 512)
         starts = sp._part_starts(counts, 6, 100, placement)
         for b in range(2):
             for k in (0, 5):
@@ -195,7 +195,7 @@ def test_images_are_resized_parts():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("preset", ["mocanu2023", "avtca", "logmel"])
+@pytest.mark.parametrize("preset", ["spectrogram256", "mfcc10", "logmel"])
 def test_cuda_matches_cpu(preset):
     wave, lens = torch.randn(3, 9000) * 0.1, torch.tensor([9000, 4000, 300])
     x, c = sp.features(wave, lens, preset)

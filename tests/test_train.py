@@ -388,22 +388,28 @@ def test_report_lays_our_runs_beside_the_paper(tmp_path):
     path = write_report(tmp_path / "runs")
     text = path.read_text()
     assert (
-        "| de3, flow 3/1 | video | f1_macro |" in text and "| 76.1 | Table 4 (window 3, stride 1) |" in text
+        "| de3:de3, flow 3/1 | video | f1_macro |" in text
+        and "| 76.1 | Table 4 (window 3, stride 1) |" in text
     )
     assert "Table 4 (window 5" not in text and "DINOv2" not in text  # rows of settings not run
     assert "Protocol: folds speaker-round-robin; labels file name." in text
     assert "## cremad" in text
-    assert "| de3 | video | f1_macro |" in text and "| 79.5 | Table 1 |" in text  # the paper's CREMA-D row
-    assert "| de3 | fusion | f1_macro |" in text and "Table 2 (IFE-Fusion)" in text
-    assert "| none_ife | video | f1_micro |" in text and "78.6 | Table 2 (None-IFE)" in text
+    assert (
+        "| de3:de3 | video | f1_macro |" in text and "| 79.5 | Table 1 |" in text
+    )  # the paper's CREMA-D row
+    assert "| de3:de3 | fusion | f1_macro |" in text and "Table 2 (IFE-Fusion)" in text
+    assert "| de3:none_ife | video | f1_micro |" in text and "78.6 | Table 2 (None-IFE)" in text
+    # a paper row no run is the counterpart of: its value, what differs and the flag that matches it
+    assert "| de3:flow_only | video | f1_macro | not paired | 55.4 | Table 3 (IFE-V-O) |" in text
+    assert "--variant flow_only" in text
     assert "(n=2)" in text and "±" in text
-    assert "![cremad: aver beside the paper](report_cremad.png)" in text
+    assert "![cremad: aver beside the papers](report_cremad.png)" in text
     from PIL import Image
 
     with Image.open(tmp_path / "runs" / "report_cremad.png") as im:
         assert im.size[0] == 900 and im.size[1] > 600  # one pair of bars per paper row, readable
     page = path.with_suffix(".html").read_text()
-    assert page.count("<table>") == 1 and "<th>variant</th>" in page and "Table 1" in page
+    assert page.count("<table>") == 1 and "<th>system:variant</th>" in page and "Table 1" in page
     assert "src='data:image/png;base64," in page  # self-contained
 
 

@@ -18,13 +18,16 @@ __all__ = ["cross_validate", "evaluate_run", "summarise_folds", "train_fold"]
 
 
 def default_out(
-    cache: str, variant: str, system: str = "de3", protocol: str = "cache", runs: str = "runs"
+    cache: str, variant: str, system: str = "", protocol: str = "cache", runs: str = "runs"
 ) -> str:
-    """``<runs>/<dataset store name>/<variant>`` for DE-III on the cache's folds; other systems and
-    protocols get their own folder level: ``<runs>/<store>/<system>/<variant>[@<protocol>]``."""
+    """``<runs>/<store>/<system>/<variant>[@<protocol>]``; a system with ``system_folder`` False
+    (DE-III, whose folders predate systems) leaves out the ``<system>`` level."""
+    from .systems import SYSTEMS
+
+    spec = SYSTEMS.get(system or SYSTEMS.default_name())
     leaf = variant + ("" if protocol == "cache" else f"@{protocol}")
     root = Path(runs) / Path(cache.rstrip("/")).stem
-    return str(root / leaf if system == "de3" else root / system / leaf)
+    return str(root / spec.name / leaf if spec.system_folder else root / leaf)
 
 
 def train_fold(

@@ -14,27 +14,25 @@ from typing import Any
 
 from aver.errors import ConfigError
 from aver.overrides import apply_overrides, from_dict
-from aver.registry import Registry, unknown_choice
+from aver.registry import unknown_choice
 from aver.utils import check_device
 
 from .data import DataConfig
 from .heads import HEADS
 
-# Model fields a cache decides (feature widths, number of outputs): never user overrides.
-_FROM_CACHE = ("d_frames", "d_flow", "d_audio", "n_outputs")
-
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. ``model`` overrides fields of the model config (``DE3Config``)."""
+    """Everything a run needs. ``model`` overrides fields of the system's model config (after its
+    preset and variant: ``System.make_config``)."""
 
     cache: str
     fold: int = 1
     out: str = "runs/run"
-    variant: str = "de3"  # an ablation of the system (`aver variants --model SYSTEM`)
-    preset: str = "paper"
-    system: str = "de3"  # the model family (`--model`): de3, mocanu2023, avtca (aver.train.systems)
-    optimizer: str = "adamw"  # adamw (DE-III) or adam (Mocanu 2023, AVT-CA)
+    variant: str = ""  # an ablation of the system (`aver variants --model SYSTEM`); "": its full model
+    preset: str = "paper"  # the system's preset: model sizes and its paper's optimisation (or "tiny")
+    system: str = ""  # the model family (`--model`, aver.train.systems); "": the default system
+    optimizer: str = "adamw"  # adamw or adam (each system's paper preset says which its paper used)
     # Which folds: "cache" = the folds stored in the cache; or a named protocol computed from the
     # cache's speakers and labels (aver.train.protocols), e.g. mocanu2023-10fold, avtca-random (leaky).
     protocol: str = "cache"
@@ -52,6 +50,9 @@ class TrainConfig:
     tensorboard: bool = True  # per-epoch scalars as TensorBoard event files in <run>/tensorboard
     resident: bool = True  # on a GPU the fold's features live on the device; batches are assembled there
     metric: str = "auto"  # validation metric that picks epochs and the head: auto = f1_macro / ccc_mean
+    # crop / flip / brightness on training crops (end-to-end systems): None = the system's own
+    # default, which is off unless its paper names augmentation
+    augment: bool | None = None
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +65,8 @@ class TrainConfig:
         from .protocols import PROTOCOLS
         from .systems import SYSTEMS, check_variant, config_fields
 
+        self.system = self.system or SYSTEMS.default_name()
+        self.variant = self.variant or SYSTEMS.get(self.system).default_variant
         if isinstance(self.data, dict):
             self.data = from_dict(DataConfig, self.data)
         if self.fold < 1:
@@ -76,7 +79,7 @@ class TrainConfig:
             raise ConfigError("grad_clip must be >= 0 (0 disables clipping)")
         SYSTEMS.check(self.system)
         check_variant(self.system, self.variant)
-        TRAIN_PRESETS.check(self.preset)
+        SYSTEMS.get(self.system).presets.check(self.preset)
         PROTOCOLS.check(self.protocol)
         if self.optimizer not in ("adamw", "adam"):
             raise ConfigError(f"optimizer must be adamw or adam, not {self.optimizer!r}")
@@ -96,54 +99,19 @@ class TrainConfig:
         return from_dict(cls, d)
 
 
-TRAIN_PRESETS: Registry[dict[str, Any]] = Registry("training preset")
-TRAIN_PRESETS.add(
-    "paper",
-    # The paper's hyper-parameters: AdamW lr 5e-6, weight decay 5e-2, up to 20 epochs; the model's
-    # defaults are the paper's (Conformer 512-d, 8 heads, 3/3/2 blocks, 1408-d outputs, MLP heads 512).
-    {"lr": 5e-6, "weight_decay": 5e-2, "epochs": 20, "model": {}},
-)
-TRAIN_PRESETS.add(
-    "tiny",
-    # A small model with a larger learning rate: tests and the demo (minutes on a CPU).
-    {
-        "lr": 1e-3,
-        "weight_decay": 1e-2,
-        "epochs": 25,
-        "patience": 8,
-        "model": {
-            "d_model": 32,
-            "d_hidden": 48,
-            "n_heads": 2,
-            "blocks_audio": 1,
-            "blocks_frames": 1,
-            "blocks_flow": 1,
-            "head_hidden": 32,
-            "dropout": 0.1,
-            "conv_kernel": 7,
-            # At toy scale (32-d, one block, 25 epochs) the paper's purely linear IFE block learns
-            # slowly; the tiny preset keeps the residual reading. The paper preset uses the paper's.
-            "ife_ffb": "residual",
-        },
-        "data": {"batch_size": 8},
-    },
-)
-
-
 def make_config(
     preset: str = "paper", overrides: dict[str, Any] | list[str] | None = None, **fields: Any
 ) -> TrainConfig:
     """Preset ``preset``, then ``fields`` (``None`` values ignored), then dotted ``overrides``
     (``{"model.d_model": 64}`` or ``["data.batch_size=8"]``)."""
-    from .systems import SYSTEMS, training
+    from .systems import SYSTEMS
 
-    system = fields.get("system") or "de3"
-    SYSTEMS.check(system)
-    TRAIN_PRESETS.check(preset)
-    end_to_end = SYSTEMS.get(system).end_to_end
-    base = training(system, preset) if end_to_end else copy.deepcopy(TRAIN_PRESETS.get(preset))
+    system = SYSTEMS.get(fields.get("system") or SYSTEMS.default_name())
+    fields["system"] = system.name
+    system.presets.check(preset)
+    base = copy.deepcopy(system.training(preset))
     if fields.get("variant") is None:
-        fields["variant"] = SYSTEMS.get(system).default_variant
+        fields["variant"] = system.default_variant
     base.update({k: v for k, v in fields.items() if v is not None}, preset=preset)
     if "cache" not in base:
         raise ConfigError("a training config needs the cache it trains on")

@@ -1,11 +1,11 @@
-"""The data path of the end-to-end systems (``mocanu2023``, ``avtca``): cached face crops and
-waveforms (``inputs/*``) as batches on the device.
+"""The data path of the systems that train on inputs (``trains_on = "inputs"``): cached face crops
+and waveforms (``inputs/*``) as batches on the device.
 
 Clips are read once per run through ``FeatureCache.read_inputs`` (digests checked) and kept as
 ``uint8`` crops of the model's ``n_frames`` frames (uniformly sampled from the stored ones) and
 ``int16`` waveforms; with ``resident`` on a GPU they live on the device. A batch moves the
 ``uint8`` crops to the device once, where they are augmented (crop, flip, brightness; training
-only), resized to the model's ``image_size`` and normalised (``aver.train.augment``), and the
+only, and only where the system or ``--set augment=true`` asks), resized to the model's ``image_size`` and normalised (``aver.train.augment``), and the
 waveform becomes float. Spectrograms and MFCCs are computed inside the models, on the device.
 """
 
@@ -50,7 +50,7 @@ def frame_choice(stored: int, wanted: int) -> np.ndarray:
     return np.round(np.linspace(0, stored - 1, wanted)).astype(np.int64)
 
 
-def check_inputs(cache: FeatureCache, spec: dict, system: str) -> None:
+def check_inputs(cache: FeatureCache, spec, system: str) -> None:
     """Refuse a cache without the inputs ``system`` needs, saying how to add them."""
     have = cache.inputs
     need = [k for k in ("crops", "wave") if not have.get(k)]
@@ -60,13 +60,13 @@ def check_inputs(cache: FeatureCache, spec: dict, system: str) -> None:
             "store (features are kept): aver extract ... --set inputs.crops=true --set inputs.wave=true"
         )
     size = int(have.get("crop_size", 0))
-    if have.get("crops") and size < int(spec["image_size"]):
+    if have.get("crops") and size < spec.image_size:
         log.warning(
             "%s stores %d px crops; %s wants %d px: they are upsampled",
             cache.url,
             size,
             system,
-            spec["image_size"],
+            spec.image_size,
         )
 
 

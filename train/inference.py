@@ -30,6 +30,7 @@ class LoadedRun:
     model: torch.nn.Module
     stats: Any  # aver.train.data.FeatureStats, or None for an end-to-end system
     head: str  # the run's reported head
+    spec: Any = None  # aver.train.system.InputSpec of an ``inputs`` system; None: features
 
     @property
     def names(self) -> list[str]:
@@ -44,7 +45,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     """The run's best model (rebuilt from its checkpoint alone) and what it was trained on."""
     from aver.train.checkpoint import load_model_state, load_tensors
     from aver.train.data import FeatureStats
-    from aver.train.report import saved_model
+    from aver.train.report import saved_model, saved_spec
 
     run_dir = Path(run_dir)
     state, info = load_model_state(run_dir / "checkpoint")
@@ -52,12 +53,12 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     model.load_state_dict(state)
     model.to(device).eval()
     stats_file = run_dir / "checkpoint" / "feature_stats.safetensors"
-    stats = None
-    if not hasattr(model, "input_spec"):
+    stats, spec = None, saved_spec(info)
+    if spec is None:
         stats = FeatureStats.from_tensors(load_tensors(stats_file))
     metrics = run_dir / "metrics.json"
     head = json.loads(metrics.read_text())["reported_head"] if metrics.exists() else info.get("val_head")
-    return LoadedRun(run_dir, info, model, stats, head or "fusion")
+    return LoadedRun(run_dir, info, model, stats, head or "fusion", spec)
 
 
 def recorded_extraction(run: LoadedRun) -> dict[str, Any]:
@@ -85,10 +86,10 @@ def clips_for(run: LoadedRun, cache, indices: np.ndarray) -> list:
     from aver.train.config import TrainConfig
 
     cfg = TrainConfig.from_dict({**run.info["train_config"], "cache": cache.url})
-    if hasattr(run.model, "input_spec"):
+    if run.spec is not None:
         from aver.train.e2e import load_input_clips
 
-        return load_input_clips(cache, indices, int(run.model.input_spec["n_frames"]))
+        return load_input_clips(cache, indices, run.spec.n_frames)
     from aver.train.data import load_clips
 
     clips = load_clips(cache, indices, cfg.data)
@@ -104,7 +105,7 @@ def forward(run: LoadedRun, clips: list, device: str) -> dict[str, np.ndarray]:
 
     outs: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(clips), 16):
-        out = run.model(make_batch(run.model, clips[start : start + 16], device, False))
+        out = run.model(make_batch(run.spec, clips[start : start + 16], device))
         for h in HEADS:
             y = out.get(output_key(h))
             if y is not None:
@@ -183,7 +184,7 @@ def score_windows(
     spans = _windows(float(stamps[-1] - stamps[0]) + 1 / fps, window_s, hop_s)
     frames = [np.flatnonzero((stamps - stamps[0] >= a) & (stamps - stamps[0] < b)) for a, b in spans]
     keep = [(s, f) for s, f in zip(spans, frames, strict=True) if len(f) >= 2]
-    build = _window_inputs if hasattr(run.model, "input_spec") else _window_features
+    build = _window_inputs if run.spec is not None else _window_features
     clips = build(run, cache, i, keep)
     if not clips:
         return []
@@ -245,7 +246,7 @@ def _window_inputs(run: LoadedRun, cache, i: int, keep) -> list:
     got = cache.read_inputs(np.array([i]))
     crops, index, wave = got["crops"][0], got["crop_index"][0], got["wave"][0]
     sr = int(cache.inputs.get("sample_rate", 16000))
-    n_frames = int(run.model.input_spec["n_frames"])
+    n_frames = run.spec.n_frames
     out = []
     for (a, b), f in keep:
         rows = np.flatnonzero((index >= f[0]) & (index <= f[-1]))

@@ -1,14 +1,19 @@
-"""``aver report``: our runs beside the paper's numbers, as one Markdown (and HTML) page.
+"""``aver report``: our runs beside the papers' numbers, as one Markdown (and HTML) page.
 
-The paper's values live as data in ``paper_results.json`` (table, dataset, variant, head, flow
-window/stride for Table 4, metrics in %). Runs are found under a folder: every ``cv_summary.json``
-(mean ± sample std over folds and seeds) and every single run's ``metrics.json`` that no summary
-covers. A paper row is matched to a run of the same dataset, variant and flow window/stride (read
-from the run's cache identity; runs from before aver recorded it used 1/1).
+The papers' values live as data in ``paper_results.json`` (system, table, dataset, variant, head,
+fold protocol, backbone initialisation, flow window/stride for DE-III's Table 4, metrics in % as
+strings exactly as the paper prints them); each system returns its own rows (``System.paper_rows``),
+so a plugin brings its paper's. Runs are found under a folder: every ``cv_summary.json`` (mean ±
+sample std over folds and seeds) and every single run's ``metrics.json`` that no summary covers.
+
+A paper value is set beside ours only under the same dataset, system, variant, fold protocol and
+flow window/stride; otherwise it is listed with what differs and the flags that would match it.
+A different backbone initialisation is named beside a paired value, never hidden.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from dataclasses import dataclass
@@ -27,28 +32,54 @@ class Result:
 
     folder: Path
     dataset: str
+    system: str
     variant: str
     reported_head: str
     heads: dict[str, dict[str, tuple[float, float | None, int]]]
     flow: tuple[int, int] = (1, 1)  # the cache's flow window / stride (Table 4)
-    protocol: str = ""  # folds and labels of the cache
+    protocol: str = ""  # folds and labels of the cache, in words
+    protocol_key: str = "cache"  # the named fold protocol the run used (aver.folds.PROTOCOLS)
+    init: str = "random"  # how its backbones were initialised
 
     @property
     def label(self) -> str:
-        return self.variant if self.flow == (1, 1) else f"{self.variant}, flow {self.flow[0]}/{self.flow[1]}"
+        name = f"{self.system}:{self.variant}"
+        return name if self.flow == (1, 1) else f"{name}, flow {self.flow[0]}/{self.flow[1]}"
 
-    def matches(self, row: dict[str, Any]) -> bool:
-        """A paper row of this run's dataset, variant and flow setting (flow images by EfficientNet)."""
+    def candidates(self, row: dict[str, Any]) -> bool:
+        """A paper row of this run's dataset and system with a flow setting it can have (flow
+        images by EfficientNet): compared, or listed with what differs."""
         return (
-            row["dataset"] == self.dataset
-            and row["variant"] == self.variant
+            row["system"] == self.system
+            and row["dataset"] == self.dataset
             and tuple(row.get("flow", (1, 1))) == self.flow
             and row.get("flow_encoder", "efficientnet") == "efficientnet"
         )
 
+    def differences(self, row: dict[str, Any]) -> list[str]:
+        """What keeps a paper row from being this run's counterpart, with the flags that match it."""
+        out = []
+        if row["variant"] != self.variant:
+            out.append(f"variant {row['variant']} (ours {self.variant}): --variant {row['variant']}")
+        if row.get("protocol", "cache") != self.protocol_key:
+            out.append(f"folds {row['protocol']} (ours {self.protocol_key}): --protocol {row['protocol']}")
+        return out
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        return self.candidates(row) and not self.differences(row)
+
+
+@functools.cache
+def stored_rows() -> list[dict[str, Any]]:
+    """Every row of ``paper_results.json`` (all systems)."""
+    return json.loads(resources.files("aver.train").joinpath("paper_results.json").read_text())["rows"]
+
 
 def paper_rows() -> list[dict[str, Any]]:
-    return json.loads(resources.files("aver.train").joinpath("paper_results.json").read_text())["rows"]
+    """The rows of every registered system (``System.paper_rows``)."""
+    from .systems import SYSTEMS
+
+    return [row for _, system in SYSTEMS.items() for row in system.paper_rows()]
 
 
 def _config(folder: Path) -> dict[str, Any] | None:
@@ -65,9 +96,7 @@ def collect(runs: Path) -> list[Result]:
             continue
         summary = json.loads(summary_file.read_text())["summary"]
         heads = {h: {k: (v["mean"], v["std"], v["n"]) for k, v in m.items()} for h, m in summary.items()}
-        out.append(
-            Result(folder, info["cache"]["dataset"], _variant(info), "reported", heads, *_setting(info))
-        )
+        out.append(_result(folder, info, "reported", heads))
         covered.add(folder)
     for metrics_file in sorted(runs.rglob("metrics.json")):
         folder = metrics_file.parent
@@ -80,18 +109,37 @@ def collect(runs: Path) -> list[Result]:
             if isinstance(m["test"][h], dict)
         }
         heads["reported"] = {k: (v, None, 1) for k, v in flat_metrics(m["test_reported"]).items()}
-        out.append(
-            Result(
-                folder, info["cache"]["dataset"], _variant(info), m["reported_head"], heads, *_setting(info)
-            )
-        )
+        out.append(_result(folder, info, m["reported_head"], heads))
     return out
 
 
-def _variant(info: dict[str, Any]) -> str:
-    """``de3`` variants by name; the other systems' as ``<system>:<variant>`` (as in the paper rows)."""
-    system = info.get("system", "de3")
-    return info["variant"] if system == "de3" else f"{system}:{info['variant']}"
+def _result(folder: Path, info: dict[str, Any], head: str, heads: dict) -> Result:
+    from .systems import SYSTEMS
+
+    system = info.get("system") or SYSTEMS.default_name()
+    flow, protocol = _setting(info)
+    return Result(
+        folder,
+        info["cache"]["dataset"],
+        system,
+        info["variant"],
+        head,
+        heads,
+        flow,
+        protocol,
+        protocol_key(info),
+        info.get("init", "random"),
+    )
+
+
+def protocol_key(info: dict[str, Any]) -> str:
+    """The named fold protocol of a run: the one it trained under, else the one its cache was
+    extracted with (``folds_source`` "protocol NAME"), else ``cache`` (the adapter's own folds)."""
+    trained = info.get("protocol") or "cache"
+    if trained != "cache":
+        return trained
+    source = (info.get("cache") or {}).get("folds_source") or ""
+    return source.split(" ", 1)[1] if source.startswith("protocol ") else "cache"
 
 
 def _setting(info: dict[str, Any]) -> tuple[tuple[int, int], str]:
@@ -102,6 +150,8 @@ def _setting(info: dict[str, Any]) -> tuple[tuple[int, int], str]:
     if data.get("labels") == "soft":
         labels += ", trained on the soft labels"
     folds = cache.get("folds_source") or "as recorded in the cache"
+    if info.get("protocol") not in (None, "cache"):
+        folds = f"protocol {info['protocol']}"
     from .protocols import LEAKY
 
     if any(name in folds for name in LEAKY):
@@ -118,10 +168,11 @@ def _fmt(value: tuple[float, float | None, int] | None) -> str:
 
 
 def comparisons(results: list[Result], dataset: str) -> list[tuple[str, float, float | None, float]]:
-    """``(label, ours %, std %, paper %)`` for every paper row matched by a run of ``dataset``."""
+    """``(label, ours %, std %, paper %)`` for every paper row that is a run's counterpart."""
     out = []
+    rows = paper_rows()
     for r in (r for r in results if r.dataset == dataset):
-        for row in (p for p in paper_rows() if r.matches(p)):
+        for row in (p for p in rows if r.matches(p)):
             head = row["head"] if row["head"] in r.heads else "reported"
             for metric, value in row["metrics"].items():
                 mean, std, _ = r.heads.get(head, {}).get(metric, (float("nan"), None, 0))
@@ -135,35 +186,49 @@ def figure_name(dataset: str) -> str:
 
 
 def render(runs: Path) -> str:
-    """The report as Markdown (a figure per dataset with paper rows: ``figure_name``)."""
+    """The report as Markdown (a figure per dataset with paired paper rows: ``figure_name``)."""
+    from .systems import SYSTEMS
+
     results, rows = collect(runs), paper_rows()
+    papers = sorted({r.system for r in results} & set(SYSTEMS.names()))
     lines = [
         f"# aver report: {runs}",
         "",
-        "Ours: test metrics in %, mean ± sample std over runs (n).",
-        "Paper: the system's paper (DE-III: Shi et al.; mocanu2023: Mocanu et al. 2023; avtca: Dhanith "
-        "et al.), the table and row named. Same dataset, system, variant, head and flow window/stride "
-        "(DE-III Table 4). The papers' protocols differ from ours where a row's source says so.",
+        "Ours: test metrics in %, mean ± sample std over runs (n). Paper: as the paper prints it, "
+        "beside ours only under the same dataset, system, variant, fold protocol and flow "
+        "window/stride; a different backbone initialisation is named in the notes.",
+        *(f"Paper of {name}: {SYSTEMS.get(name).paper}." for name in papers),
         "",
     ]
     if not results:
         lines.append("No runs found (no metrics.json or cv_summary.json under this folder).")
     for dataset in sorted({r.dataset for r in results}):
-        protocols = sorted({r.protocol for r in results if r.dataset == dataset})
+        here = [r for r in results if r.dataset == dataset]
         lines += [
             f"## {dataset}",
             "",
-            *(f"Protocol: {p}." for p in protocols),
+            *(f"Protocol: {p}." for p in sorted({r.protocol for r in here})),
             "",
-            "| variant | head | metric | ours | paper | source | run |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| system:variant | head | metric | ours | paper | source | notes | run |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for r in (r for r in results if r.dataset == dataset):
+        for r in here:
             lines += _result_lines(r, [p for p in rows if r.matches(p)])
+        lines += _unpaired_lines(here, rows)
         lines.append("")
         if comparisons(results, dataset):
-            lines += [f"![{dataset}: aver beside the paper]({figure_name(dataset)})", ""]
+            lines += [f"![{dataset}: aver beside the papers]({figure_name(dataset)})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _init_note(r: Result, row: dict[str, Any]) -> str:
+    paper = row.get("init", "")
+    if not paper or paper.startswith("n/a") or paper.split(" ", 1)[0] == r.init.split(" ", 1)[0]:
+        return ""
+    from .systems import SYSTEMS
+
+    flags = SYSTEMS.get(r.system).init_flags(paper) if r.system in SYSTEMS else ""
+    return f"backbones: ours {r.init}, paper {paper}" + (f" ({flags})" if flags else "")
 
 
 def _result_lines(r: Result, paper: list[dict[str, Any]]) -> list[str]:
@@ -173,14 +238,34 @@ def _result_lines(r: Result, paper: list[dict[str, Any]]) -> list[str]:
         for metric, value in row["metrics"].items():
             ours = r.heads.get(head, {}).get(metric)
             out.append(
-                f"| {r.label} | {head} | {metric} | {_fmt(ours)} | {value:.1f} | {row['table']} | {r.folder.name} |"
+                f"| {r.label} | {head} | {metric} | {_fmt(ours)} | {value} | {row['table']} | "
+                f"{_init_note(r, row)} | {r.folder.name} |"
             )
     if not paper:
         for metric in MAIN:
             if metric in r.heads.get("reported", {}):
                 out.append(
-                    f"| {r.label} | reported ({r.reported_head}) | {metric} | {_fmt(r.heads['reported'][metric])} | – | – | {r.folder.name} |"
+                    f"| {r.label} | reported ({r.reported_head}) | {metric} | {_fmt(r.heads['reported'][metric])} "
+                    f"| – | – | | {r.folder.name} |"
                 )
+    return out
+
+
+def _unpaired_lines(results: list[Result], rows: list[dict[str, Any]]) -> list[str]:
+    """The paper rows of these runs' systems that no run is the counterpart of: the paper's value,
+    what differs from the closest run, and the flags that would match it."""
+    out = []
+    for row in rows:
+        near = [r for r in results if r.candidates(row)]
+        if not near or any(r.matches(row) for r in near):
+            continue
+        r = min(near, key=lambda x: len(x.differences(row)))
+        differs = "; ".join(r.differences(row))
+        for metric, value in row["metrics"].items():
+            out.append(
+                f"| {row['system']}:{row['variant']} | {row['head']} | {metric} | not paired | {value} | "
+                f"{row['table']} | differs from {r.label}: {differs} | – |"
+            )
     return out
 
 
@@ -235,13 +320,16 @@ def write_report(runs: str | Path, out: str | Path | None = None) -> Path:
     md_path = Path(out) if out else runs / "report.md"
     text = render(runs)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    results = collect(runs)
+    results, paper = collect(runs), paper_rows()
     for dataset in sorted({r.dataset for r in results}):
         rows = comparisons(results, dataset)
         if rows:
             from .plots import plot_comparison
 
-            plot_comparison(rows, md_path.parent / figure_name(dataset), f"{dataset}: aver beside DE-III")
+            paired = [r for r in results if r.dataset == dataset and any(r.matches(p) for p in paper)]
+            systems = sorted({r.system for r in paired})
+            title = f"{dataset}: aver beside the papers of {', '.join(systems)}"
+            plot_comparison(rows, md_path.parent / figure_name(dataset), title)
     md_path.write_text(text)
     md_path.with_suffix(".html").write_text(to_html(text, md_path.parent))
     return md_path

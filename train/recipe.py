@@ -37,6 +37,8 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import ClipTensors, FeatureStats, batches, collate, load_clips, move_clips, to_device
 from .heads import HEADS, output_key
+from .system import INPUTS, DataSpec, InputSpec, System
+from .systems import SYSTEMS, system_of
 from .tasks import Task
 
 log = logging.getLogger("aver.train")
@@ -53,6 +55,8 @@ class Run:
     splits: dict[str, np.ndarray]  # cache rows of train / validation / test
     model: torch.nn.Module
     info: dict[str, Any]  # what checkpoints record: configs, variant, task, cache identity
+    system: System | None = None  # the run's system (aver.train.system contract)
+    config: Any = None  # its model config (the system's config dataclass)
     clips: dict[str, list[ClipTensors]] = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
     stats: FeatureStats | None = None  # training-split standardisation (saved with the checkpoint)
@@ -60,6 +64,7 @@ class Run:
         default_factory=lambda: ({}, 0.0)
     )  # clips per split, seconds
     ckpt_dir: Path | None = None  # default <dir>/checkpoint; an evaluation reads the run's own
+    spec: InputSpec | None = None  # what an ``inputs`` system samples from the crops; None: features
     state: dict[str, Any] = field(
         default_factory=lambda: {"epoch": 0, "history": [], "best": -float("inf"), "bad": 0}
     )
@@ -102,13 +107,14 @@ def setup(cfg: TrainConfig) -> Run:
     cache = open_cache(cfg)
     task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     splits = fold_splits(cache, cfg.fold)
-    model, model_cfg = build_system(cfg, cache, task)
+    system, config, model = build_system(cfg, cache, task)
     info = {
         "train_config": cfg.to_dict(),
-        "model_config": model_cfg,
-        "system": cfg.system,
+        "model_config": system.config_dict(config),
+        "system": system.name,
         "variant": cfg.variant,
         "protocol": cfg.protocol,
+        "init": system.init(config),  # how the trainable backbones started (the report compares it)
         # how the cache's inputs were made: what `aver predict` extracts new videos with
         "extraction": {
             k: cache.meta.get(k) for k in ("dataset", "preset", "config", "config_hash", "models", "dims")
@@ -118,28 +124,30 @@ def setup(cfg: TrainConfig) -> Run:
         "names": task.names,
         "cache": cache_identity(cache),
     }
-    run = Run(cfg, Path(cfg.out), cache, task, splits, model.to(cfg.device), info)
+    run = Run(cfg, Path(cfg.out), cache, task, splits, model.to(cfg.device), info, system, config)
+    run.spec = system.input_spec(config)
     setup_data(run)
     return run
 
 
-def build_system(cfg: TrainConfig, cache: FeatureCache, task: Task) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model of ``cfg.system`` / ``cfg.variant`` for this cache (``aver.train.systems``)."""
-    from .systems import SYSTEMS, build_end_to_end
-
-    if not SYSTEMS.get(cfg.system).end_to_end:
-        from .models.variants import build_model
-
-        return build_model(cfg.variant, cache.dims, len(task.names), cfg.model)
-    if task.name != "classification":
+def build_system(cfg: TrainConfig, cache: FeatureCache, task: Task) -> tuple[System, Any, torch.nn.Module]:
+    """The system of ``cfg.system``, the config of ``cfg.variant`` on ``cfg.preset`` for this cache,
+    and its freshly built model (``System.make_config`` and ``System.build``)."""
+    system = SYSTEMS.get(cfg.system)
+    if task.name not in system.tasks:
         raise ConfigError(
-            f"{cfg.system} classifies emotions; {cache.url} holds continuous targets ({task.names})"
+            f"{system.name} is trained for {' or '.join(system.tasks)}; {cache.url} holds a {task.name} "
+            f"task ({task.names})"
         )
-    model, model_cfg = build_end_to_end(cfg.system, cfg.preset, cfg.variant, cfg.model, task.names)
-    from .e2e import check_inputs
+    config = system.make_config(
+        cfg.preset, cfg.variant, cfg.model, DataSpec(tuple(task.names), task.name, cache.dims)
+    )
+    spec = system.input_spec(config)
+    if system.trains_on == INPUTS:
+        from .e2e import check_inputs
 
-    check_inputs(cache, model.input_spec, cfg.system)
-    return model, model_cfg
+        check_inputs(cache, spec, system.name)
+    return system, config, system.build(config, task.names)
 
 
 def open_cache(cfg: TrainConfig) -> FeatureCache:
@@ -193,7 +201,7 @@ def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
 def setup_data(run: Run) -> None:
     """Read the fold into memory and standardise it with training statistics (kept with the checkpoint)."""
     t0 = time.perf_counter()
-    if hasattr(run.model, "input_spec"):
+    if run.spec is not None:
         _setup_inputs(run)
         run.loaded = ({s: len(v) for s, v in run.clips.items()}, time.perf_counter() - t0)
         return
@@ -215,7 +223,7 @@ def _setup_inputs(run: Run) -> None:
     """The fold's crops and waveforms (end-to-end systems), on the device when ``resident``."""
     from .e2e import load_input_clips, move_input_clips
 
-    n = int(run.model.input_spec["n_frames"])
+    n = run.spec.n_frames
     data = run.cfg.data
     run.clips = {
         s: load_input_clips(run.cache, v, n, data.labels, in_memory=data.inputs_in_memory)
@@ -227,16 +235,24 @@ def _setup_inputs(run: Run) -> None:
 
 
 def make_batch(
-    model, clips: list, device: str, train: bool, generator: torch.Generator | None = None
+    spec: InputSpec | None,
+    clips: list,
+    device: str,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
 ) -> dict:
-    """A batch of ``clips`` on ``device``: padded features (DE-III), or augmented crops and
-    waveforms (end-to-end systems; augmentation only when ``train``)."""
-    spec = getattr(model, "input_spec", None)
+    """A batch of ``clips`` on ``device``: padded features (``spec`` None: a ``features`` system),
+    or crops at ``spec.image_size`` and waveforms (augmented when ``augment``)."""
     if spec is None:
         return to_device(collate(clips), device)
     from .e2e import collate_inputs
 
-    return collate_inputs(clips, device, int(spec["image_size"]), train, generator)
+    return collate_inputs(clips, device, spec.image_size, augment, generator)
+
+
+def augments(run: Run) -> bool:
+    """Whether training batches are augmented: ``cfg.augment``, else the system's default."""
+    return run.system.augment if run.cfg.augment is None else bool(run.cfg.augment)
 
 
 def setup_optimizer(run: Run) -> None:
@@ -248,11 +264,7 @@ def setup_optimizer(run: Run) -> None:
     if cfg.resume and (run.ckpt / "last.safetensors").exists():
         saved = load_model_state(run.ckpt)[1] if (run.ckpt / "model.safetensors").exists() else run.info
         same = _as_json(saved["model_config"]) == _as_json(run.info["model_config"])  # tuples vs lists
-        if (
-            not same
-            or saved["variant"] != run.info["variant"]
-            or saved.get("system", "de3") != run.cfg.system
-        ):
+        if not same or saved["variant"] != run.info["variant"] or system_of(saved).name != run.system.name:
             raise CheckpointError(
                 f"{run.ckpt} holds a {saved['variant']} model with another architecture; resuming would "
                 "change it. Use another --out, or the original settings."
@@ -332,7 +344,7 @@ def fit(run: Run) -> None:
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in range(state["epoch"], cfg.epochs):
         stats = train_epoch(run, epoch)
-        val = task.score(predict(run.model, run.clips["validation"], cfg, task))
+        val = task.score(predict(run.model, run.clips["validation"], cfg, task, run.spec))
         head, value = task.best_head(val, forced=cfg.head)
         per_head = {f"val_{h}": val[h][task.select_metric] for h in HEADS if h in val}
         row = {
@@ -377,17 +389,17 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, model, clips = run.cfg, run.model, run.clips["train"]
     model.train()
     total, n, t_data, t_model = 0.0, 0, 0.0, 0.0
-    generator = _augment_generator(cfg, epoch)
+    generator, augment = _augment_generator(cfg, epoch), augments(run)
     for idx in epoch_batches(run, epoch):
         t0 = time.perf_counter()
-        batch = make_batch(model, [clips[i] for i in idx], cfg.device, True, generator)
+        batch = make_batch(run.spec, [clips[i] for i in idx], cfg.device, augment, generator)
         t1 = time.perf_counter()
         with autocast(cfg.device, cfg.amp):
             out = model(batch)
             loss = run.task.loss(out, run.task.loss_truth(batch))
-            aux = model.aux_loss(out, batch) if hasattr(model, "aux_loss") else None
-            if aux is not None:
-                loss = loss + aux
+            extra = run.system.extra_loss(model, out, batch)  # metric / auxiliary terms of the paper
+            if extra is not None:
+                loss = loss + extra
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1} on the batch of clips "
@@ -407,18 +419,14 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
 
 
 def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
-    """The epoch's batches: length-bucketed and shuffled, or, for a model trained with a metric
-    loss (``model.metric_batches``), batches that hold positives, related and opposite classes."""
+    """The epoch's batches: the system's own sampler (``System.batch_sampler``, e.g. the metric
+    losses' class composition), else length-bucketed and shuffled."""
     cfg, clips = run.cfg, run.clips["train"]
-    if not getattr(run.model, "metric_batches", False):
-        return batches(clips, cfg.data, shuffle=True, seed=cfg.seed * 1000 + epoch)
-    from .metric_losses import PolarityBatchSampler, polarity_of
-
-    k = 2 if cfg.data.batch_size < 16 else 4  # at least 3 chunks per batch: +, - and one free place
-    size = max(3 * k, cfg.data.batch_size - cfg.data.batch_size % k)
-    sampler = PolarityBatchSampler(
-        [c.label for c in clips], polarity_of(run.task.names), size, k=k, seed=cfg.seed
+    sampler = run.system.batch_sampler(
+        run.config, [c.label for c in clips], list(run.task.names), cfg.data.batch_size, cfg.seed
     )
+    if sampler is None:
+        return batches(clips, cfg.data, shuffle=True, seed=cfg.seed * 1000 + epoch)
     sampler.set_epoch(epoch)
     return [list(b) for b in sampler]
 
@@ -431,7 +439,9 @@ def _augment_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> dict[str, Any]:
+def predict(
+    model, clips: list[ClipTensors], cfg: TrainConfig, task: Task, spec: InputSpec | None = None
+) -> dict[str, Any]:
     """Every head's outputs for ``clips`` (in their order), the truth, and the loss over the split.
 
     The loss is computed once over the whole split: CCC is a corpus-level statistic.
@@ -440,7 +450,7 @@ def predict(model, clips: list[ClipTensors], cfg: TrainConfig, task: Task) -> di
     outs: dict[str, list[torch.Tensor]] = {}
     order, truth, loss_truth = [], [], []
     for idx in batches(clips, cfg.data, shuffle=False, seed=0):
-        batch = make_batch(model, [clips[i] for i in idx], cfg.device, False)
+        batch = make_batch(spec, [clips[i] for i in idx], cfg.device)
         with autocast(cfg.device, cfg.amp):
             out = model(batch)
         for h in HEADS:

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from aver.cache import FeatureCache
-from aver.overrides import from_dict
 
 from .checkpoint import check_cache, load_model_state, load_tensors
 from .config import TrainConfig
@@ -21,6 +20,8 @@ from .data import FeatureStats, load_clips
 from .heads import HEADS
 from .protocols import LEAKY
 from .recipe import Run, apply_protocol, fold_splits, log_to, make_batch, predict
+from .system import InputSpec
+from .systems import system_of
 from .tasks import Task
 
 
@@ -31,7 +32,7 @@ def report(run: Run) -> dict[str, Any]:
     model = saved_model(info)
     model.load_state_dict(state)
     model.to(cfg.device)
-    preds = {s: predict(model, c, cfg, task) for s, c in run.clips.items()}
+    preds = {s: predict(model, c, cfg, task, run.spec) for s, c in run.clips.items()}
     metrics: dict[str, Any] = {s: task.score(p) for s, p in preds.items()}
     head = task.best_head(metrics["validation"], forced=cfg.head)[0]
     metrics.update(
@@ -44,6 +45,7 @@ def report(run: Run) -> dict[str, Any]:
         variant=cfg.variant,
         protocol=cfg.protocol,
         speaker_leaky=cfg.protocol in LEAKY,
+        init=run.info.get("init", "random"),
         task=task.name,
     )
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
@@ -56,24 +58,18 @@ def report(run: Run) -> dict[str, Any]:
     return metrics
 
 
-WEIGHT_FILES = ("video_weights", "audio_weights")  # pretrained-backbone paths in the model configs
-
-
 def saved_model(info: dict[str, Any]):
-    """The architecture a checkpoint records (``model_config``), freshly built: a run saved by an
-    older aver is rebuilt as it was (``DE3Config.LEGACY``), whatever today's defaults are. An
-    end-to-end model is built without its pretrained-weight files (the checkpoint holds every weight)."""
-    system = info.get("system", "de3")
-    if system == "de3":
-        from .models.de3 import DE3, DE3Config
+    """The architecture a checkpoint records (``model_config``), freshly built by its system's one
+    ``build`` (``System.restore``): a run saved by an older aver is rebuilt as it was (each config's
+    ``LEGACY`` values), whatever today's defaults are, and without pretrained-weight files (the
+    checkpoint holds every weight)."""
+    return system_of(info).restore(info)
 
-        return DE3(DE3Config.from_dict(info["model_config"]))
-    from .systems import SYSTEMS, module
 
-    spec, m = SYSTEMS.get(system), module(system)
-    fields = {k: (None if k in WEIGHT_FILES else v) for k, v in info["model_config"].items()}
-    cfg = from_dict(getattr(m, spec.config), fields)
-    return getattr(m, spec.model)(cfg, len(info["names"]), list(info["names"]))
+def saved_spec(info: dict[str, Any]) -> InputSpec | None:
+    """What the recorded model samples from the crops (``None``: a ``features`` system)."""
+    system = system_of(info)
+    return system.input_spec(system.config_from_dict(info["model_config"]))
 
 
 def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
@@ -92,7 +88,7 @@ def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
         )
     model.eval()
     with torch.no_grad():
-        out = model(make_batch(model, [test[0]], cfg.device, False))
+        out = model(make_batch(run.spec, [test[0]], cfg.device))
     if "attn_video" in out and "attn_audio" in out:
         plot_attention(
             out["attn_video"][0].float().cpu().numpy(),
@@ -126,11 +122,12 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
     run = Run(
         cfg, out, cache, task, fold_splits(cache, cfg.fold), model, info, ckpt_dir=run_dir / "checkpoint"
     )
+    run.system, run.spec = system_of(info), saved_spec(info)
     with log_to(out / "evaluate.log"):
-        if hasattr(model, "input_spec"):
+        if run.spec is not None:
             from .e2e import load_input_clips
 
-            n = int(model.input_spec["n_frames"])
+            n = run.spec.n_frames
             run.clips = {s: load_input_clips(cache, v, n, cfg.data.labels) for s, v in run.splits.items()}
         else:
             run.clips = {s: load_clips(cache, v, cfg.data) for s, v in run.splits.items()}

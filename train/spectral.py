@@ -78,14 +78,14 @@ SPECTRAL: dict[str, SpectralConfig] = {
     # image spectrograms using a Hamming sliding window of 32 ms with a step of 10 ms". 32 ms at 16 kHz
     # = 512 samples -> n_fft 512 gives 257 bins; we keep the first 256 (DC .. 7,969 Hz). The paper does
     # not give the log scale: we use dB with an 80 dB floor per clip (librosa.power_to_db's default).
-    "mocanu2023": SpectralConfig(
+    "spectrogram256": SpectralConfig(
         kind="spectrogram", win_ms=32.0, hop_ms=10.0, n_fft=512, window="hamming", n_freq=256, top_db=80.0
     ),
     # AVT-CA follows MMER (Chumachenko et al.), whose loader takes librosa.feature.mfcc(..., n_mfcc=10)
     # at 22.05 kHz with librosa's frame defaults. We keep the 10 MFCCs (DCT-II, ortho, of a dB Slaney
     # mel, top_db 80 as librosa.feature.mfcc) on our 16 kHz audio with 25 ms / 10 ms Hann frames and 40
     # mel bands (MMER's 128 bands leave empty filters at n_fft 512).
-    "avtca": SpectralConfig(
+    "mfcc10": SpectralConfig(
         kind="mfcc", win_ms=25.0, hop_ms=10.0, n_fft=512, n_mels=40, n_mfcc=10, top_db=80.0
     ),
     # A general log-mel: 64 Slaney mel bands, 25 ms Hann window, 10 ms hop.
@@ -277,7 +277,7 @@ def spectrogram_images(
     size: int = 224,
     placement: str = "uniform",
     normalize: str = "batch",
-    spectral: SpectralConfig | str = "mocanu2023",
+    spectral: SpectralConfig | str = "spectrogram256",
 ) -> torch.Tensor:
     """Mocanu 2023's audio input: [B, n_parts, 1, size, size] spectrogram images.
 
@@ -318,5 +318,5 @@ def _normalize(img: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def with_options(cfg: SpectralConfig | str, **changes: object) -> SpectralConfig:
-    """A preset with some fields changed, e.g. ``with_options("avtca", n_mels=128)``."""
+    """A preset with some fields changed, e.g. ``with_options("mfcc10", n_mels=128)``."""
     return replace(_resolve(cfg), **changes)

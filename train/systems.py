@@ -1,119 +1,89 @@
-"""The three systems of our papers, one registry: ``de3`` on the cached features; ``mocanu2023``
-and ``avtca`` end to end on the cached face crops and waveforms (``inputs/*``, layout 2).
+"""Every trainable system, found through the ``aver.systems`` entry points: aver's own three
+(DE-III, Mocanu 2023, AVT-CA; declared in aver's ``pyproject.toml``) and any a lab installs.
 
-Registry key = ``aver train --model`` choice = ``TrainConfig.system``. Each end-to-end system lives
-in one file of ``aver.train.models`` exporting its config dataclass, its model class (built as
-``Model(cfg, n_classes, class_names)``), ``VARIANTS`` (named ablations: config fields) and
-``PRESETS`` (``paper`` and ``tiny`` architecture sizes, and under ``"train"`` the optimisation
-from its paper, read by ``training``).
+Registry key = ``aver train --model`` choice = ``TrainConfig.system`` = the name a run records.
+The contract a system meets is ``aver.train.system.System``; nothing outside a system's own module
+names it (``tests/test_systems.py`` checks).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-from dataclasses import dataclass
+import logging
 from typing import Any
 
 from aver.errors import ConfigError
-from aver.registry import Registry, unknown_choice
+from aver.plugins import PluginRegistry
+from aver.registry import unknown_choice
+
+from .system import System
+
+log = logging.getLogger(__name__)
+GROUP = "aver.systems"
 
 
-@dataclass(frozen=True)
-class System:
-    """Where a system's code is and what it trains on."""
+class SystemRegistry(PluginRegistry[System]):
+    """The systems: the ``aver.systems`` entry points are loaded on the first lookup (aver's own
+    first, so a plugin never takes a built-in's name)."""
 
-    module: str  # under aver.train.models
-    config: str  # config dataclass name
-    model: str  # nn.Module class name
-    end_to_end: bool  # True: trains on inputs/* (crops, waveform); False: on cached features
-    default_variant: str
-    summary: str
+    def __init__(self) -> None:
+        super().__init__("model", GROUP)
 
+    def summary(self, name: str) -> str:
+        return self.get(name).summary
 
-SYSTEMS: Registry[System] = Registry("model")
-SYSTEMS.add(
-    "de3",
-    System(
-        "variants", "DE3Config", "DE3", False, "de3", "DE-III on cached EfficientNet/flow/wav2vec2 features"
-    ),
-)
-SYSTEMS.add(
-    "mocanu2023",
-    System(
-        "mocanu2023",
-        "Mocanu2023Config",
-        "Mocanu2023",
-        True,
-        "full",
-        "Mocanu et al. 2023: 3D ResNet + spectrogram ResNet-18, attention, cross-modal fusion, emotion metric loss",
-    ),
-)
-SYSTEMS.add(
-    "avtca",
-    System(
-        "avtca",
-        "AvtcaConfig",
-        "Avtca",
-        True,
-        "full",
-        "AVT-CA (Dhanith et al.): frame encoder with attention, MFCC conv, transformer fusion, cross attention",
-    ),
-)
+    def default_name(self) -> str:
+        """The system flagged ``default`` (the CLI default; runs from before systems were recorded)."""
+        found = [n for n, s in self.items() if s.default]
+        if len(found) != 1:
+            raise ConfigError(f"exactly one system must be the default; found {found or 'none'}")
+        return found[0]
 
 
-def training(system: str, preset: str) -> dict[str, Any]:
-    """``TrainConfig`` fields of an end-to-end system's preset: its model module's
-    ``PRESETS[preset]["train"]`` (the paper's optimiser there). Without a ``patience`` the paper
-    stops on no validation criterion: patience = epochs."""
-    t = dict(module(system).PRESETS[preset]["train"])
-    data = {"batch_size": t.pop("batch_size")}
-    t.setdefault("patience", t["epochs"])
-    return {**t, "data": data}
+SYSTEMS = SystemRegistry()
 
 
-def module(system: str):
-    """The model module of ``system`` (``aver.train.models.<module>``)."""
-    return importlib.import_module(f"aver.train.models.{SYSTEMS.get(system).module}")
+def register_system(cls: type[System]) -> type[System]:
+    """Class decorator: ``@register_system`` on a ``System`` subclass adds one instance under
+    ``cls.name``. A name taken already is refused (a plugin never replaces a built-in)."""
+    missing = [
+        a
+        for a in ("name", "summary", "paper", "trains_on", "config_class", "presets", "variants")
+        if not hasattr(cls, a)
+    ]
+    if missing:
+        raise TypeError(f"system {cls.__name__} does not declare {missing} (aver.train.system.System)")
+    if cls.default_variant not in cls.variants:
+        raise TypeError(f"system {cls.name}: default_variant {cls.default_variant!r} is not a variant")
+    SYSTEMS.add(cls.name, cls())
+    return cls
+
+
+def system_of(info: dict[str, Any]) -> System:
+    """The system a run or checkpoint records (runs from before aver recorded one: the default)."""
+    return SYSTEMS.get(info.get("system") or SYSTEMS.default_name())
 
 
 def variants(system: str) -> dict[str, Any]:
-    """Variant name -> what it sets (DE-III: the variant registry; others: config fields)."""
-    m = module(system)
-    return {name: m.VARIANTS.get(name) if system == "de3" else m.VARIANTS[name] for name in m.VARIANTS}
+    """Variant name -> ``Variant`` of ``system``."""
+    return dict(SYSTEMS.get(system).variants.items())
 
 
 def check_variant(system: str, variant: str) -> None:
-    names = list(variants(system))
+    names = SYSTEMS.get(system).variants.names()
     if variant not in names:
         raise ConfigError(unknown_choice(f"{system} variant", variant, names))
 
 
 def config_fields(system: str) -> list[str]:
     """Model fields ``--set model.KEY=...`` may change for ``system``."""
-    m = module(system)
-    if system == "de3":
-        from .config import _FROM_CACHE
-
-        return [f.name for f in dataclasses.fields(m.DE3Config) if f.name not in _FROM_CACHE]
-    return [f.name for f in dataclasses.fields(getattr(m, SYSTEMS.get(system).config))]
+    return SYSTEMS.get(system).model_fields()
 
 
-def build_end_to_end(
-    system: str, preset: str, variant: str, overrides: dict[str, Any], class_names: list[str]
-) -> tuple[Any, dict[str, Any]]:
-    """The end-to-end model of ``system``: preset sizes, then the variant, then ``overrides``.
-    Returns (model, config dict)."""
-    spec, m = SYSTEMS.get(system), module(system)
-    presets = m.PRESETS
-    arch = {
-        k: v
-        for k, v in presets.get(preset, presets["tiny" if preset == "tiny" else "paper"]).items()
-        if k != "train"
-    }
-    try:
-        cfg = getattr(m, spec.config)(**{**arch, **m.VARIANTS[variant], **overrides})
-        model = getattr(m, spec.model)(cfg, len(class_names), list(class_names))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{system} model of variant {variant!r}: {e}") from e
-    return model, dataclasses.asdict(cfg)
+class _PresetNames:
+    """The preset names of every system (``aver train --preset`` choices; each system checks its own)."""
+
+    def names(self) -> list[str]:
+        return sorted({p for _, system in SYSTEMS.items() for p in system.presets.names()})
+
+
+PRESET_NAMES = _PresetNames()

@@ -57,9 +57,9 @@ def extraction_config(
         ExtractConfig.from_dict(d), [f"{k}={json.dumps(v)}" for k, v in (weights or {}).items()]
     )
     inputs = ex.get("inputs") or {}
-    if hasattr(run.model, "input_spec"):
+    if run.spec is not None:
         crops = int(inputs.get("crop_frames", 0)) if not all_crops else 0
-        size = int(inputs.get("crop_size") or run.model.input_spec["image_size"])
+        size = int(inputs.get("crop_size") or run.spec.image_size)
         cfg = dataclasses.replace(cfg, inputs=InputsConfig(True, crops, size, True))
     return cfg
 

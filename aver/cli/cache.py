@@ -112,8 +112,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     from aver.info import describe
     from aver.overrides import parse_kv
 
-    print(describe(args.store, parse_kv(args.storage_option, "--storage-option") or None))
+    print(describe(args.store, parse_kv(args.storage_option, "--storage-option") or None, systems=systems()))
     return 0
+
+
+def systems() -> dict[str, bool]:
+    """Every registered system -> whether it trains on inputs (crops, waveforms), for ``aver info``."""
+    from aver.train.system import INPUTS
+    from aver.train.systems import SYSTEMS
+
+    return {name: system.trains_on == INPUTS for name, system in SYSTEMS.items()}
 
 
 def _merge_args(args: argparse.Namespace) -> int:

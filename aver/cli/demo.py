@@ -10,11 +10,17 @@ def register(sub) -> None:
     p = sub.add_parser(
         "demo", help="extract the embedded corpus (tiny preset), train a system on fold 1, report"
     )
-    p.add_argument(
+    from . import choice_option
+
+    choice_option(
+        p,
         "--model",
+        "aver.train.systems",
+        "SYSTEMS",
+        "the system to train, %(choices)s (default %(default)s; all: every system, side by side in "
+        "the report)",
+        extra=("all",),
         default="de3",
-        choices=["de3", "mocanu2023", "avtca", "all"],
-        help="the system to train (all: the three, side by side in the report)",
     )
     p.add_argument("--cache", default="caches")
     p.add_argument("--data", type=Path, default=Path("data/synthetic"))
@@ -47,11 +53,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(summary.report())
-    print(describe(summary.store))
+    from .cache import systems
+
+    print(describe(summary.store, systems=systems()))
     from aver.train.api import default_out
     from aver.train.systems import SYSTEMS
 
-    for system in ["de3", "mocanu2023", "avtca"] if args.model == "all" else [args.model]:
+    for system in SYSTEMS.names() if args.model == "all" else [args.model]:
         variant = SYSTEMS.get(system).default_variant
         out = str(Path(default_out(summary.store, variant, system, runs=args.runs)) / "fold1")
         metrics = train_fold(

@@ -21,14 +21,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     from . import choice_option, kv_option, set_option
 
     p.add_argument("--cache", required=True, help="the dataset's store: a .zarr path or fsspec URL")
-    p.add_argument("--out", help="run directory (default runs/<store>/<model>/<variant>[/fold<k>])")
+    _out_options(p)
     choice_option(
         p,
         "--model",
         "aver.train.systems",
         "SYSTEMS",
-        "the system to train, %(choices)s (default de3; mocanu2023 and avtca need a cache with crops "
-        "and waveforms: aver extract --set inputs.crops=true --set inputs.wave=true)",
+        "the system to train, %(choices)s (default %(default)s); a system that trains on face crops and "
+        "waveforms needs a cache with them: aver extract ... --inputs crops,wave (`aver variants` says "
+        "what each trains on)",
         default="de3",
     )
     p.add_argument(
@@ -47,9 +48,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     choice_option(
         p,
         "--preset",
-        "aver.train.config",
-        "TRAIN_PRESETS",
-        "training preset (%(choices)s): paper = the paper's hyper-parameters (default); tiny = tests, demo",
+        "aver.train.systems",
+        "PRESET_NAMES",
+        "the system's preset, %(choices)s: paper = its paper's sizes and optimisation (default); tiny = "
+        "tests, demo",
         default="paper",
     )
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
@@ -75,6 +77,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     set_option(p, "model.d_model=256 or data.audio_window=20")
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
+
+
+def _out_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out",
+        help="run directory (default <runs>/<store>/<model>/<variant>[/fold<k>]; DE-III runs have no <model> "
+        "level)",
+    )
+    p.add_argument("--runs", default="runs", help="where default run directories go (default runs)")
 
 
 def register(sub) -> None:
@@ -214,7 +225,7 @@ def print_report(metrics: dict) -> None:
         print("all clips: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
         return
     print(
-        f"fold {metrics['fold']} | model {metrics.get('system', 'de3')} | variant {metrics['variant']} | "
+        f"fold {metrics['fold']} | model {metrics.get('system')} | variant {metrics['variant']} | "
         f"reported head: {head} "
         f"({metrics.get('head_selection', 'best on validation')})"
     )
@@ -231,7 +242,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args, args.fold, args.out or "")
     if not args.out:
         cfg.out = str(
-            Path(default_out(args.cache, cfg.variant, cfg.system, cfg.protocol)) / f"fold{args.fold}"
+            Path(default_out(args.cache, cfg.variant, cfg.system, cfg.protocol, args.runs))
+            / f"fold{args.fold}"
         )
     print_report(train_fold(cfg))
     print(f"run: {cfg.out}")
@@ -246,7 +258,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     cfg = _config(args, 1, args.out or "")
     if not args.out:
-        cfg.out = default_out(args.cache, cfg.variant, cfg.system, cfg.protocol)
+        cfg.out = default_out(args.cache, cfg.variant, cfg.system, cfg.protocol, args.runs)
     try:
         folds = [int(k) for k in args.folds.split(",")] if args.folds else None
     except ValueError:
@@ -295,7 +307,7 @@ def _cv_protocols(args: argparse.Namespace) -> int:
         cfg.out = (
             (args.out + (f"@{name}" if name != "cache" else ""))
             if args.out
-            else default_out(args.cache, cfg.variant, cfg.system, name)
+            else default_out(args.cache, cfg.variant, cfg.system, name, args.runs)
         )
         summaries[name] = cross_validate(cfg, None, seeds=args.seeds, workers=args.workers)["reported"]
         print(f"{name}: runs in {cfg.out}")
@@ -334,14 +346,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from aver.train.models.variants import VARIANTS
-    from aver.train.systems import SYSTEMS, variants
+    from aver.train.systems import SYSTEMS
 
-    for system in [args.model] if args.model else list(SYSTEMS):
-        print(f"{system}: {SYSTEMS.get(system).summary}")
-        for name, sets in variants(system).items():
-            what = (
-                VARIANTS.summary(name) if system == "de3" else ", ".join(f"{k}={v}" for k, v in sets.items())
-            )
-            print(f"  {name:22} {what}")
+    for name in [args.model] if args.model else list(SYSTEMS):
+        system = SYSTEMS.get(name)
+        print(f"{name}: {system.summary} ({system.paper}; trains on {system.trains_on})")
+        print(f"  presets: {', '.join(system.presets.names())}")
+        for variant in system.variants:
+            print(f"  {variant:22} {system.describe_variant(variant)}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 
 from aver.errors import ConfigError
 from aver.layout import UNUSED
-from aver.registry import Registry
+from aver.plugins import PluginRegistry
 from aver.store import ClipTable
 
 
@@ -100,7 +102,45 @@ def _relative(path: str, root: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-DATASETS: Registry = Registry("dataset")
+Adapter = Callable[["DatasetOptions"], "DatasetIndex"]
+
+PLUGIN_GROUP = "aver.datasets"  # entry-point group of third-party adapters (docs/adding-a-dataset.md)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _check_adapter(name: str, adapter: object) -> None:
+    if not callable(adapter):
+        raise TypeError(f"dataset {name!r} is a {type(adapter).__name__}, not an adapter function")
+
+
+# Built-ins register at import; plugins of PLUGIN_GROUP join on the first lookup (aver.plugins).
+DATASETS: PluginRegistry[Adapter] = PluginRegistry("dataset", PLUGIN_GROUP, check=_check_adapter)
+
+
+def register_dataset(name: str) -> Callable[[Adapter], Adapter]:
+    """Decorator: make ``adapter(opts: DatasetOptions) -> DatasetIndex`` the dataset ``name``.
+
+    The public way to add a corpus, in aver or in a plugin package (entry-point group
+    ``aver.datasets``, whose entry point's name must be ``name``): ``name`` becomes the
+    ``aver extract --dataset`` choice, the store's file name (``<cache>/<name>.zarr``) and the
+    dataset recorded in the cache. Letters, digits, ``_``, ``.`` and ``-`` only. A name that is
+    already registered (a built-in, or another plugin) is a ``ValueError``: nothing is replaced.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"dataset name {name!r}: use letters, digits, '_', '.' or '-' (starting with a letter or digit)"
+        )
+
+    def decorator(adapter: Adapter) -> Adapter:
+        _check_adapter(name, adapter)
+        try:
+            return DATASETS.add(name, adapter)  # add, not a lookup: never loads plugins itself
+        except ValueError:
+            raise ValueError(
+                f"dataset {name!r} is already registered (a built-in or another plugin); choose another name"
+            ) from None
+
+    return decorator
 
 
 def require_dir(path: Path | None, dataset: str, what: str = "DATA") -> Path:

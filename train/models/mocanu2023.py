@@ -8,17 +8,29 @@ Data flow (B clips, N snippets of k frames, N one-second spectrogram parts; sect
         -> VT: self-attention over the N snippets (eq. 6), output projection to m' -> D_VT [B, N, m']
     wave [B, L] -> N spectrogram images -> ResNet-18 (conv5) -> spatial mean -> [B, N, m_a]
         -> AT: self-attention over the N parts, output projection to m' -> D_AT [B, N, m']
-    fusion (eq. 7-11): Corr = D_AT W D_VT^T, column-wise softmax, tanh(x + x~) residuals, [video; audio]
-        -> mean over the N snippets -> FC layers -> logits
+    fusion (eq. 7-11): Corr = D_AT W D_VT^T, column-wise softmax, tanh(x + x~) residuals,
+        D^Corr-AV = [D^Corr-VT; D^Corr-AT] [B, N, 2m'] -> flattened [B, N*2m'] (eq. 11; "mean": the
+        mean over the N snippets, [B, 2m']) -> FC layers -> logits
+
+The FC layers: ``head_layers`` hidden FC + ReLU + dropout layers, then the classifier. The full model
+(Table 3, emotion constraint loss) has one hidden layer ("a set of fully connected layers", section 1
+and 3.3); every row of Tables 1-2 and the triplet row of Table 3 "ends with one fully connected layer
+having the number of neurons equal to the total number of emotion classes" (section 4.3): the
+classifier alone (``head_layers=0``).
 
 Every attention module is a switch of ``Mocanu2023Config`` (the ablations of Tables 1-3) and a module
-that is switched off does not exist. The metric loss (eq. 13 or 16) is ``aux_loss``.
+that is switched off does not exist. The metric loss (eq. 13 or 16) is ``aux_loss``, on ``embedding``:
+by default the FC layers' input (the flattened D^Corr-AV, L2-normalised), whose attention maps it is
+meant to shape (section 3.3: "an emotion metric that enables to generate polarity-preserved attention
+maps"). Its batches come from ``aver.train.metric_losses.metric_batch_sampler``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +45,10 @@ from aver.train.backbones import (
     resnet3d,
     resnet18_2d,
 )
-from aver.train.metric_losses import emotion_constraint_loss, polarity_of, triplet_loss
+from aver.train.metric_losses import emotion_constraint_loss, metric_batch_sampler, polarity_of, triplet_loss
 from aver.train.spectral import SPECTRAL, spectrogram_images
+from aver.train.system import INPUTS, InputSpec, System, presets_from, variants_from
+from aver.train.systems import register_system
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "modality": ("av", "audio", "video"),
@@ -43,7 +57,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mining": ("hard", "all"),
     # eq. 8 read so that each attended row is a convex combination ("convex"), or as printed ("literal")
     "cross_weights": ("convex", "literal"),
-    "snippet_pool": ("mean", "flatten"),
+    # eq. 11: D^Corr-AV is N x 2m' and is fed to the FC layers as is ("flatten"); "mean" over snippets
+    "snippet_pool": ("flatten", "mean"),
+    # classes without a related class (neutral; CREMA-D happy): eq. 13 ("triplet", section 3.4 for
+    # neutral), or for the emotional ones eq. 16 with its always-empty terms ("none", aver 0.4)
+    "no_related_loss": ("triplet", "none"),
     "embedding": ("fused", "hidden"),
     "audio_placement": ("uniform", "pad"),
     "audio_normalize": ("batch", "clip", "none"),
@@ -69,7 +87,7 @@ class Mocanu2023Config:
     video_stage: int = 5
     d_model: int = 1024  # m: the backbone map is projected to m channels by a 1x1 conv
     n_heads: int = 8  # H
-    spectral: str = "mocanu2023"
+    spectral: str = "spectrogram256"  # section 4.2's spectrogram (aver.train.spectral)
     audio_part_seconds: float = 1.0
     audio_image_size: int = 224
     audio_placement: str = "uniform"
@@ -80,12 +98,14 @@ class Mocanu2023Config:
     d_fusion: int = 512  # m'
     cross_weights: str = "convex"
     cross_scale: bool = False  # divide Corr by sqrt(m') (eq. 7 has no scale)
-    snippet_pool: str = "mean"
+    snippet_pool: str = "flatten"  # eq. 11 (see CHOICES)
     head_hidden: int = 512
-    head_layers: int = 1  # hidden FC layers before the classifier (0: one FC layer, as Tables 1-2)
+    # hidden FC layers before the classifier: the full model 1 ("a set of fully connected layers");
+    # Tables 1-2 and the triplet row of Table 3: 0, one FC layer (section 4.3; the variants set it)
+    head_layers: int = 1
     dropout: float = 0.1
     attn_residual: bool = False  # x + attention(x) where widths allow (eq. 3 has no residual)
-    embedding: str = "fused"  # metric-loss embedding: pooled fused features, or the last hidden layer
+    embedding: str = "fused"  # metric-loss embedding: the FC layers' input (eq. 11), or the last hidden layer
     normalize_embedding: bool = True  # L2-normalise the embedding (FaceNet convention for margin 0.2)
     spatial: bool = True  # VS
     channel: bool = True  # VC
@@ -97,6 +117,7 @@ class Mocanu2023Config:
     mining: str = "hard"
     alpha: float = 0.2
     beta: float = 0.2
+    no_related_loss: str = "triplet"  # see CHOICES
     loss_weight: float = 1.0
     video_weights: str | None = None  # Hara 3D-ResNet checkpoint (.pth / .safetensors); None = random
     audio_weights: str | None = None  # torchvision resnet18 state_dict (.pth / .safetensors); None = random
@@ -129,8 +150,28 @@ class Mocanu2023Config:
     def n_frames(self) -> int:
         return self.n_snippets * self.snippet_frames
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Mocanu2023Config:
+        """A saved ``model_config`` (``dataclasses.asdict``) rebuilt; unknown fields are an error (a
+        checkpoint from another version). Fields a config saved before they existed lacks take the
+        value that reproduces it (``LEGACY``), not today's default; saved fields keep their values."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown Mocanu2023Config fields {unknown}")
+        data = dict(data)
+        if data.get("spectral") in RENAMED_SPECTRAL and data["spectral"] not in SPECTRAL:
+            data["spectral"] = RENAMED_SPECTRAL[data["spectral"]]  # the same preset, renamed
+        return cls(**{**LEGACY, **data})
+
+
+# Fields added after aver 0.4.0, with the values that reproduce a config saved before them.
+LEGACY: dict[str, Any] = {"no_related_loss": "none"}
+# Spectral presets saved under their former names.
+RENAMED_SPECTRAL = {"mocanu2023": "spectrogram256"}
+
 
 _ABLATION_DEFAULTS = dict(
+    head_layers=1,  # the full model's "set of fully connected layers"
     spatial=True,
     channel=True,
     temporal_video=True,
@@ -147,10 +188,15 @@ def _variant(**changes: Any) -> dict[str, Any]:
     return {**_ABLATION_DEFAULTS, **changes}
 
 
-# Named ablations (field overrides). Tables 1-2 train every row with the triplet loss (eq. 13).
+# Section 4.3: every row of Tables 1-2 (and so Table 3's triplet row, the same numbers) "ends with one
+# fully connected layer having the number of neurons equal to the total number of emotion classes"
+# and is trained with the triplet loss (eq. 13).
+_TABLE = dict(loss="triplet", head_layers=0)
+
+# Named ablations (field overrides).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "full": _variant(),  # Table 3, last row: all attentions + emotion constraint loss
-    "triplet": _variant(loss="triplet"),  # Tables 1-2 "AT + VS + VC + VT", Table 3 first row
+    "full": _variant(),  # Table 3, last row: all attentions + emotion constraint loss (eq. 16)
+    "triplet": _variant(**_TABLE),  # Tables 1-2 "AT + VS + VC + VT", Table 3 first row
     "softmax": _variant(loss="softmax"),  # Fig. 6a: cross-entropy only
     "no_spatial": _variant(spatial=False),
     "no_channel": _variant(channel=False),
@@ -160,10 +206,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_cross": _variant(cross=False),  # concatenation of D_VT and D_AT
     "audio_only": _variant(modality="audio", cross=False),
     "video_only": _variant(modality="video", cross=False),
-    "table1_at": _variant(modality="audio", cross=False, loss="triplet"),
-    "table1_vs": _variant(modality="video", cross=False, channel=False, temporal_video=False, loss="triplet"),
-    "table1_vs_vc": _variant(modality="video", cross=False, temporal_video=False, loss="triplet"),
-    "table1_vs_vc_vt": _variant(modality="video", cross=False, loss="triplet"),
+    # Tables 1-2, rows AT, VS, VS + VC, VS + VC + VT
+    "table1_at": _variant(modality="audio", cross=False, **_TABLE),
+    "table1_vs": _variant(modality="video", cross=False, channel=False, temporal_video=False, **_TABLE),
+    "table1_vs_vc": _variant(modality="video", cross=False, temporal_video=False, **_TABLE),
+    "table1_vs_vc_vt": _variant(modality="video", cross=False, **_TABLE),
 }
 
 # Architecture fields, and under "train" the optimisation (aver.train.systems reads it).
@@ -381,8 +428,8 @@ class Mocanu2023(nn.Module):
         self.fusion = (
             CrossModalFusion(cfg.d_fusion, cfg.cross_weights, cfg.cross_scale) if cfg.cross else None
         )
-        d = cfg.d_fusion * (2 if cfg.modality == "av" else 1)
-        d *= cfg.n_snippets if cfg.snippet_pool == "flatten" else 1
+        d = cfg.d_fusion * (2 if cfg.modality == "av" else 1)  # eq. 11: 2m' (one modality: m')
+        d *= cfg.n_snippets if cfg.snippet_pool == "flatten" else 1  # N x 2m' flattened
         self.hidden, d = _head(cfg, d)
         self.classifier = nn.Linear(d, n_classes)
         if cfg.loss == "emotion":  # Mikel's-wheel polarity per class (eq. 16); fails early on unknown names
@@ -398,7 +445,7 @@ class Mocanu2023(nn.Module):
             x = torch.cat([v, a], dim=-1)  # eq. 11: [D^Corr-VT; D^Corr-AT]
         else:
             x = v if v is not None else a
-        x = x.mean(dim=1) if cfg.snippet_pool == "mean" else x.flatten(1)
+        x = x.mean(dim=1) if cfg.snippet_pool == "mean" else x.flatten(1)  # eq. 11 -> the FC layers
         h = self.hidden(x)
         emb = x if cfg.embedding == "fused" else h
         if cfg.normalize_embedding:
@@ -406,7 +453,8 @@ class Mocanu2023(nn.Module):
         return {HEADS[cfg.modality]: self.classifier(h), "embedding": emb}
 
     def aux_loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor | None:
-        """``loss_weight`` x the metric loss on the embedding: eq. 16 ("emotion"), eq. 13 ("triplet")."""
+        """``loss_weight`` x the metric loss on the embedding: eq. 16 ("emotion"; eq. 13 for the classes
+        without a related class, section 3.4), eq. 13 ("triplet"; Tables 1-2)."""
         cfg = self.cfg
         if cfg.loss == "softmax" or cfg.loss_weight == 0:
             return None
@@ -414,5 +462,79 @@ class Mocanu2023(nn.Module):
         if cfg.loss == "triplet":
             loss = triplet_loss(emb, labels, margin=cfg.alpha, mining=cfg.mining)
         else:
-            loss = emotion_constraint_loss(emb, labels, self.polarity, cfg.alpha, cfg.beta, cfg.mining)
+            loss = emotion_constraint_loss(
+                emb, labels, self.polarity, cfg.alpha, cfg.beta, cfg.mining, no_related=cfg.no_related_loss
+            )
         return cfg.loss_weight * loss
+
+
+# -- the system contract (aver.train.system) -----------------------------------------------------
+CITES = {
+    "full": "Table 3, AT + VS + VC + VT with the emotion constraint loss",
+    "triplet": "Tables 1-2, AT + VS + VC + VT (= Table 3, triplet loss)",
+    "softmax": "ours: cross-entropy only (Fig. 6a compares it)",
+    "no_spatial": "ours: the full model without VS",
+    "no_channel": "ours: the full model without VC",
+    "no_temporal": "ours: the full model without VT and AT",
+    "no_temporal_video": "ours: the full model without VT",
+    "no_temporal_audio": "ours: the full model without AT",
+    "no_cross": "ours: concatenation instead of the cross-modal fusion (eq. 7-10)",
+    "audio_only": "ours: the audio branch with the emotion loss",
+    "video_only": "ours: the video branch with the emotion loss",
+    "table1_at": "Tables 1-2, AT",
+    "table1_vs": "Tables 1-2, VS",
+    "table1_vs_vc": "Tables 1-2, VS + VC",
+    "table1_vs_vc_vt": "Tables 1-2, VS + VC + VT",
+}
+log = logging.getLogger(__name__)
+
+
+@register_system
+class Mocanu2023System(System):
+    """Mocanu et al. 2023 end to end on the cache's face crops and waveforms."""
+
+    name = "mocanu2023"
+    summary = "Mocanu et al. 2023: 3D ResNet + spectrogram ResNet-18, attention, cross-modal fusion, emotion metric loss"
+    paper = "Mocanu, Tapu, Zaharia 2023 (Tables 1-3)"
+    trains_on = INPUTS
+    config_class = Mocanu2023Config
+    presets = presets_from(PRESETS)
+    variants = variants_from(VARIANTS, CITES)
+    default_variant = "full"
+    weight_fields = ("video_weights", "audio_weights")
+    # augment stays False: the paper names no augmentation (--set augment=true turns it on)
+
+    def build(self, config: Mocanu2023Config, names, pretrained: bool = True) -> Mocanu2023:
+        if not pretrained:
+            config = replace(config, video_weights=None, audio_weights=None)
+        names = list(names)
+        return Mocanu2023(config, len(names), names)
+
+    def input_spec(self, config: Mocanu2023Config) -> InputSpec:
+        return InputSpec(config.n_frames, config.image_size)
+
+    def extra_loss(self, model: Mocanu2023, out, batch):
+        """The metric loss (eq. 13 or 16) beside the cross-entropy (section 3.4)."""
+        return model.aux_loss(out, batch)
+
+    def batch_sampler(self, config: Mocanu2023Config, labels, names, batch_size: int, seed: int):
+        """Batches in which every anchor has the partners its metric term needs (section 3.4)."""
+        if config.loss == "softmax" or config.loss_weight == 0:
+            return None
+        sampler = metric_batch_sampler(labels, list(names), batch_size, seed)
+        (log.info if sampler.guarantee else log.warning)("metric-loss batches: %s", sampler.summary)
+        return sampler
+
+    def init(self, config: Mocanu2023Config) -> str:
+        parts = [
+            f"{what} {Path(path).name}"
+            for what, path in (("video", config.video_weights), ("audio", config.audio_weights))
+            if path
+        ]
+        return "pretrained: " + ", ".join(parts) if parts else "random"
+
+    def init_flags(self, paper_init: str) -> str:
+        return (
+            "--set model.video_weights=r3d101_KM_200ep.pth --set model.audio_weights=resnet18-f37072fd.pth "
+            "--set model.allow_pickle=true"
+        )

@@ -15,7 +15,7 @@ so those variants keep ``ife="both"``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -158,7 +158,10 @@ def build_model(variant: str, dims: dict, n_outputs: int, overrides: dict) -> tu
     """The model of ``variant`` for a cache's feature sizes (``attrs.aver.dims``) and ``n_outputs``
     classes or targets; ``overrides`` change other ``DE3Config`` fields. Returns (model, config dict)."""
     data = DataSpec(tuple(str(i) for i in range(n_outputs)), dims=dims)
-    cfg = DE3System().make_config_on(DE3Config, variant, overrides, data)
+    try:
+        cfg = variant_config(variant, DE3Config(**{**overrides, **DE3System().cache_fields(data)}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model of variant {variant!r}: {e}") from e
     return DE3(cfg), dataclasses.asdict(cfg)
 
 
@@ -225,25 +228,8 @@ class DE3System(System):
         names = ("d_frames", "d_flow", "d_audio", "n_outputs")
         if data is None:
             return dict.fromkeys(names)
-        dims = data.dims
-        return dict(
-            zip(
-                names,
-                (int(dims["image"]), int(dims["image"]), int(dims["audio"]), len(data.names)),
-                strict=True,
-            )
-        )
-
-    def make_config(
-        self, preset: str, variant: str, overrides: Mapping[str, Any], data: DataSpec
-    ) -> DE3Config:
-        return self.make_config_on(DE3Config, variant, {**self.presets.get(preset).model, **overrides}, data)
-
-    def make_config_on(self, cls, variant: str, fields: Mapping[str, Any], data: DataSpec) -> DE3Config:
-        try:
-            return variant_config(variant, cls(**{**fields, **self.cache_fields(data)}))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model of variant {variant!r}: {e}") from e
+        image, audio = int(data.dims["image"]), int(data.dims["audio"])
+        return dict(zip(names, (image, image, audio, len(data.names)), strict=True))
 
     def build(self, config: DE3Config, names: Iterable[str], pretrained: bool = True) -> DE3:
         return DE3(config)

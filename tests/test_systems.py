@@ -238,3 +238,13 @@ def test_report_never_pairs_a_paper_row_across_protocols(tmp_path):
     assert "| mocanu2023:full | fusion | accuracy | 50.0 (n=1) | 89.25 | Mocanu 2023 Table 3" in text
     # a paired row names the backbone initialisation the paper used and the flags for it
     assert "backbones: ours random, paper pretrained" in text and "model.video_weights" in text
+
+
+def test_variants_lists_every_system_with_presets_and_citations_and_survives_a_closed_pipe():
+    aver = str(Path(sys.executable).parent / "aver")
+    proc = subprocess.run(f"{aver} variants | head -2", shell=True, capture_output=True, text=True)
+    assert proc.stdout.count("\n") == 2 and "Traceback" not in proc.stderr and not proc.stderr.strip()
+    full = subprocess.run([aver, "variants"], capture_output=True, text=True, check=True).stdout
+    for name in SYSTEMS.names():
+        assert f"{name}: " in full
+    assert "preset paper" in full and "[Tables 1-2, AT]" in full and "[Tables 8-9, CT-1]" in full

@@ -55,9 +55,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="paper",
     )
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--epochs", type=int, help="most epochs (preset: paper 20)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (paper 5e-6)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (paper 5e-2)")
+    p.add_argument("--epochs", type=int, help="most epochs (default: the system's preset)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the system's preset; `aver variants`)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default: the system's preset)")
     p.add_argument("--batch-size", type=int, help="clips per batch")
     p.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
     p.add_argument("--seed", type=int, help="random seed (runs with one seed are reproducible on CPU)")
@@ -351,7 +351,9 @@ def cmd_variants(args: argparse.Namespace) -> int:
     for name in [args.model] if args.model else list(SYSTEMS):
         system = SYSTEMS.get(name)
         print(f"{name}: {system.summary} ({system.paper}; trains on {system.trains_on})")
-        print(f"  presets: {', '.join(system.presets.names())}")
+        for preset in system.presets:
+            train = ", ".join(f"{k}={v}" for k, v in system.presets.get(preset).train.items())
+            print(f"  preset {preset:15} {train}")
         for variant in system.variants:
             print(f"  {variant:22} {system.describe_variant(variant)}")
     return 0

@@ -160,8 +160,11 @@ class System:
 
     # -- data and training ------------------------------------------------------------------------
     def input_spec(self, config: Any) -> InputSpec | None:
-        """For ``inputs`` systems: the frames and image size the model takes (``None`` otherwise)."""
-        return None
+        """For ``inputs`` systems: the frames and image size the model takes, from its config's
+        ``n_frames`` and ``image_size`` (``None`` for ``features`` systems)."""
+        if self.trains_on != INPUTS:
+            return None
+        return InputSpec(int(config.n_frames), int(config.image_size))
 
     def extra_loss(self, model: Any, out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
         """A loss added to the task loss (metric or auxiliary terms), or ``None``."""

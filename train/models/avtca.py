@@ -60,7 +60,7 @@ from torch.nn import functional as F
 
 from aver.train.models.avtca_video import FRAME_ENCODERS, FRAME_POOLS, VIDEO_STEMS, frame_encoder
 from aver.train.models.conformer import MaskedBatchNorm, padding_mask, zero_padding
-from aver.train.system import INPUTS, InputSpec, System, presets_from, variants_from
+from aver.train.system import INPUTS, System, presets_from, variants_from
 from aver.train.systems import register_system
 
 # fusion_blocks -> (transformer fusion after stage 1, cross attention after stage 2)
@@ -566,6 +566,3 @@ class AvtcaSystem(System):
     def build(self, config: AvtcaConfig, names, pretrained: bool = True) -> Avtca:
         names = list(names)
         return Avtca(config, len(names), names)
-
-    def input_spec(self, config: AvtcaConfig) -> InputSpec:
-        return InputSpec(config.n_frames, config.image_size)

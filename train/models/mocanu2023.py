@@ -47,7 +47,7 @@ from aver.train.backbones import (
 )
 from aver.train.metric_losses import emotion_constraint_loss, metric_batch_sampler, polarity_of, triplet_loss
 from aver.train.spectral import SPECTRAL, spectrogram_images
-from aver.train.system import INPUTS, InputSpec, System, presets_from, variants_from
+from aver.train.system import INPUTS, System, presets_from, variants_from
 from aver.train.systems import register_system
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -509,9 +509,6 @@ class Mocanu2023System(System):
             config = replace(config, video_weights=None, audio_weights=None)
         names = list(names)
         return Mocanu2023(config, len(names), names)
-
-    def input_spec(self, config: Mocanu2023Config) -> InputSpec:
-        return InputSpec(config.n_frames, config.image_size)
 
     def extra_loss(self, model: Mocanu2023, out, batch):
         """The metric loss (eq. 13 or 16) beside the cross-entropy (section 3.4)."""

@@ -7,6 +7,7 @@ read, so an edited or damaged store is refused with the array named instead of b
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ import numpy as np
 
 from aver import layout as L
 from aver.errors import CacheError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,10 +45,11 @@ class FeatureCache:
         if not isinstance(meta, dict):
             raise CacheError(f"{url} is a Zarr store but not an aver cache (no 'aver' attributes)")
         if meta.get(L.TEMPLATE_KEY) == "incomplete":
-            raise CacheError(
-                f"{url} is incomplete: an extraction was interrupted while creating it; rerun the same "
-                "`aver extract` command to finish it"
+            remedy = meta.get("remedy") or (
+                "an extraction was interrupted while creating it; rerun the same `aver extract` command "
+                "to finish it"
             )
+            raise CacheError(f"{url} is incomplete: {remedy}")
         version = meta.get("layout_version")
         if type(version) is not int or version not in L.READABLE_VERSIONS:
             raise CacheError(
@@ -66,15 +70,90 @@ class FeatureCache:
         self.lengths = {k: self._load(name).astype(np.int64) for k, name in L.LENGTHS.items()}
         self.folds = self._load(L.FOLD_SPLIT) if self._has(L.FOLD_SPLIT) else np.zeros((0, n), np.int8)
         self._check_table()
+        self.damage.extend(self._integrity_damage())
 
     def _load(self, name: str) -> np.ndarray:
-        """A whole clip-table array; a chunk that cannot be decoded is a ``CacheError`` naming it."""
+        """A whole array. A per-clip array (status, lengths, digests) whose chunk cannot be decoded
+        reads as its fill value there and the clip is recorded in ``damage``, so ``verify`` can name
+        it; a clip-table array that cannot be decoded is a ``CacheError`` naming it."""
+        if not hasattr(self, "damage"):
+            self.damage: list = []  # aver.integrity.Problem: what is wrong, by clip and array
+        arr = self.group[name]
         try:
-            return self.group[name][:]
+            return arr[:]
         except Exception as e:  # noqa: BLE001 - decoder and metadata errors of any kind
+            if not L.ARRAYS[name].per_clip:
+                raise CacheError(
+                    f"{self.url}: damaged cache: {name} cannot be read ({type(e).__name__}: {e})"
+                ) from None
+        return self._load_rows(name, arr)
+
+    def _load_rows(self, name: str, arr) -> np.ndarray:
+        """``name`` read chunk by chunk along the clips; undecodable chunks hold the fill value."""
+        from aver.integrity import Problem
+
+        spec, step = L.ARRAYS[name], max(int(arr.chunks[0]), 1)
+        out = np.full(arr.shape, spec.fill, dtype=object if spec.dtype == "str" else spec.dtype)
+        for start in range(0, arr.shape[0], step):
+            try:
+                out[start : start + step] = arr[start : start + step]
+            except Exception as e:  # noqa: BLE001
+                for i in range(start, min(start + step, arr.shape[0])):
+                    clip = str(self.ids[i]) if hasattr(self, "ids") else f"row {i}"
+                    self.damage.append(Problem(clip, name, f"chunk cannot be decoded ({type(e).__name__})"))
+        return out
+
+    def _integrity_damage(self) -> list:
+        """The clip table against ``attrs.aver.table_digest`` (by clip where the clips' records
+        say which rows), and each clip's status against its digest record (``aver.integrity``)."""
+        from aver.integrity import TABLE_DIGEST, Problem, commit_problems, parse, table_digests
+
+        out = []
+        recorded = self.meta.get(TABLE_DIGEST)
+        if isinstance(recorded, dict):
+            now = table_digests({name: self._table_column(name) for name in recorded})
+            for name, want in recorded.items():
+                if now.get(name) != want:
+                    out.append(
+                        Problem("(clip table)", name, "differs from its digest: the table was changed")
+                    )
+        elif recorded is not None:
+            out.append(Problem("(clip table)", "attrs.aver.table_digest", "damaged"))
+        digests = self.digests()
+        if digests is not None:
+            out += commit_problems(self.ids, self.status, [parse(d) for d in digests], L.STATUS, L.DIGEST)
+        if self.inputs:
+            records = [parse(d) for d in self._load(L.INPUT_DIGEST)]
+            out += commit_problems(self.ids, self.input_status(), records, L.INPUT_STATUS, L.INPUT_DIGEST)
+        return out
+
+    def _table_column(self, name: str) -> np.ndarray | None:
+        """A clip-table array or coordinate as stored (``None`` when the store lacks it)."""
+        loaded = {L.CLIP_ID: self.ids, L.SPEAKER: self.speakers, L.FOLD_SPLIT: self.folds}
+        if name in loaded and (name != L.FOLD_SPLIT or self._has(name)):
+            return loaded[name]
+        try:
+            return self.group[name][:] if self._has(name) else None
+        except Exception:  # noqa: BLE001 - undecodable: it then differs from its digest
+            return None
+
+    def require_intact(self, indices: np.ndarray | None = None, full: bool = False) -> None:
+        """Refuse a store whose clip table is damaged, or whose clips ``indices`` (default: all) are
+        (``full``: every array of those clips is verified against its digests, ``verify``): one
+        ``CacheError`` naming the first problems; ``aver cache verify`` lists them all."""
+        if full:  # the features are checked as they are loaded (``read_features``, padding included)
+            found = self.verify(indices=indices, skip=frozenset(L.FEATURES.values()))[0]
+        else:
+            wanted = None if indices is None else {str(self.ids[i]) for i in indices}
+            found = [p for p in self.damage if wanted is None or p.clip in wanted or p.clip.startswith("(")]
+        if found:
+            shown = "; ".join(str(p) for p in found[:3]) + (
+                f"; and {len(found) - 3} more" if len(found) > 3 else ""
+            )
             raise CacheError(
-                f"{self.url}: damaged cache: {name} cannot be read ({type(e).__name__}: {e})"
-            ) from None
+                f"{self.url}: damaged cache: {shown}. `aver cache verify {self.url}` lists every damaged clip "
+                "and array: copy the store again, or re-extract those clips"
+            )
 
     # -- validation --------------------------------------------------------------------------
     def _has(self, name: str) -> bool:
@@ -269,7 +348,7 @@ class FeatureCache:
 
     def notes(self) -> np.ndarray:
         """``clips/note``: what extraction cut or kept per clip ("" when nothing; all "" for old stores)."""
-        return self.group[L.NOTE][:] if self._has(L.NOTE) else np.full(len(self.ids), "", dtype=object)
+        return self._load(L.NOTE) if self._has(L.NOTE) else np.full(len(self.ids), "", dtype=object)
 
     @property
     def flow_schedule(self) -> tuple[int, int]:
@@ -341,11 +420,25 @@ class FeatureCache:
                 f"{self.url} is a partial copy pulled without {absent} (aver cache pull --modality): "
                 "pull those modalities too"
             )
+        if stored is not None:
+            lost = [str(self.ids[i]) for k, i in enumerate(idx) if not recorded[k]]
+            if lost:
+                raise CacheError(
+                    f"{self.url}: damaged cache: clips {lost[:3]} are committed but their digest record is gone "
+                    f"({L.DIGEST}); `aver cache verify` lists every damaged clip: copy the store again or "
+                    "re-extract them"
+                )
         for key, name in L.FEATURES.items():
             n = self.lengths[key][idx]
-            block = self._read(name, idx, max(int(n.max()), 1))
+            # whole rows when verifying: the chunks are decoded whole anyway, and padding is checked
+            block = self._read(name, idx, self.group[name].shape[1] if verify else max(int(n.max()), 1))
             for k, i in enumerate(idx):
                 rows = np.ascontiguousarray(block[k, : n[k]])
+                if verify and np.any(block[k, n[k] :]):
+                    raise CacheError(
+                        f"{self.url}: damaged cache: {name} of clip {self.ids[i]} holds values past its "
+                        f"{n[k]} valid rows (a corrupted chunk); `aver cache verify` lists every damaged clip"
+                    )
                 if not np.isfinite(rows).all():
                     raise CacheError(
                         f"{self.url}: clip {self.ids[i]} has non-finite values (NaN/inf) in {name}; "
@@ -401,7 +494,7 @@ class FeatureCache:
         out: dict[str, list[np.ndarray]] = {"crops": [], "crop_index": [], "wave": []}
         for k, i in enumerate(idx):
             c, x, w = crops[k, : n_crops[k]], index[k, : n_crops[k]], wave[k, : n_wave[k]]
-            if digests is not None and parse(digests[k]) and digests[k] != input_digests(c, x, w):
+            if digests is not None and (not parse(digests[k]) or digests[k] != input_digests(c, x, w)):
                 raise CacheError(
                     f"{self.url}: damaged cache: the inputs of clip {self.ids[i]} differ from their recorded "
                     "digest; copy the store again or re-extract them"
@@ -417,26 +510,33 @@ class FeatureCache:
             self._digests = self._load(L.DIGEST) if self._has(L.DIGEST) else None
         return self._digests
 
-    def verify(self, progress: bool = False) -> tuple[list, int, int]:
-        """Check every committed clip against its digests (``aver.integrity``): returns
-        ``(problems, verified clips, clips without digests)``."""
-        from tqdm import tqdm
+    def verify(
+        self, progress: bool = False, indices: np.ndarray | None = None, skip: frozenset = frozenset()
+    ) -> tuple[list, int, int]:
+        """Check the clip table and every committed clip (features, scalars, its table row, notes and
+        inputs; failed clips: their error text) against their digests (``aver.integrity``), or only
+        clips ``indices`` (and not the arrays in ``skip``): returns ``(problems, verified clips, clips
+        without digests)``."""
+        from aver.integrity import verify_cache
 
-        from aver.integrity import parse, verify_clip
+        return verify_cache(self, progress, indices, skip)
 
-        digests = self.digests()
-        has_notes = self._has(L.NOTE)
-        problems, verified, unverifiable = [], 0, 0
-        done = np.flatnonzero(self.status == L.DONE)
-        for i in tqdm(done, unit="clip", disable=not progress, leave=False):
-            recorded = parse(digests[i]) if digests is not None else {}
-            found = verify_clip(self.group, int(i), str(self.ids[i]), recorded, has_notes)
-            if not recorded:
-                unverifiable += 1
-            else:
-                problems.extend(found)
-                verified += not found
-        return problems, verified, unverifiable
+    def _verify_failures(self, digests: np.ndarray | None, chosen: np.ndarray) -> list:
+        """Failed clips: the error text against its digest (recorded since aver 0.5)."""
+        from aver.integrity import Problem, digest, parse
+
+        out = []
+        for i in np.flatnonzero((self.status == L.FAILED) & chosen) if digests is not None else []:
+            want = parse(digests[i]).get(L.ERROR)
+            if want is None:
+                continue
+            try:
+                ok = digest(self.group[L.ERROR][int(i)], "str") == want
+            except Exception:  # noqa: BLE001 - undecodable
+                ok = False
+            if not ok:
+                out.append(Problem(str(self.ids[i]), L.ERROR, "content differs from its digest"))
+        return out
 
     def _read(self, name: str, idx: np.ndarray, length: int) -> np.ndarray:
         """``name[idx, :length]`` in one bulk read; a chunk that cannot be decoded is named."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from aver import layout as L
 from aver.cache import FeatureCache
-from aver.utils import printable
+from aver.utils import for_terminal
 
 
 def storage_size(url: str, storage_options: dict | None = None) -> tuple[int, int]:
@@ -74,7 +74,7 @@ def describe(
         for i in failed[:max_failures]:
             lines.append(f"  {cache.ids[i]}: {errors[int(i)]}")
     # Everything above may hold text from a data folder: no control character reaches the terminal.
-    return "\n".join(printable(line) for line in lines)
+    return "\n".join(for_terminal(line) for line in lines)
 
 
 def _inputs_lines(cache: FeatureCache, done: np.ndarray, systems: dict[str, bool]) -> list[str]:

@@ -198,7 +198,17 @@ def open_root(url: str, mode: str, storage_options: dict | None = None):
             from aver.errors import CacheError
 
             raise CacheError(f"{url}: a zipped cache is read-only: extract into a .zarr folder")
-        return zarr.open_group(zarr.storage.ZipStore(url, mode="r"), mode="r", zarr_format=3)
+        import zipfile
+
+        try:
+            return zarr.open_group(zarr.storage.ZipStore(url, mode="r"), mode="r", zarr_format=3)
+        except zipfile.BadZipFile as e:
+            from aver.errors import CacheError
+
+            raise CacheError(
+                f"{url}: not a readable zip file ({e}): the packed copy is truncated or damaged; copy it "
+                "again, or pack it anew (aver cache pack STORE DEST.zip)"
+            ) from None
     remote = "://" in str(url)  # storage options belong to URLs (a local path beside a URL ignores them)
     return zarr.open_group(
         url, mode=mode, storage_options=(storage_options or None) if remote else None, zarr_format=3
@@ -208,6 +218,8 @@ def open_root(url: str, mode: str, storage_options: dict | None = None):
 def has_array(g, name: str) -> bool:
     """Whether the store's group ``g`` holds array ``name`` (optional arrays may be absent)."""
     group, _, leaf = name.partition("/")
+    if not leaf:  # a root array (the xarray coordinates ``clip``, ``fold``, ``layer``)
+        return group in g
     return group in g and leaf in g[group]
 
 

@@ -5,9 +5,11 @@ read-modify-write of ``attrs.aver``). The driver of a run therefore holds a leas
 ``<store>.lease.json`` (a sibling of the store, so ``--overwrite`` never deletes it), refreshed
 every ``ttl_s / 4`` seconds. A second driver that finds a live lease (heartbeat younger than
 ``ttl_s``) is refused with the owner named; a lease whose heartbeat stopped (a killed run) is
-taken over (at once when its owner ran on this machine and its process is gone). Works on local paths and fsspec URLs: the owner is re-read after writing, so two
-drivers starting in the same instant on an object store still end with one owner (the
-last write wins and the other is refused).
+taken over (at once when its owner ran on this machine and its process is gone). The lease is
+keyed by the store's identity (``aver.identity``): a symlink, a relative path or a ``file://`` URL
+of a store finds the lease beside its real path. Works on local paths and fsspec URLs: the owner
+is re-read after writing, so two drivers starting in the same instant on an object store still end
+with one owner (the last write wins and the other is refused).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import uuid
 
 from aver.errors import UserError
+from aver.identity import is_local, local_path, store_identity
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,14 @@ def _dead_here(held: dict) -> bool:
 
 
 def lease_url(store: str) -> str:
-    return store.rstrip("/") + ".lease.json"
+    """The lease object of ``store``, keyed by the store, not by the spelling that reached it: a
+    local store's lease lies beside its real path (symlinks, ``..``, ``file://`` and trailing
+    slashes resolved), a URL's beside its normalised URL, so every path to one store finds one lease."""
+    if "::" in store:  # a chained URL: its storage options are keyed by each protocol
+        return store.rstrip("/") + ".lease.json"
+    if is_local(store):
+        return local_path(store) + ".lease.json"
+    return store_identity(store) + ".lease.json"
 
 
 class StoreLease:

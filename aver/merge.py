@@ -19,6 +19,7 @@ import numpy as np
 from aver import layout as L
 from aver.cache import FeatureCache
 from aver.errors import CacheMismatchError, UserError
+from aver.identity import refuse_overlap
 from aver.store import CacheWriter, diff_dicts
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,17 @@ def merge(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``dest`` with every clip committed in any of ``sources``; returns counts per source."""
+    """Write ``dest`` with every clip committed in any of ``sources``; returns counts per source.
+    A ``dest`` that is one of the sources (by any spelling), lies inside one or holds one is
+    refused before anything is opened (``aver.identity.SameStoreError``)."""
     from tqdm import tqdm
 
     if len(sources) < 2:
         raise UserError("aver cache merge needs at least two stores")
+    refuse_overlap("merge", sources, dest, storage_options, storage_options)
     caches = [FeatureCache(s, storage_options) for s in sources]
+    for cache in caches:  # a damaged table or clip would be copied under fresh digests
+        cache.require_intact()
     base = caches[0]
     for other in caches[1:]:
         why = differences(base, other)

@@ -20,6 +20,7 @@ only then marked complete. A packed store is read-only: ``aver extract`` refuses
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ import numpy as np
 from aver import layout as L
 from aver.cache import FeatureCache
 from aver.errors import CacheError, UserError
+from aver.identity import is_local, local_path, refuse_overlap
+from aver.info import storage_size
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +98,46 @@ def pack(
     """Write the packed copy of ``src`` at ``dest`` and verify it; returns a summary
     (``clips``, ``verified``, ``objects`` and ``bytes`` of both stores). A local ``dest`` ending in
     ``.zip`` (or ``zip_file``) is written as one uncompressed zip file (read-only, opened by aver
-    and by ``zarr.storage.ZipStore``): packed in a folder beside it, verified, then zipped."""
-    if zip_file or (zip_file is None and dest.endswith(".zip")):
-        return _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress)
-    from tqdm import tqdm
+    and by ``zarr.storage.ZipStore``): packed in a folder beside it, verified, then zipped.
 
-    from aver.info import storage_size
-
+    Not idempotent: an existing ``dest`` is replaced only with ``overwrite``. A ``dest`` that is
+    ``src`` (by any spelling), lies inside it or holds it is refused before anything is written. A
+    copy interrupted or failing verification stays marked incomplete, and the marker names the
+    rerun (``remedy``); a zip pack removes its temporary folder when it fails."""
+    refuse_overlap("pack", [src], dest, storage_options, dest_options)
     if shard_clips < 1:
         raise UserError(f"--shard-clips must be >= 1, not {shard_clips}")
-    cache = FeatureCache(src, storage_options)
+    rerun = _rerun(src, dest, shard_clips)
+    if zip_file or (zip_file is None and dest.endswith(".zip")):
+        return _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress, rerun)
     if L.store_exists(dest, dest_options) and not overwrite:
         raise UserError(f"{dest} exists: choose another destination or pass --overwrite")
+    return _pack_store(src, dest, shard_clips, storage_options, dest_options, progress, rerun)
+
+
+def _rerun(src: str, dest: str, shard_clips: int) -> str:
+    """The command that packs ``src`` into ``dest`` again, replacing what is there."""
+    import shlex
+
+    shards = "" if shard_clips == 64 else f" --shard-clips {shard_clips}"
+    return f"aver cache pack {shlex.quote(src)} {shlex.quote(dest)}{shards} --overwrite"
+
+
+def _incomplete(remedy: str) -> dict[str, Any]:
+    """The template marker of a copy not (or no longer) fit to read: ``FeatureCache`` refuses it,
+    and ``remedy`` says what to do (pack is not resumable: it is rerun with ``--overwrite``)."""
+    return {L.TEMPLATE_KEY: "incomplete", "layout_version": L.LAYOUT_VERSION, "remedy": remedy}
+
+
+def _pack_store(src, dest, shard_clips, storage_options, dest_options, progress, rerun) -> dict[str, Any]:
+    """``pack`` into a Zarr store at ``dest`` (a folder or URL), written under the incomplete
+    marker, which names ``rerun`` should the run be killed."""
+    from tqdm import tqdm
+
+    cache = FeatureCache(src, storage_options)
+    cache.require_intact()  # refuse before writing: a packed copy of a damaged store would not verify
     g = L.open_root(dest, "w", dest_options)
-    g.attrs[L.ATTRS_KEY] = {L.TEMPLATE_KEY: "incomplete", "layout_version": L.LAYOUT_VERSION}
+    g.attrs[L.ATTRS_KEY] = _incomplete(f"a pack into it was interrupted; rerun `{rerun}`")
     n = len(cache.ids)
     present = [name for name in L.ARRAYS if cache._has(name)]
     bar = tqdm(total=len(present), unit="array", disable=not progress, leave=False)
@@ -120,7 +149,7 @@ def pack(
     meta = dict(cache.meta)
     meta["packed"] = {"shard_clips": shard_clips, "source": src}
     g.attrs[L.ATTRS_KEY] = meta
-    verified, unverifiable = _finish(g, dest, dest_options, src, progress)
+    verified, unverifiable = _finish(g, dest, dest_options, src, progress, rerun)
     before, after = storage_size(src, storage_options), storage_size(dest, dest_options)
     return {
         "clips": n,
@@ -131,7 +160,7 @@ def pack(
     }
 
 
-def _finish(g, dest: str, dest_options: dict | None, src: str, progress: bool) -> tuple[int, int]:
+def _finish(g, dest: str, dest_options: dict | None, src: str, progress: bool, rerun: str) -> tuple[int, int]:
     """Consolidate the metadata and verify the copy; a copy that fails verification is marked
     incomplete again, so that no reader takes it. Returns (verified clips, clips without digests)."""
     import warnings
@@ -143,10 +172,10 @@ def _finish(g, dest: str, dest_options: dict | None, src: str, progress: bool) -
         zarr.consolidate_metadata(g.store)
     problems, verified, unverifiable = FeatureCache(dest, dest_options).verify(progress=progress)
     if problems:
-        L.open_root(dest, "r+", dest_options).attrs[L.ATTRS_KEY] = {
-            L.TEMPLATE_KEY: "incomplete",
-            "layout_version": L.LAYOUT_VERSION,
-        }
+        L.open_root(dest, "r+", dest_options).attrs[L.ATTRS_KEY] = _incomplete(
+            f"the packed copy did not verify, its source {src} is damaged (`aver cache verify {src}` "
+            f"names the clips); repair or re-extract the source, then rerun `{rerun}`"
+        )
         raise CacheError(
             f"{dest}: the packed copy does not verify: {problems[0]} (and {len(problems) - 1} more); "
             f"the source is damaged (aver cache verify {src}); {dest} is left marked incomplete"
@@ -154,44 +183,46 @@ def _finish(g, dest: str, dest_options: dict | None, src: str, progress: bool) -
     return verified, unverifiable
 
 
-def _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress) -> dict[str, Any]:
-    import os
+def _pack_zip(src, dest, shard_clips, storage_options, overwrite, progress, rerun) -> dict[str, Any]:
+    """``pack`` into one zip file: packed into ``<dest>.packing.zarr`` beside it, verified, zipped
+    into ``<dest>.partial`` and renamed. Both temporaries are removed when the pack fails (and at
+    the start of the next run, should it have been killed)."""
     import shutil
-    import zipfile
     from pathlib import Path
 
-    from aver.info import storage_size
-
-    if "://" in dest:
+    if "://" in dest and not is_local(dest):
         raise UserError(f"{dest}: a zipped copy is written to a local path (copy the file to share it)")
-    target = Path(dest)
+    target = Path(local_path(dest))
     if target.exists() and not overwrite:
         raise UserError(f"{dest} exists: choose another destination or pass --overwrite")
     folder = target.with_name(target.name + ".packing.zarr")
-    shutil.rmtree(folder, ignore_errors=True)
-    summary = pack(
-        src,
-        str(folder),
-        shard_clips=shard_clips,
-        storage_options=storage_options,
-        overwrite=True,
-        progress=progress,
-        zip_file=False,
-    )
     partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as z:  # chunks are compressed already
-        for root, _, files in os.walk(folder):
-            for name in sorted(files):
-                full = Path(root) / name
-                z.write(full, full.relative_to(folder).as_posix())
-    os.replace(partial, target)
-    shutil.rmtree(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed run left
+    try:
+        summary = _pack_store(src, str(folder), shard_clips, storage_options, None, progress, rerun)
+        _zip_folder(folder, partial)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.unlink(missing_ok=True)
     problems = FeatureCache(str(target)).verify()[0]
     if problems:
         raise CacheError(f"{dest}: the zipped copy does not verify: {problems[0]}")
     summary["objects"] = (summary["objects"][0], 1)
     summary["bytes"] = (summary["bytes"][0], storage_size(str(target))[1])
     return summary
+
+
+def _zip_folder(folder, zip_path) -> None:
+    """Every file under ``folder`` into an uncompressed zip (the chunks are compressed already)."""
+    import zipfile
+    from pathlib import Path
+
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as z:
+        for root, _, files in os.walk(folder):
+            for name in sorted(files):
+                full = Path(root) / name
+                z.write(full, full.relative_to(folder).as_posix())
 
 
 def _copy(src_arr, g, spec: L.ArraySpec, meta: dict[str, Any], n: int, shard_clips: int) -> None:

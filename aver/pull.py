@@ -17,6 +17,7 @@ import numpy as np
 from aver import layout as L
 from aver.cache import FeatureCache
 from aver.errors import CacheError, UserError
+from aver.identity import refuse_overlap
 
 # The arrays of each modality (the per-clip face track travels with the frames).
 MODALITY_ARRAYS = {
@@ -39,11 +40,13 @@ def pull(
     storage_options: dict | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Pull into ``dest``; returns ``{"clips", "pulled", "skipped"}``."""
+    """Pull into ``dest``; returns ``{"clips", "pulled", "skipped"}``. A ``dest`` that is the
+    source (by any spelling), lies inside it or holds it is refused before anything is opened."""
     from tqdm import tqdm
 
     from aver.store import CacheWriter
 
+    refuse_overlap("pull", [url], dest, storage_options)
     unknown = [m for m in modalities or [] if m not in MODALITY_ARRAYS]
     if unknown:
         raise UserError(f"--modality {unknown}: choose from {list(MODALITY_ARRAYS)}")
@@ -57,6 +60,7 @@ def pull(
         wanted = np.concatenate([src.split_indices(fold, s) for s in splits])
     else:
         wanted = np.flatnonzero(src.status == L.DONE)
+    src.require_intact(wanted)  # the table and the clips pulled: a damaged one is never copied
     record = {"source": url, "fold": fold, "splits": splits if fold else None, "modalities": modalities}
     if L.store_exists(dest) and not CacheWriter.needs_template(dest):
         have = (FeatureCache(dest).meta.get("pulled") or {}).get("source")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import collections
 import csv
-import html
 import io
 import math
 import re
@@ -31,6 +30,7 @@ import numpy as np
 
 from aver import layout as L
 from aver.cache import FeatureCache
+from aver.utils import for_csv, for_html
 
 JUMP_CENTRE = 0.25  # a frame step moving the box centre by more than this many box sides is a jump
 JUMP_SIZE = 0.25  # ... or changing the box side by more than this fraction
@@ -105,6 +105,8 @@ class QAResult:
     audio_basis: str = ""
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     flags: dict[int, list[str]] = field(default_factory=dict)
+    damage: list = field(default_factory=list)  # aver.integrity.Problem: unreadable or not as recorded
+    page: Path | None = None  # where ``report`` wrote the page
 
 
 # -- per-clip measures (numpy) -----------------------------------------------------------------
@@ -219,12 +221,13 @@ class CropSource:
     """Consecutive face-crop pairs of a clip: from the cached crops, else cut from the raw video
     (``data``) at the stored boxes; ``reason`` says why a clip has none."""
 
-    def __init__(self, cache: FeatureCache, data: str | Path | None) -> None:
+    def __init__(self, cache: FeatureCache, data: str | Path | None, damage: list | None = None) -> None:
         self.cache, self.data = cache, Path(data) if data else None
         self.has_crops = bool(cache.inputs.get("crops")) and int(cache.inputs.get("crop_size", 0)) > 0
         self.ready = cache.input_status() == L.DONE if self.has_crops else None
-        self.n_crops = cache.group[L.N_CROPS][:] if self.has_crops else None
-        self.videos = cache.array(L.VIDEO) if self.data else None
+        damage = [] if damage is None else damage
+        self.n_crops = read_column(cache, L.N_CROPS, damage) if self.has_crops else None
+        self.videos = read_column(cache, L.VIDEO, damage, "") if self.data else None
         # what is needed and not installed: cv2 for any flow (and to cut raw crops), av to decode raw video
         self.missing = _missing_modules(("cv2", "av") if self.data else ("cv2",))
         self.raw_ok = bool(self.data) and not self.missing
@@ -348,45 +351,95 @@ def flow_image(flow: np.ndarray, image_clip: float = 3.0) -> np.ndarray:
 
 
 # -- the measures over the cache --------------------------------------------------------------
+def read_column(cache: FeatureCache, name: str, damage: list, fill: Any = 0) -> np.ndarray:
+    """Array ``name`` of every clip; a chunk that cannot be decoded is not fatal: its clips read as
+    ``fill`` and each is listed in ``damage`` (``aver.integrity.Problem``)."""
+    from aver.integrity import Problem
+
+    arr = cache.group[name]
+    try:
+        return arr[:]
+    except Exception:  # noqa: BLE001 - any decoder error: find the clips, name them
+        out = np.full(arr.shape, fill, dtype=object if arr.dtype.kind in "OTU" else arr.dtype)
+        for i in range(arr.shape[0]):
+            try:
+                out[i] = arr[i]
+            except Exception as e:  # noqa: BLE001
+                damage.append(Problem(str(cache.ids[i]), name, f"cannot be read ({type(e).__name__}: {e})"))
+        return out
+
+
 def measure_cache(
     url: str,
     data: str | Path | None = None,
     storage_options: dict | None = None,
     flow_pairs: int = 16,
     progress: bool = False,
+    verify: bool = True,
 ) -> tuple[QAResult, FeatureCache, CropSource]:
-    """Every measure of every committed clip, reading one clip at a time."""
-    from tqdm import tqdm
-
+    """Every measure of every committed clip, reading one clip at a time. A clip whose arrays cannot
+    be read, or (with ``verify``) differ from their recorded digests, is listed in ``damage``."""
     cache = FeatureCache(url, storage_options)
-    n = len(cache)
+    n, damage = len(cache), list(getattr(cache, "damage", []))
     values = {m.key: np.full(n, np.nan) for m in MEASURES}
     n_frames = cache.lengths["frames"]
-    fps = cache.array(L.FPS).astype(np.float64)
+    fps = read_column(cache, L.FPS, damage, np.nan).astype(np.float64)
     done = np.flatnonzero(cache.status == L.DONE)
     values["video_s"][done] = n_frames[done] / np.maximum(fps[done], 1e-9)
     secs, basis = audio_seconds(cache)
     values["audio_s"][done] = secs[done]
     values["av_delta"][done] = secs[done] - values["video_s"][done]
     result = QAResult(url, cache.meta, cache.ids, cache.status, n_frames, values, audio_basis=basis)
-    source = CropSource(cache, data)
+    result.damage = damage
+    source = CropSource(cache, data, damage)
     result.flow_source = _flow_source_text(source)
-    g = cache.group
-    for i in tqdm(done, unit="clip", disable=not progress, leave=False):
-        t = int(n_frames[i])
-        for key, v in track_measures(
-            g[L.FACE_BOX][i, :t], g[L.FACE_MASK][i, :t], g[L.FACE_PROB][i, :t]
-        ).items():
-            values[key][i] = v
-        if "cv2" not in source.missing:
-            _clip_flow(result, source, int(i), t, flow_pairs)
+    _measure_clips(result, cache, source, done, flow_pairs, progress)
     failed = np.flatnonzero(cache.status == L.FAILED)
-    errors = cache.array(L.ERROR, failed) if len(failed) else []
-    result.errors = {int(i): str(e) for i, e in zip(failed, errors, strict=True)}
+    errors = read_column(cache, L.ERROR, damage, "") if len(failed) else []
+    result.errors = {int(i): str(errors[i]) for i in failed}
     notes = cache.notes()
     result.notes = {int(i): str(notes[i]) for i in done if notes[i]}
+    if verify:
+        result.damage += cache.verify(progress=progress)[0]
+    result.damage = _unique(result.damage)
     flag_outliers(result)
     return result, cache, source
+
+
+def _measure_clips(
+    result: QAResult, cache, source: CropSource, done, flow_pairs: int, progress: bool
+) -> None:
+    """The face-track and flow measures of each done clip; a clip whose face arrays cannot be read
+    is listed in ``result.damage`` and left unmeasured."""
+    from tqdm import tqdm
+
+    from aver.integrity import Problem
+
+    g = cache.group
+    for i in tqdm(done, unit="clip", disable=not progress, leave=False):
+        t = int(result.n_frames[i])
+        rows = {}
+        for name in (L.FACE_BOX, L.FACE_MASK, L.FACE_PROB):
+            try:
+                rows[name] = g[name][i, :t]
+            except Exception as e:  # noqa: BLE001 - an undecodable chunk: this clip is damaged
+                result.damage.append(
+                    Problem(str(cache.ids[i]), name, f"cannot be read ({type(e).__name__}: {e})")
+                )
+        if len(rows) < 3:
+            continue
+        for key, v in track_measures(rows[L.FACE_BOX], rows[L.FACE_MASK], rows[L.FACE_PROB]).items():
+            result.values[key][i] = v
+        if "cv2" not in source.missing:
+            _clip_flow(result, source, int(i), t, flow_pairs)
+
+
+def _unique(problems: list) -> list:
+    """One problem per clip and array (the first found), in clip order."""
+    seen: dict[tuple[str, str], Any] = {}
+    for p in problems:
+        seen.setdefault((p.clip, p.array), p)
+    return list(seen.values())
 
 
 def _flow_source_text(source: CropSource) -> str:
@@ -508,11 +561,6 @@ figcaption{word-break:break-all}.scroll{max-height:640px;overflow:auto}code{font
 """
 
 
-def esc(x: Any) -> str:
-    """HTML-escaped text (quotes included): every string from a cache goes through this."""
-    return html.escape(str(x), quote=True)
-
-
 class Page:
     """Collects HTML parts and the PNGs embedded in them (written beside the page too)."""
 
@@ -527,7 +575,7 @@ class Page:
     def img(self, name: str, png: bytes, alt: str) -> str:
         self.images[name] = png
         data = base64.b64encode(png).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}" title="{esc(alt)}">'
+        return f'<img src="data:image/png;base64,{data}" alt="{for_html(alt)}" title="{for_html(alt)}">'
 
 
 def _header(page: Page, r: QAResult) -> None:
@@ -536,11 +584,11 @@ def _header(page: Page, r: QAResult) -> None:
     flow_cfg = (m.get("config") or {}).get("flow") or {}
     flow_model = ((m.get("models") or {}).get("flow") or {}) if isinstance(m.get("models"), dict) else {}
     page.add(
-        f"<h1>Cache quality report: {esc(m.get('dataset'))}</h1>",
-        f'<p class="meta">store <code>{esc(r.url)}</code> · preset {esc(m.get("preset"))}{tiny} · config '
-        f"{esc(m.get('config_hash'))} · layout v{esc(m.get('layout_version'))} · {esc(m.get('code_version', ''))}"
-        f"<br>cached flow features: {esc(flow_model.get('backend') or flow_model.get('model') or '-')}, "
-        f"window/stride {esc(flow_cfg.get('window', 1))}/{esc(flow_cfg.get('stride', 1))} (the cache keeps "
+        f"<h1>Cache quality report: {for_html(m.get('dataset'))}</h1>",
+        f'<p class="meta">store <code>{for_html(r.url)}</code> · preset {for_html(m.get("preset"))}{tiny} · config '
+        f"{for_html(m.get('config_hash'))} · layout v{for_html(m.get('layout_version'))} · {for_html(m.get('code_version', ''))}"
+        f"<br>cached flow features: {for_html(flow_model.get('backend') or flow_model.get('model') or '-')}, "
+        f"window/stride {for_html(flow_cfg.get('window', 1))}/{for_html(flow_cfg.get('stride', 1))} (the cache keeps "
         "no flow fields: the flow measures below are recomputed with OpenCV DIS)</p>",
     )
 
@@ -553,7 +601,8 @@ def _counts(page: Page, r: QAResult) -> None:
         f"<span>total <b id='n-total'>{total}</b></span>",
         f"<span class='done'>done <b id='n-done'>{c[L.DONE]}</b></span>",
         f"<span class='failed'>failed <b id='n-failed'>{c[L.FAILED]}</b></span>",
-        f"<span class='pending'>pending <b id='n-pending'>{c[L.PENDING]}</b></span></p>",
+        f"<span class='pending'>pending <b id='n-pending'>{c[L.PENDING]}</b></span>",
+        f"<span class='failed'>damaged <b id='n-damaged'>{len({p.clip for p in r.damage})}</b></span></p>",
     )
     if c[L.PENDING]:
         page.add(
@@ -578,18 +627,41 @@ def _failures(page: Page, r: QAResult) -> None:
     page.add(f"<h2>Failures ({len(r.errors)}), by cause</h2><table><tr><th>clips</th><th class=t>cause</th>")
     page.add("<th class=t>clips (error as recorded)</th></tr>")
     for cause, clips in failure_groups(r.errors):
-        items = "<br>".join(f"{esc(r.ids[i])}: {esc(r.errors[i])}" for i in clips[:50])
+        items = "<br>".join(f"{for_html(r.ids[i])}: {for_html(r.errors[i])}" for i in clips[:50])
         more = f"<br>… and {len(clips) - 50} more" if len(clips) > 50 else ""
         page.add(
-            f"<tr><td>{len(clips)}</td><td class='t failure'>{esc(cause)}</td><td class=t>{items}{more}</td></tr>"
+            f"<tr><td>{len(clips)}</td><td class='t failure'>{for_html(cause)}</td><td class=t>{items}{more}</td></tr>"
         )
     page.add("</table>")
+
+
+def _damage(page: Page, r: QAResult) -> None:
+    """Clips whose arrays cannot be read or differ from their digests: not to be trusted."""
+    if not r.damage:
+        return
+    clips = len({p.clip for p in r.damage})
+    page.add(
+        f"<h2 id='damaged'>Damaged ({clips} clip{'' if clips == 1 else 's'})</h2><p class='note'>These arrays "
+        "cannot be read, or differ from the digests recorded when the clips were committed (a corrupted, "
+        "truncated, deleted or swapped chunk): the measures of these clips are not to be trusted. Copy the "
+        "store again, or re-extract them; <code>aver cache verify</code> lists the same.</p>",
+        "<table><tr><th class=t>clip</th><th class=t>array</th><th class=t>what</th></tr>",
+        *(
+            f"<tr><td class=t>{for_html(p.clip)}</td><td class=t>{for_html(p.array)}</td>"
+            f"<td class='t bad'>{for_html(p.what)}</td></tr>"
+            for p in r.damage[:500]
+        ),
+        "</table>",
+    )
 
 
 def _notes(page: Page, r: QAResult) -> None:
     if r.notes:
         page.add(f"<h2>Notes ({len(r.notes)} done clips were cut or kept despite lost frames)</h2><ul>")
-        page.add(*(f"<li>{esc(r.ids[i])}: {esc(n)}</li>" for i, n in list(r.notes.items())[:200]), "</ul>")
+        page.add(
+            *(f"<li>{for_html(r.ids[i])}: {for_html(n)}</li>" for i, n in list(r.notes.items())[:200]),
+            "</ul>",
+        )
 
 
 def _availability(page: Page, r: QAResult) -> None:
@@ -598,17 +670,17 @@ def _availability(page: Page, r: QAResult) -> None:
     page.add(
         "<h2>Measures</h2><ul>",
         f"<li>face track (detection, interpolation, jumps): from frames/face_mask, face_prob, face_box "
-        f"of the {done} done clips. A jump is {esc(BY_KEY['jumps'].help)}.</li>",
-        f"<li>audio duration: {esc(r.audio_basis)}; video duration: n_frames / fps.</li>",
+        f"of the {done} done clips. A jump is {for_html(BY_KEY['jumps'].help)}.</li>",
+        f"<li>audio duration: {for_html(r.audio_basis)}; video duration: n_frames / fps.</li>",
         f"<li id='flow-source'>flow magnitude (OpenCV DIS, medium, between consecutive face crops; % of "
-        f"the crop side per frame): source {esc(r.flow_source)}. Measured for {flowed} of {done} done clips.</li>",
+        f"the crop side per frame): source {for_html(r.flow_source)}. Measured for {flowed} of {done} done clips.</li>",
         "</ul>",
     )
     if flowed < done:
         why = collections.Counter(r.flow_problems.values())
-        reasons = "; ".join(f"{esc(k)} ({v} clips)" for k, v in why.most_common(5))
+        reasons = "; ".join(f"{for_html(k)} ({v} clips)" for k, v in why.most_common(5))
         if r.flow_source.startswith(("unavailable", "none")):
-            reasons = esc(r.flow_source)
+            reasons = for_html(r.flow_source)
         page.add(
             f"<p class='note' id='flow-unavailable'>Flow unavailable for {done - flowed} clips: {reasons}</p>"
         )
@@ -626,7 +698,7 @@ def _rule(page: Page, r: QAResult) -> None:
             else {"low": f"< {m.limit:g}", "high": f"> {m.limit:g}", "both": f"|x| > {m.limit:g}"}[m.bad]
         )
         rows.append(
-            f"<tr><td class=t>{esc(m.label)}</td><td class=t>{esc(m.help)}</td><td class=t>{m.bad}</td>"
+            f"<tr><td class=t>{for_html(m.label)}</td><td class=t>{for_html(m.help)}</td><td class=t>{m.bad}</td>"
             f"<td>{fixed}</td><td>{_num(lo)}</td><td>{_num(hi)}</td></tr>"
         )
     page.add(
@@ -652,14 +724,16 @@ def _outliers(page: Page, r: QAResult) -> None:
         return
     page.add("<table id='outliers'><tr><th class=t>clip</th><th class=t>flagged on</th></tr>")
     for i in sorted(r.flags)[:500]:
-        page.add(f"<tr><td class=t>{esc(r.ids[i])}</td><td class=t>{esc(', '.join(r.flags[i]))}</td></tr>")
+        page.add(
+            f"<tr><td class=t>{for_html(r.ids[i])}</td><td class=t>{for_html(', '.join(r.flags[i]))}</td></tr>"
+        )
     page.add("</table>")
     if len(r.flags) > 500:
         page.add(f"<p class=note>First 500 of {len(r.flags)} flagged clips; the CSV lists every flag.</p>")
 
 
 def _table(page: Page, r: QAResult) -> None:
-    heads = "".join(f"<th title='{esc(m.help)}'>{esc(m.label)}</th>" for m in MEASURES)
+    heads = "".join(f"<th title='{for_html(m.help)}'>{for_html(m.label)}</th>" for m in MEASURES)
     page.add(
         "<h2>Per clip</h2><div class=scroll><table id='clips'><tr><th>#</th><th class=t>clip</th>"
         f"<th class=t>status</th><th>frames</th>{heads}</tr>"
@@ -673,7 +747,7 @@ def _table(page: Page, r: QAResult) -> None:
             cells.append(f"<td class='{m.key}{bad}' data-k='{m.key}'>{_num(x, m.fmt)}</td>")
         st = L.STATUS_NAMES.get(int(r.status[i]), "?")
         page.add(
-            f"<tr id='clip-{i}'><td>{i}</td><td class=t>{esc(r.ids[i])}</td><td class='t {st}'>{st}</td>"
+            f"<tr id='clip-{i}'><td>{i}</td><td class=t>{for_html(r.ids[i])}</td><td class='t {st}'>{st}</td>"
             f"<td data-k='n_frames'>{int(r.n_frames[i])}</td>{''.join(cells)}</tr>"
         )
     page.add("</table></div>")
@@ -685,16 +759,18 @@ def _thumbnails(page: Page, r: QAResult, source: CropSource, sample: int, worst:
     """Face / flow thumbnails of a sample of done clips and of the worst clips by each measure."""
     page.add("<h2>Thumbnails</h2>")
     if not source.has_crops and not source.data:
-        page.add(f"<p class='note' id='thumbs-omitted'>Thumbnails omitted: {esc(source.describe())}.</p>")
+        page.add(
+            f"<p class='note' id='thumbs-omitted'>Thumbnails omitted: {for_html(source.describe())}.</p>"
+        )
         return
     if source.missing and not source.has_crops:
-        page.add(f"<p class='note' id='thumbs-omitted'>Thumbnails omitted: {esc(r.flow_source)}.</p>")
+        page.add(f"<p class='note' id='thumbs-omitted'>Thumbnails omitted: {for_html(r.flow_source)}.</p>")
         return
     flow_note = "" if "cv2" not in source.missing else " (no flow images: OpenCV is not installed)"
     page.add(
         f"<p>Each tile: the middle face crop of the clip and, right of it, the colour-wheel flow image to the "
         f"next crop (hue = direction, red = rightwards; brightness = magnitude / 3σ){flow_note}. Crops from "
-        f"{esc(source.describe())}.</p>"
+        f"{for_html(source.describe())}.</p>"
     )
     tiles: dict[int, tuple[bytes | None, str]] = {}
     done = np.flatnonzero(r.status == L.DONE)
@@ -708,15 +784,15 @@ def _thumbnails(page: Page, r: QAResult, source: CropSource, sample: int, worst:
 
 
 def _grid(page: Page, r: QAResult, source: CropSource, tiles: dict, title: str, clips: list[int], m) -> None:
-    page.add(f"<h3>{esc(title)}</h3><div class=grid>")
+    page.add(f"<h3>{for_html(title)}</h3><div class=grid>")
     for i in clips:
         if i not in tiles:
             tiles[i] = clip_tile(r, source, i)
         png, why = tiles[i]
-        img = page.img(f"thumb_{i}.png", png, str(r.ids[i])) if png else f"<p class=note>{esc(why)}</p>"
-        value = f" · {esc(m.label)} {_num(r.values[m.key][i], m.fmt)}" if m else ""
+        img = page.img(f"thumb_{i}.png", png, str(r.ids[i])) if png else f"<p class=note>{for_html(why)}</p>"
+        value = f" · {for_html(m.label)} {_num(r.values[m.key][i], m.fmt)}" if m else ""
         flag = " class=bad" if i in r.flags else ""
-        page.add(f"<figure>{img}<figcaption{flag}>{esc(r.ids[i])}{value}</figcaption></figure>")
+        page.add(f"<figure>{img}<figcaption{flag}>{for_html(r.ids[i])}{value}</figcaption></figure>")
     page.add("</div>")
 
 
@@ -730,7 +806,8 @@ def write_csv(path: Path, r: QAResult) -> None:
                 "" if not np.isfinite(r.values[m.key][i]) else f"{r.values[m.key][i]:.6g}" for m in MEASURES
             ]
             status = L.STATUS_NAMES.get(int(r.status[i]), "?")
-            w.writerow([str(r.ids[i]), status, int(r.n_frames[i]), *vals, "; ".join(r.flags.get(i, []))])
+            flags = for_csv("; ".join(r.flags.get(i, [])))
+            w.writerow([for_csv(r.ids[i]), status, int(r.n_frames[i]), *vals, flags])
 
 
 def render(r: QAResult, source: CropSource, files_dir: Path, sample: int = 12, worst: int = 4) -> Page:
@@ -738,6 +815,7 @@ def render(r: QAResult, source: CropSource, files_dir: Path, sample: int = 12, w
     page = Page(files_dir)
     _header(page, r)
     _counts(page, r)
+    _damage(page, r)
     _failures(page, r)
     _notes(page, r)
     _availability(page, r)
@@ -748,7 +826,9 @@ def render(r: QAResult, source: CropSource, files_dir: Path, sample: int = 12, w
     page.add(page.img("histograms.png", hist, "histograms of the measures") if hist else "")
     same = [m for m in MEASURES if _spread(r.values[m.key]) == 0]
     if same:
-        values = ", ".join(f"{esc(m.label)} {_num(float(np.nanmax(r.values[m.key])), m.fmt)}" for m in same)
+        values = ", ".join(
+            f"{for_html(m.label)} {_num(float(np.nanmax(r.values[m.key])), m.fmt)}" for m in same
+        )
         page.add(f"<p id='constant'>The same in every measured clip: {values}.</p>")
     if not hist and not same:
         page.add("<p>No measured clip.</p>")
@@ -766,22 +846,56 @@ def write_report(
     flow_pairs: int = 16,
     worst: int = 4,
     progress: bool = False,
+    verify: bool = True,
 ) -> Path:
     """Measure the cache at ``url`` and write the page to ``out`` (default ``<dataset>-qa.html``),
-    its PNGs and the per-clip CSV to ``<out stem>_files/``. Returns the page's path."""
-    result, _cache, source = measure_cache(url, data, storage_options, flow_pairs, progress)
-    out = Path(out or f"{result.meta.get('dataset') or 'cache'}-qa.html")
+    its PNGs and the per-clip CSV to ``<out stem>_files/``. Returns the page's path (``report``
+    also returns the damaged clips)."""
+    return report(url, out, data, sample, storage_options, flow_pairs, worst, progress, verify).page
+
+
+def report(
+    url: str,
+    out: str | Path | None = None,
+    data: str | Path | None = None,
+    sample: int = 12,
+    storage_options: dict | None = None,
+    flow_pairs: int = 16,
+    worst: int = 4,
+    progress: bool = False,
+    verify: bool = True,
+) -> QAResult:
+    """``write_report``, returning the ``QAResult``: ``page`` is the page's path, ``damage`` the
+    clips and arrays that cannot be read or differ from their digests (with ``verify``)."""
+    if out is not None:
+        check_page_path(out)
+    result, _cache, source = measure_cache(url, data, storage_options, flow_pairs, progress, verify)
+    dataset = str(result.meta.get("dataset") or "cache")
+    out = Path(out or f"{re.sub(r'[^A-Za-z0-9._-]+', '_', dataset).strip('.') or 'cache'}-qa.html")
     files_dir = out.with_name(out.stem + "_files")
     page = render(result, source, files_dir, sample, worst)
     files_dir.mkdir(parents=True, exist_ok=True)
     for name, png in page.images.items():
         (files_dir / name).write_bytes(png)
     write_csv(files_dir / "clips.csv", result)
-    title = esc(f"aver qa: {result.meta.get('dataset')}")
+    title = for_html(f"aver qa: {dataset}")
     body = "\n".join(page.parts)
     out.write_text(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n",
         encoding="utf-8",
     )
-    return out
+    result.page = out
+    return result
+
+
+def check_page_path(out: str | Path) -> None:
+    """Refuse, before measuring, a page path that is a folder or whose folder cannot be written."""
+    from aver.errors import UserError
+    from aver.utils import check_out_dir
+
+    if Path(out).is_dir():
+        raise UserError(
+            f"--out {out}: is a folder; give the HTML page to write, e.g. {Path(out) / 'qa.html'}"
+        )
+    check_out_dir(Path(out).parent, f"--out {out}: its folder")

@@ -20,6 +20,7 @@ import numpy as np
 
 from aver import layout as L
 from aver.errors import CacheError, CacheMismatchError
+from aver.integrity import TABLE_DIGEST
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,15 @@ def _write_template(
     write_coordinates(g, table.ids, sizes["K"], layers or list(range(int(dims["audio_layers"]))))
 
 
+def _table_digests(g) -> dict[str, str]:
+    """``attrs.aver.table_digest`` of a freshly written template: the clip table and coordinates as
+    stored (``aver.integrity.table_digests``)."""
+    from aver.integrity import COORDINATES, TABLE_ARRAYS, table_digests
+
+    names = [n for n in (*TABLE_ARRAYS, *COORDINATES) if L.has_array(g, n)]
+    return table_digests({n: g[n][:] for n in names})
+
+
 def write_coordinates(g, ids: list[str], n_folds: int, layers: list[int]) -> None:
     """Root coordinates ``clip`` (ids), ``fold`` (1..K) and ``layer`` (stored hidden-state indices),
     which every group inherits in ``xarray.open_datatree``; readers of the layout ignore them."""
@@ -171,14 +181,19 @@ def write_coordinates(g, ids: list[str], n_folds: int, layers: list[int]) -> Non
     )
 
 
-def _digests(data: dict, t: int, p: int, a: int, r: ClipResult, notes: bool) -> str:
-    """``clips/digest`` of a clip about to be committed (``aver.integrity``)."""
-    from aver.integrity import TIME_ARRAYS, clip_digests
+def _digests(g, i: int, data: dict, t: int, p: int, a: int, r: ClipResult, notes: bool) -> str:
+    """``clips/digest`` of clip ``i`` about to be committed (``aver.integrity``): its arrays and its
+    row of the clip table as stored."""
+    from aver.integrity import TABLE_ARRAYS, TIME_ARRAYS, clip_digests, row_digests
 
     lengths = {L.N_FRAMES: t, L.N_FLOW: p, L.N_AUDIO: a}
     rows: dict[str, Any] = {name: data[name][0][: lengths[n]] for name, n in TIME_ARRAYS.items()}
     rows.update({L.N_FRAMES: t, L.N_FLOW: p, L.N_AUDIO: a, L.FPS: r.fps})
-    return clip_digests(rows, r.note if notes else None)
+    table = {}
+    for name in TABLE_ARRAYS:
+        if L.has_array(g, name):  # the row only, not the whole array (folds: the clip's column)
+            table[name] = g[name][:, i : i + 1] if name == L.FOLD_SPLIT else g[name][i : i + 1]
+    return clip_digests(rows, r.note if notes else None, row_digests(table, 0))
 
 
 def _column_change(g, name: str, want: np.ndarray | None) -> str:
@@ -250,6 +265,7 @@ class CacheWriter:
             created=_now(),
             runs=[],
         )
+        meta[TABLE_DIGEST] = _table_digests(g)
         g.attrs[L.ATTRS_KEY] = meta
         writer._g = g
         return writer
@@ -368,7 +384,7 @@ class CacheWriter:
         if self._has(L.NOTE):
             g[L.NOTE][i] = r.note
         if self._has(L.DIGEST):  # before the status: a committed clip always has its digests
-            g[L.DIGEST][i] = _digests(data, t, p, a, r, self._has(L.NOTE))
+            g[L.DIGEST][i] = _digests(g, i, data, t, p, a, r, self._has(L.NOTE))
         if r.inputs is not None and self._has(L.INPUT_STATUS):
             self.write_inputs(i, r.inputs)
         g[L.STATUS][i] = L.DONE
@@ -427,9 +443,12 @@ class CacheWriter:
         for name in L.CLIP_SCALARS:
             g[name][i] = 0
         g[L.ERROR][i] = cause
-        for name in (L.NOTE, L.DIGEST):
-            if self._has(name):
-                g[name][i] = ""
+        if self._has(L.NOTE):
+            g[L.NOTE][i] = ""
+        if self._has(L.DIGEST):  # a failed clip's record holds its error text (aver.integrity)
+            from aver.integrity import failure_digests
+
+            g[L.DIGEST][i] = failure_digests(cause)
         if self._has(L.INPUT_STATUS):
             self.write_inputs_failure(i)
         g[L.STATUS][i] = L.FAILED

@@ -176,3 +176,36 @@ def add_toy_inputs(
         wave = np.round(np.clip(tone, -1, 1) * 32767).astype(np.int16)
         w.write_inputs(i, ClipInputs(crops.astype(np.uint8), np.arange(crop_frames), wave))
     return url
+
+
+def reseal(url: str) -> str:
+    """Record the digests of a store's clip table as it is now (``attrs.aver.table_digest`` and each
+    committed clip's ``table:*`` entries): for tests that build a store by editing another one's
+    table on purpose. Anything else that changes a table is damage, which readers refuse."""
+    import json
+
+    from aver import layout as L
+    from aver.integrity import (
+        COORDINATES,
+        TABLE_ARRAYS,
+        TABLE_DIGEST,
+        TABLE_KEY,
+        parse,
+        row_digests,
+        table_digests,
+    )
+
+    g = L.open_root(url, "r+")
+    names = [n for n in (*TABLE_ARRAYS, *COORDINATES) if L.has_array(g, n)]
+    columns = {n: g[n][:] for n in names}
+    meta = dict(g.attrs[L.ATTRS_KEY])
+    meta[TABLE_DIGEST] = table_digests(columns)
+    g.attrs[L.ATTRS_KEY] = meta
+    if L.has_array(g, L.DIGEST):
+        records = g[L.DIGEST][:]
+        for i, text in enumerate(records):
+            rec = parse(text)
+            if rec and not set(rec) <= {L.ERROR}:
+                rec = {k: v for k, v in rec.items() if not k.startswith(TABLE_KEY)} | row_digests(columns, i)
+                g[L.DIGEST][i] = json.dumps(rec, sort_keys=True, separators=(",", ":"))
+    return url

@@ -1,4 +1,5 @@
-"""Small helpers both stages share, written once: hashing, atomic writes, autocast, local state.
+"""Small helpers both stages share, written once: hashing, atomic writes, autocast, local state, and
+the text sanitisers (`for_terminal`, `for_csv`, `for_markdown`, `for_html`, `for_plot`).
 
 Nothing heavy at import time (torch is imported inside ``autocast``).
 """
@@ -83,6 +84,56 @@ def check_device(device: str) -> str:
     raise ConfigError(f"device must be cpu, cuda or cuda:N, not {device!r}")
 
 
+def require_device(device: str, flag: str = "--device") -> str:
+    """``check_device``, and the GPU it names must be there: ``cuda`` on a machine where torch sees
+    no CUDA device (no GPU, no driver, a CPU-only torch build), or ``cuda:N`` past the last GPU, is a
+    ``ConfigError`` naming ``flag`` before any work starts (instead of a traceback from inside torch)."""
+    from aver.errors import ConfigError
+
+    check_device(device)
+    if not str(device).startswith("cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"{flag} {device}: torch {torch.__version__} ({build}) sees no CUDA GPU on this machine "
+            "(no GPU, or no NVIDIA driver): use --device cpu, or run where a GPU is"
+        )
+    n, index = torch.cuda.device_count(), str(device).partition(":")[2]
+    if index and int(index) >= n:
+        raise ConfigError(f"{flag} {device}: this machine has {n} CUDA GPU(s): cuda:0 to cuda:{n - 1}")
+    return device
+
+
+def check_out_dir(path: str | os.PathLike[str], flag: str) -> str:
+    """Refuse, before any work, a folder ``path`` (given by ``flag``) that cannot be made or written:
+    an existing file, a file where a parent folder should be, or a place the OS will not let us
+    write (checked by making and removing a temporary folder in the nearest existing parent, which
+    holds for root too). Creates nothing; a URL (``s3://...``) is left to its storage."""
+    import tempfile
+
+    from aver.errors import ConfigError
+
+    if "://" in str(path):
+        return str(path)
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a file, not a folder: give a folder path (it is created)")
+    parent = next((a for a in (p, *p.parents) if a.exists() or a.is_symlink()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {p}: {parent} is a file, so no folder can be made under it")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aver-probe-", dir=parent))
+    except OSError as e:
+        raise ConfigError(
+            f"{flag} {p}: cannot write in {parent} ({e.strerror or type(e).__name__}): choose a folder "
+            "you can write to"
+        ) from None
+    return str(path)
+
+
 def save_safetensors(
     tensors: dict[str, Any], path: str | os.PathLike[str], metadata: dict | None = None
 ) -> Path:
@@ -98,17 +149,51 @@ def save_safetensors(
     return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=meta))
 
 
-def printable(value: Any) -> str:
-    """``value`` as text safe for a terminal: control characters (escape sequences, newlines, tabs,
-    bidi overrides) are shown as ``\\x1b``-style escapes instead of acting on the terminal."""
+# -- text from files and ids, made safe for where it is written ------------------------------
+# Clip ids, file names, class names, errors and notes come from data folders and caches: any of
+# them may hold terminal escape sequences (ESC [2J clears the screen, ESC ]8;; makes a hyperlink),
+# newlines that forge extra lines, or bidi overrides that reorder what is shown. Every writer
+# passes such text through one of these functions, chosen by where the text goes.
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet evaluates a cell starting so
+
+
+def for_terminal(value: Any) -> str:
+    """``value`` as one line of inert text: every character that is not printable (C0 and C1
+    controls, DEL, ESC / OSC sequences, newlines, tabs, bidi overrides U+202A-202E and isolates
+    U+2066-2069, other format characters) is shown as its ``\\x1b`` / ``\\u202e``-style escape."""
     text = str(value)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def csv_text(value: Any) -> str:
-    """A text cell safe for spreadsheets: a leading ``= + - @`` (or tab / CR) would make Excel,
-    LibreOffice and Sheets evaluate the cell as a formula, so such cells get a leading quote."""
+def for_csv(value: Any) -> str:
+    """A text cell for a CSV read by people and spreadsheets: ``for_terminal``, and a leading
+    ``= + - @`` (or tab / CR) gets a leading quote, so Excel, LibreOffice and Sheets show the cell
+    instead of evaluating it as a formula (``=HYPERLINK(...)``, ``+cmd|...``, ``@SUM(...)``)."""
     text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return ("'" if text.startswith(_FORMULA) else "") + for_terminal(text)
+
+
+def for_markdown(value: Any) -> str:
+    """Text for a Markdown table cell or line: ``for_terminal``, ``|`` escaped as ``\\|`` (it would
+    end the cell) and ``<`` / ``>`` as entities (Markdown renderers pass raw HTML through)."""
+    return for_terminal(value).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def for_html(value: Any) -> str:
+    """Text for an HTML page (element or quoted attribute): ``for_terminal``, then HTML-escaped."""
+    import html
+
+    return html.escape(for_terminal(value), quote=True)
+
+
+def for_plot(value: Any) -> str:
+    """Text for a matplotlib label or title: ``for_terminal`` with ``$`` escaped (mathtext would
+    parse ``$...$`` and fail on a malformed expression)."""
+    return for_terminal(value).replace("$", r"\$")
+
+
+def echo(line: Any) -> None:
+    """Print ``line`` to stdout as one line (``for_terminal``): the way the command line prints."""
+    print(for_terminal(line))

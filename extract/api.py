@@ -8,6 +8,7 @@ from typing import Any
 
 from aver.errors import require_modules
 from aver.layout import store_url
+from aver.utils import check_out_dir, require_device
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ def extract_dataset(
         from aver.folds import PROTOCOLS
 
         PROTOCOLS.check(protocol)
+    url = store or store_url(cache, dataset)
+    require_device(cfg.runtime.device, "--device (runtime.device)")
+    check_out_dir(url, "--store" if store else "--cache")
     opts = DatasetOptions(
         data, labels, folds, tuple(targets), options=dict(dataset_options or {}), protocol=protocol
     )
     index = load_dataset(dataset, opts)
-    url = store or store_url(cache, dataset)
     _announce(index, cfg, url)
     run = {"overwrite": overwrite, "retry_failed": retry_failed, "limit": limit, "executor": executor}
     summary = run_extraction(cfg, index, url, storage_options=storage_options, progress=progress, **run)

@@ -49,14 +49,21 @@ class Summary:
     failures: dict[str, str] = field(default_factory=dict)
     store: str = ""  # the store's path or URL
     inputs_filled: int = 0  # committed clips given their end-to-end inputs (inputs/*) by this run
+    notes: dict[str, str] = field(default_factory=dict)  # clip id -> what was cut or kept (clips/note)
 
     def merge(self, other: Summary) -> None:
         self.done += other.done
         self.failed += other.failed
         self.frames += other.frames
         self.failures.update(other.failures)
+        self.notes.update(other.notes)
 
-    def report(self) -> str:
+    def report(self, shown: int = 10) -> str:
+        """What the run did, for a terminal: every failure, and the clips committed with a note
+        (cut to the store's capacity, or kept although frames were lost), the first ``shown`` of
+        them. Ids and causes come from the data: their control characters are shown escaped."""
+        from aver.utils import for_terminal
+
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"clips: {self.total} | done now: {self.done} | skipped (already done): {self.skipped} | "
@@ -65,7 +72,16 @@ class Summary:
         if self.inputs_filled:
             lines.append(f"end-to-end inputs added to {self.inputs_filled} clips extracted before")
         for cid, cause in sorted(self.failures.items()):
-            lines.append(f"  FAILED {cid}: {cause}")
+            lines.append(f"  FAILED {for_terminal(cid)}: {for_terminal(cause)}")
+        if self.notes:
+            lines.append(
+                f"{len(self.notes)} clips done with a note (cut, or kept despite lost frames; in clips/note, "
+                "`aver info` lists them):"
+            )
+            for cid, note in sorted(self.notes.items())[:shown]:
+                lines.append(f"  NOTE {for_terminal(cid)}: {for_terminal(note)}")
+            if len(self.notes) > shown:
+                lines.append(f"  ... and {len(self.notes) - shown} more")
         return "\n".join(lines)
 
 
@@ -190,6 +206,8 @@ def _extract_indices(indices, index, cfg, writer, cap, models, progress) -> Summ
                 writer.write_clip(p.index, outcome)
                 summary.done += 1
                 summary.frames += p.n_frames
+                if outcome.note:
+                    summary.notes[cid] = outcome.note
         bar.update(len(group))
         bar.set_postfix(
             frames_s=f"{summary.frames / max(time.perf_counter() - t0, 1e-9):.1f}", failed=summary.failed

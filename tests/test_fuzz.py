@@ -148,3 +148,151 @@ def test_crafted_clip_tables(tmp_path, seed):
         return
     assert index.clips and np.isfinite(np.array([c.targets for c in index.clips], dtype=float)).all()
     assert len({c.clip_id for c in index.clips}) == len(index.clips)
+
+
+# -- hostile text from ids, file names and class names, through every command that prints or writes --
+# Each reaches a terminal, a CSV, a Markdown or an HTML page only through aver.utils' sanitisers.
+HOSTILE = [
+    "\x1b]8;;https:evil.example\x07click\x1b]8;;\x07",  # OSC 8 hyperlink (no '/': also a file name)
+    "\x1b[2J\x1b[H",  # clear the screen
+    '=HYPERLINK("https:evil","x")',
+    "+cmd|' -C calc'!A0",
+    "@SUM(1+1)",
+    "a|b",
+    "new\nline",
+    "\u202eevil\u202c\u2066iso\u2069",  # bidi override and isolate
+    "$\\foo{$",
+]
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_one_set_of_sanitisers():
+    """``aver.utils`` is where text is made inert; no other module escapes on its own."""
+    from aver.utils import for_csv, for_html, for_markdown, for_plot, for_terminal
+
+    assert for_terminal("a\x1b[2Jb\n\u202e\x9b\x7f\u2066") == "a\\x1b[2Jb\\n\\u202e\\x9b\\x7f\\u2066"
+    assert for_terminal("Émotion – ok") == "Émotion – ok"
+    for cell in ('=HYPERLINK("x")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3"):
+        assert for_csv(cell) == "'" + cell
+    assert for_csv("\tx") == "'\\tx" and for_csv("\r=1") == "'\\r=1" and for_csv("a=b") == "a=b"
+    assert for_markdown("a|b<i>\n") == "a\\|b&lt;i&gt;\\n"
+    assert for_html('<a href="x">\x1b') == "&lt;a href=&quot;x&quot;&gt;\\x1b"
+    assert for_plot("$x$") == "\\$x\\$"
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("aver", "extract", "train"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            if path != root / "aver" / "utils.py":
+                assert "html.escape(" not in text and "unicode_escape" not in text, path
+
+
+def assert_inert(text: str, where: str, allow: str = "\n") -> None:
+    """No control character (C0 but ``allow``, DEL, C1) and no bidi control in ``text``."""
+    bad = [c for c in text if (ord(c) < 32 and c not in allow) or 0x7F <= ord(c) <= 0x9F]
+    bad += [c for c in text if c in BIDI]
+    assert not bad, (where, sorted(set(bad)), text[:2000])
+
+
+def assert_csv_inert(path: Path) -> None:
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    width = len(rows[0])
+    for row in rows:
+        assert len(row) == width, (path, row)
+        for cell in row:
+            assert_inert(cell, str(path), allow="")
+            try:
+                float(cell)  # a number (a negative value starts with '-') is data, not a formula
+            except ValueError:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (path, cell)
+
+
+def assert_markdown_inert(path: Path) -> None:
+    import re
+
+    text = path.read_text()
+    assert_inert(text, str(path))
+    pipes = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            pipes = None
+            continue
+        n = len(re.findall(r"(?<!\\)\|", line))  # an escaped pipe does not end a cell
+        pipes = pipes or n
+        assert n == pipes, (path, line)
+    assert "<" not in re.sub(r"<br>", "", text), path
+
+
+def assert_html_inert(path: Path) -> None:
+    text = path.read_text()
+    assert_inert(text, str(path))
+    for h in HOSTILE:
+        if any(c in h for c in '<>"\x1b\u202e\n'):
+            assert h not in text, (path, h)
+
+
+@pytest.fixture(scope="module")
+def hostile_cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hostile") / "h.zarr"
+    build_feature_cache(
+        str(root), n_clips=15, n_classes=3, dataset="ds" + HOSTILE[0] + "|\n",
+        class_names=[HOSTILE[2], HOSTILE[5] + HOSTILE[6] + HOSTILE[7], HOSTILE[8]], id_prefix=HOSTILE[4] + HOSTILE[1],
+    )  # fmt: skip
+    return root
+
+
+def test_hostile_ids_and_class_names_through_every_writer(hostile_cache, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    common = ["--cache", str(hostile_cache), "--preset", "tiny", "--epochs", "1", "-q"]
+    for argv in (
+        ["info", str(hostile_cache)],
+        ["train", *common, "--out", str(runs / "r1")],
+        ["cv", *common, "--folds", "1,2", "--out", str(runs / "cv")],
+        ["evaluate", "--run", str(runs / "r1"), "--cache", str(hostile_cache)],
+        ["report", str(runs)],
+        ["qa", str(hostile_cache), "--out", str(tmp_path / "qa" / "page.html"), "-q"],
+    ):
+        assert main(argv) == 0, argv
+        out, err = capsys.readouterr()
+        assert_inert(out, argv[0])
+        assert_inert(err, argv[0], allow="\n\r")  # \r: progress bars
+    for csv_file in (
+        runs / "r1/predictions.csv",
+        runs / "cv/cv_summary.csv",
+        tmp_path / "qa/page_files/clips.csv",
+    ):
+        assert_csv_inert(csv_file)
+    for md in (runs / "report.md", runs / "cv/cv_summary.md"):
+        assert_markdown_inert(md)
+    for page in (runs / "report.html", tmp_path / "qa/page.html"):
+        assert_html_inert(page)
+
+
+def test_hostile_file_names_through_extract(small_corpus, tmp_path, capsys):
+    """Clips named by their files (not videos, so they fail fast) and one real clip under a hostile
+    name: the FAILED lines, the log and ``aver info`` show every control character escaped."""
+    import csv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [h.replace("\n", "\\n") if k % 2 else h for k, h in enumerate(HOSTILE)]  # raw newline too
+    for name in names:
+        (data / f"{name}.mp4").write_text("not a video")
+    shutil.copy(sorted(small_corpus.rglob("*.mp4"))[0], data / f"{HOSTILE[0]}ok.mp4")
+    with open(tmp_path / "clips.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "speaker", "label"])
+        w.writerows(
+            [f"{n}.mp4", f"s{k % 3}", HOSTILE[k % 3 + 2]] for k, n in enumerate([*names, HOSTILE[0] + "ok"])
+        )
+    store = tmp_path / "c" / "folder.zarr"
+    argv = ["extract", "--dataset", "folder", "--labels", str(tmp_path / "clips.csv"), "--data", str(data)]
+    assert main([*argv, "--preset", "tiny", "--store", str(store), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("FAILED") == len(names), out
+    assert_inert(out, "extract")
+    assert_inert(err, "extract", allow="\n\r")
+    assert main(["info", str(store)]) == 0
+    assert_inert(capsys.readouterr().out, "info")

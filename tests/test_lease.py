@@ -82,3 +82,29 @@ def test_the_lease_of_a_killed_local_run_is_taken_over_at_once(tmp_path):
         json.dumps({"owner": owner, "started": time.time(), "heartbeat": time.time()})
     )
     StoreLease(url).acquire().release()
+
+
+def test_a_symlink_to_a_store_shares_its_lease(tmp_path, monkeypatch):
+    real = tmp_path / "data" / "s.zarr"
+    real.mkdir(parents=True)
+    (tmp_path / "link.zarr").symlink_to(real)
+    (tmp_path / "linked-data").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    with StoreLease(str(real)) as first:
+        assert Path(lease_url(str(real))) == real.parent / "s.zarr.lease.json"
+        for other in ("link.zarr", str(tmp_path / "link.zarr") + "/", "linked-data/s.zarr", f"file://{real}"):
+            assert lease_url(other) == lease_url(str(real))
+            with pytest.raises(StoreBusyError, match=f"{other} is being written by another run") as e:
+                StoreLease(other).acquire()
+            assert first.owner in str(e.value)
+    assert not list(tmp_path.rglob("*.lease.json"))
+    with StoreLease("link.zarr"):  # and the other way round
+        with pytest.raises(StoreBusyError):
+            StoreLease(str(real)).acquire()
+
+
+def test_url_spellings_of_a_store_share_its_lease():
+    assert lease_url("memory://leases/u.zarr/") == lease_url("memory://leases/u.zarr")
+    with StoreLease("memory://leases/u.zarr"):
+        with pytest.raises(StoreBusyError):
+            StoreLease("memory://leases/u.zarr/").acquire()

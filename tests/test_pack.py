@@ -107,3 +107,64 @@ def test_pack_into_s3_and_train_from_it(stores, tmp_path, s3_endpoint):
     )
     local = train_fold(src, 1, out=str(tmp_path / "l"), **kw)
     assert remote["test"] == local["test"]
+
+
+def _kill_after_the_first_array(monkeypatch):
+    """Simulate a pack killed half way: the second array copied raises."""
+    import aver.pack
+
+    copied = []
+    real = aver.pack._copy
+
+    def copy(*args, **kw):
+        if copied:
+            raise KeyboardInterrupt
+        copied.append(1)
+        real(*args, **kw)
+
+    monkeypatch.setattr(aver.pack, "_copy", copy)
+
+
+def test_a_killed_pack_names_the_pack_rerun(stores, tmp_path, monkeypatch):
+    from aver.layout import open_root
+
+    src, _, _ = stores
+    dest = str(tmp_path / "p.zarr")
+    _kill_after_the_first_array(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        pack(src, dest, shard_clips=8, progress=False)
+    marker = open_root(dest, "r").attrs["aver"]
+    assert marker["template"] == "incomplete"
+    assert marker["remedy"] == (
+        f"a pack into it was interrupted; rerun `aver cache pack {src} {dest} --shard-clips 8 --overwrite`"
+    )
+    with pytest.raises(UserError, match="--overwrite"):  # the rerun without it is refused
+        pack(src, dest, progress=False)
+    monkeypatch.undo()
+    assert pack(src, dest, shard_clips=8, overwrite=True, progress=False)["verified"] == 40
+
+
+def test_reading_a_killed_pack_names_the_pack_rerun(stores, tmp_path, monkeypatch):
+    src, _, _ = stores
+    dest = str(tmp_path / "p.zarr")
+    _kill_after_the_first_array(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        pack(src, dest, progress=False)
+    with pytest.raises(CacheError, match="is incomplete: a pack into it was interrupted") as e:
+        FeatureCache(dest)
+    assert f"rerun `aver cache pack {src} {dest} --overwrite`" in str(e.value)
+    assert "aver extract" not in str(e.value)
+
+
+def test_a_killed_zip_pack_leaves_no_temporary_folder(stores, tmp_path, monkeypatch):
+    src, _, _ = stores
+    dest = tmp_path / "toy.zip"
+    _kill_after_the_first_array(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        pack(src, str(dest), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "toy.zip.packing.zarr").mkdir()  # what a SIGKILL leaves: the rerun clears it
+    (tmp_path / "toy.zip.packing.zarr" / "zarr.json").write_text("{}")
+    assert pack(src, str(dest), progress=False)["verified"] == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.zip"]

@@ -78,6 +78,26 @@ def test_predict_cli_bad_files_and_exit_codes(run_dir, other_face, tmp_path, cap
 
 
 @pytest.mark.slow
+def test_predict_prints_hostile_file_names_inert(run_dir, other_face, tmp_path, capsys):
+    """Regression: a video's name reached the terminal raw (an OSC 8 link, a screen clear, a bidi
+    override), in the FAILED line and in the scored line; the table's cells stay inert too."""
+    from test_fuzz import assert_csv_inert, assert_inert
+
+    from aver.cli import main
+
+    bad = tmp_path / "\x1b]8;;https:evil\x07click\x1b]8;;\x07.mp4"
+    bad.write_text("not a video")
+    good = tmp_path / '=HYPERLINK("x")\x1b[2J\u202eevil.mp4'
+    shutil.copy(other_face, good)
+    table = tmp_path / "t.csv"
+    assert main(["predict", str(run_dir), str(bad), str(good), "-q", "--out", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("FAILED") == 1 and "\\x1b]8;;https:evil" in out and "=HYPERLINK" in out, out
+    assert_inert(out, "predict")
+    assert_csv_inert(table)
+
+
+@pytest.mark.slow
 def test_predict_refuses_other_weights(run_dir, other_face, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -118,7 +138,9 @@ def _other_corpus(store: str, path, classes: list[str], relabel: dict[int, int])
     for i, c in relabel.items():
         labels[i] = c
     g[L.LABEL][:] = labels
-    return str(path)
+    from aver.testing import reseal
+
+    return reseal(str(path))  # a corpus of its own: its table as edited is its truth
 
 
 @pytest.mark.slow

@@ -189,6 +189,34 @@ def test_failures_grouped_by_cause_hostile_text_escaped_outliers_flagged(damaged
     assert "class='detection bad'" in page and "Outliers (1 clip)" in page
 
 
+def test_deleted_and_undecodable_chunks_are_listed_as_damage(extracted_store, tmp_path, capsys):
+    """Regression: deleted chunks (read as zeros) gave "done 6, failed 0" and no warning, and an
+    undecodable chunk ended in a traceback. Now both clips are named with their array on the page
+    and in the terminal, the other clips are still measured, and the exit status is 4."""
+    from aver.cli import main
+
+    url = tmp_path / "synthetic.zarr"
+    shutil.copytree(extracted_store, url)
+    shutil.rmtree(url / "frames" / "features" / "c" / "1")  # clip 1's feature chunks deleted
+    for chunk in (url / L.FACE_BOX / "c" / "3").rglob("*"):  # clip 3's face boxes unreadable
+        if chunk.is_file():
+            chunk.write_bytes(b"\x00garbage")
+    out = tmp_path / "qa" / "page.html"
+    assert main(["qa", str(url), "--out", str(out), "-q"]) == 4
+    printed = capsys.readouterr().out
+    ids = FeatureCache(str(url)).ids
+    assert f"DAMAGED clip {ids[1]}: frames/features: chunk missing" in printed, printed
+    assert f"DAMAGED clip {ids[3]}: {L.FACE_BOX}:" in printed, printed
+    assert "2 damaged clips" in printed and printed.strip().endswith(str(out))
+    page = out.read_text()
+    assert _count(page, "damaged") == 2 and "id='damaged'" in page
+    damaged = re.search(r"<h2 id='damaged'>(.*?)</table>", page, flags=re.S).group(1)
+    assert f"<td class=t>{ids[1]}</td><td class=t>frames/features</td>" in damaged
+    assert f"<td class=t>{ids[3]}</td><td class=t>{L.FACE_BOX}</td>" in damaged
+    assert _row(page, 3)["detection"] == "–" and _row(page, 4)["detection"] != "–"
+    assert main(["qa", extracted_store, "--out", str(tmp_path / "ok.html"), "-q"]) == 0  # intact: 0
+
+
 def test_track_measures_find_jumps_and_gaps():
     box = np.tile(np.array([10.0, 10.0, 110.0, 110.0]), (8, 1))
     box[5:] += 60  # the centre moves 0.6 box sides between frames 4 and 5

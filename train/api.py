@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from aver.cache import FeatureCache
+from aver.utils import for_csv, for_markdown
 
 from .config import TrainConfig, make_config
 from .recipe import train_fold as _train_fold
@@ -196,10 +198,16 @@ def write_cv_summary(folder: Path, runs: dict, summary: dict) -> None:
         for part, metrics in summary.items()
         for k, v in metrics.items()
     ]
-    lines = ["head,metric,mean,std,n"] + [
-        f"{p},{k},{m:.6f},{'' if s is None else f'{s:.6f}'},{n}" for p, k, m, s, n in rows
-    ]
-    (folder / "cv_summary.csv").write_text("\n".join(lines) + "\n")
+    # metric names hold class and target names from the cache: cells made inert for each format
+    with open(folder / "cv_summary.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["head", "metric", "mean", "std", "n"])
+        w.writerows(
+            [for_csv(p), for_csv(k), f"{m:.6f}", "" if s is None else f"{s:.6f}", n] for p, k, m, s, n in rows
+        )
     md = ["| head | metric | mean | std (sample) | runs |", "| --- | --- | --- | --- | --- |"]
-    md += [f"| {p} | {k} | {m:.4f} | {'-' if s is None else f'{s:.4f}'} | {n} |" for p, k, m, s, n in rows]
+    md += [
+        f"| {for_markdown(p)} | {for_markdown(k)} | {m:.4f} | {'-' if s is None else f'{s:.4f}'} | {n} |"
+        for p, k, m, s, n in rows
+    ]
     (folder / "cv_summary.md").write_text("\n".join(md) + "\n")

@@ -92,6 +92,7 @@ def evaluate_cross_corpus(
     mapping, missing = class_map(run.names, cache.classes)
     if not mapping:
         raise CheckpointError(f"{cache.url} shares no class with the run ({cache.classes} vs {run.names})")
+    cache.require_intact()  # the clip table and every clip: the whole corpus is scored
     rows = np.flatnonzero((cache.status == 1) & np.isin(cache.labels, list(mapping)))
     left_out = int(((cache.status == 1) & (cache.labels >= 0)).sum()) - len(rows)
     return _score(run, cache, rows, mapping, missing, left_out, out)

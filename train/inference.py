@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from aver.errors import CheckpointError
+from aver.utils import for_csv, for_plot
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,6 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
     """``rows`` as CSV (columns: the union, in first-seen order) or JSON (by the suffix)."""
     import csv
 
-    from aver.utils import csv_text
-
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
         out.write_text(json.dumps(rows, indent=2))
@@ -152,13 +151,13 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
         columns += [k for k in r if k not in columns]
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(columns)
+        w.writerow([for_csv(c) for c in columns])
         for r in rows:
-            w.writerow([_cell(r.get(c, ""), csv_text) for c in columns])
+            w.writerow([_cell(r.get(c, "")) for c in columns])
 
 
-def _cell(value: Any, csv_text) -> str:
-    return f"{value:.5f}" if isinstance(value, float) else csv_text(str(value))
+def _cell(value: Any) -> str:
+    return f"{value:.5f}" if isinstance(value, float) else for_csv(str(value))
 
 
 def _windows(duration: float, window_s: float, hop_s: float) -> list[tuple[float, float]]:
@@ -274,8 +273,6 @@ def plot_timeline(rows: list[dict[str, Any]], run: LoadedRun, path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aver.utils import printable
-
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return
@@ -283,12 +280,10 @@ def plot_timeline(rows: list[dict[str, Any]], run: LoadedRun, path: Path) -> Non
     t = [(r["start_s"] + r["end_s"]) / 2 for r in ok]
     fig, ax = plt.subplots(figsize=(8, 3.2))
     for name in run.names:
-        ax.plot(
-            t, [r[f"{head}_{name}"] for r in ok], marker="o", ms=3, label=printable(name).replace("$", r"\$")
-        )
+        ax.plot(t, [r[f"{head}_{name}"] for r in ok], marker="o", ms=3, label=for_plot(name))
     ax.set_xlabel("time (s), window centre")
     ax.set_ylabel(f"{head} head" + (" probability" if run.classification else " value"))
-    ax.set_title(printable(str(ok[0]["clip"])).replace("$", r"\$"))
+    ax.set_title(for_plot(ok[0]["clip"]))
     ax.legend(fontsize=7, ncol=min(len(run.names), 4))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

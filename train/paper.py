@@ -16,10 +16,13 @@ from __future__ import annotations
 import functools
 import html
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from aver.utils import for_html, for_markdown
 
 from .api import flat_metrics
 
@@ -192,12 +195,12 @@ def render(runs: Path) -> str:
     results, rows = collect(runs), paper_rows()
     papers = sorted({r.system for r in results} & set(SYSTEMS.names()))
     lines = [
-        f"# aver report: {runs}",
+        f"# aver report: {for_markdown(runs)}",
         "",
         "Ours: test metrics in %, mean ± sample std over runs (n). Paper: as the paper prints it, "
         "beside ours only under the same dataset, system, variant, fold protocol and flow "
         "window/stride; a different backbone initialisation is named in the notes.",
-        *(f"Paper of {name}: {SYSTEMS.get(name).paper}." for name in papers),
+        *(f"Paper of {for_markdown(name)}: {for_markdown(SYSTEMS.get(name).paper)}." for name in papers),
         "",
     ]
     if not results:
@@ -205,9 +208,9 @@ def render(runs: Path) -> str:
     for dataset in sorted({r.dataset for r in results}):
         here = [r for r in results if r.dataset == dataset]
         lines += [
-            f"## {dataset}",
+            f"## {for_markdown(dataset)}",
             "",
-            *(f"Protocol: {p}." for p in sorted({r.protocol for r in here})),
+            *(f"Protocol: {for_markdown(p)}." for p in sorted({r.protocol for r in here})),
             "",
             "| system:variant | head | metric | ours | paper | source | notes | run |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -217,8 +220,14 @@ def render(runs: Path) -> str:
         lines += _unpaired_lines(here, rows)
         lines.append("")
         if comparisons(results, dataset):
-            lines += [f"![{dataset}: aver beside the papers]({figure_name(dataset)})", ""]
+            alt = for_markdown(dataset).replace("[", "\\[").replace("]", "\\]")
+            lines += [f"![{alt}: aver beside the papers]({figure_name(dataset)})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _row(*cells: Any) -> str:
+    """One Markdown table row; each cell's text made inert (``for_markdown``: ``|`` escaped)."""
+    return "| " + " | ".join(for_markdown(c) for c in cells) + " |"
 
 
 def _init_note(r: Result, row: dict[str, Any]) -> str:
@@ -238,15 +247,25 @@ def _result_lines(r: Result, paper: list[dict[str, Any]]) -> list[str]:
         for metric, value in row["metrics"].items():
             ours = r.heads.get(head, {}).get(metric)
             out.append(
-                f"| {r.label} | {head} | {metric} | {_fmt(ours)} | {value} | {row['table']} | "
-                f"{_init_note(r, row)} | {r.folder.name} |"
+                _row(
+                    r.label, head, metric, _fmt(ours), value, row["table"], _init_note(r, row), r.folder.name
+                )
             )
     if not paper:
         for metric in MAIN:
             if metric in r.heads.get("reported", {}):
+                reported = f"reported ({r.reported_head})"
                 out.append(
-                    f"| {r.label} | reported ({r.reported_head}) | {metric} | {_fmt(r.heads['reported'][metric])} "
-                    f"| – | – | | {r.folder.name} |"
+                    _row(
+                        r.label,
+                        reported,
+                        metric,
+                        _fmt(r.heads["reported"][metric]),
+                        "–",
+                        "–",
+                        "",
+                        r.folder.name,
+                    )
                 )
     return out
 
@@ -262,9 +281,18 @@ def _unpaired_lines(results: list[Result], rows: list[dict[str, Any]]) -> list[s
         r = min(near, key=lambda x: len(x.differences(row)))
         differs = "; ".join(r.differences(row))
         for metric, value in row["metrics"].items():
+            name = f"{row['system']}:{row['variant']}"
             out.append(
-                f"| {row['system']}:{row['variant']} | {row['head']} | {metric} | not paired | {value} | "
-                f"{row['table']} | differs from {r.label}: {differs} | – |"
+                _row(
+                    name,
+                    row["head"],
+                    metric,
+                    "not paired",
+                    value,
+                    row["table"],
+                    f"differs from {r.label}: {differs}",
+                    "–",
+                )
             )
     return out
 
@@ -273,17 +301,20 @@ def to_html(markdown: str, folder: Path | None = None) -> str:
     """The Markdown of ``render`` (headings, paragraphs, tables, figures) as one self-contained HTML
     page: figures found in ``folder`` are embedded as data URIs."""
     import base64
-    import re
 
     body, table = [], False
     for line in markdown.splitlines():
         figure = re.fullmatch(r"!\[(.*)\]\(([\w.-]+\.png)\)", line.strip())
         if figure and folder is not None and (folder / figure.group(2)).is_file():
             data = base64.b64encode((folder / figure.group(2)).read_bytes()).decode()
-            alt = html.escape(figure.group(1))
+            alt = _text(figure.group(1))
             body.append(f"<p><img alt='{alt}' src='data:image/png;base64,{data}' style='max-width:100%'></p>")
             continue
-        cells = [html.escape(c.strip()) for c in line.strip("|").split("|")] if line.startswith("|") else None
+        cells = (
+            [_text(c.strip()) for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            if line.startswith("|")
+            else None
+        )
         if cells and set(line.replace("|", "").strip()) <= {"-", " "}:
             continue
         if cells:
@@ -301,9 +332,9 @@ def to_html(markdown: str, folder: Path | None = None) -> str:
             table = False
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+            body.append(f"<h{level}>{_text(line.lstrip('#').strip())}</h{level}>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_text(line)}</p>")
     if table:
         body.append("</table>")
     style = "body{font-family:sans-serif;max-width:70em;margin:2em auto}td,th{border:1px solid #ccc;padding:.2em .6em}table{border-collapse:collapse}"
@@ -312,6 +343,12 @@ def to_html(markdown: str, folder: Path | None = None) -> str:
         + "\n".join(body)
         + "\n"
     )
+
+
+def _text(markdown: str) -> str:
+    """The text of a Markdown fragment written by ``for_markdown``, HTML-escaped for the page."""
+    plain = re.sub(r"\\([|\[\]])", r"\1", markdown)
+    return for_html(html.unescape(plain))
 
 
 def write_report(runs: str | Path, out: str | Path | None = None) -> Path:

@@ -22,7 +22,7 @@ import torch
 
 from aver.cache import FeatureCache
 from aver.errors import CacheError, CheckpointError, ConfigError, TrainingError
-from aver.layout import SPLITS
+from aver.layout import SPLITS, UNUSED
 from aver.utils import autocast
 
 from .checkpoint import (
@@ -184,7 +184,10 @@ def _open_cache(cfg: TrainConfig) -> FeatureCache:
 
 
 def fold_splits(cache: FeatureCache, fold: int) -> dict[str, np.ndarray]:
-    """Committed clips of each split of ``fold``; a split without clips is a ``CacheError``."""
+    """Committed clips of each split of ``fold``; a split without clips is a ``CacheError``, and so
+    is damage to the clip table or to any clip the fold uses (``FeatureCache.require_intact``)."""
+    cache.check_fold(fold)
+    cache.require_intact(np.flatnonzero(cache.folds[fold - 1] != UNUSED), full=True)
     idx = {s: cache.split_indices(fold, s) for s in SPLITS}
     empty = [s for s, v in idx.items() if len(v) == 0]
     if empty:

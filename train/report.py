@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from aver.cache import FeatureCache
+from aver.utils import for_plot
 
 from .checkpoint import check_cache, load_model_state, load_tensors
 from .config import TrainConfig
@@ -79,8 +80,9 @@ def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
     cfg, task, test = run.cfg, run.task, run.clips["test"]
     if "confusion_matrix" in metrics["test"][head]:
         title = f"test, {head} head (fold {cfg.fold})"
+        names = [for_plot(n) for n in task.names]  # class names from the cache: no mathtext, no escapes
         plot_confusion(
-            metrics["test"][head]["confusion_matrix"], task.names, run.dir / "confusion.png", title=title
+            metrics["test"][head]["confusion_matrix"], names, run.dir / "confusion.png", title=title
         )
     if run.state["history"]:
         plot_learning_curves(
@@ -94,8 +96,35 @@ def _plots(run: Run, model, metrics: dict[str, Any], head: str) -> None:
             out["attn_video"][0].float().cpu().numpy(),
             out["attn_audio"][0].float().cpu().numpy(),
             run.dir / "attention.png",
-            title=f"IFE attention, {test[0].clip_id}",
+            title=for_plot(f"IFE attention, {test[0].clip_id}"),
         )
+
+
+def evaluation_dir(run_dir: Path, cache_url: str) -> Path:
+    """The folder (created) for evaluating ``run_dir`` on ``cache_url``: ``<run>/evaluations/<store
+    name>``, unless that folder holds the evaluation of another cache of the same name (two
+    ``folder.zarr`` of different corpora); then ``<store name>-<8 hex of the cache's resolved URL>``,
+    so neither overwrites the other. Each folder records the cache it evaluated in ``cache.json``;
+    re-evaluating the same cache reuses its folder (idempotent)."""
+    import hashlib
+
+    url = cache_url.rstrip("/")
+    resolved = url if "://" in url else str(Path(url).expanduser().resolve())
+    name = Path(url).name or "cache"
+    out = run_dir / "evaluations" / name
+    if out.exists() and _evaluated(out) != resolved:
+        out = out.with_name(f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cache.json").write_text(json.dumps({"cache": resolved}))
+    return out
+
+
+def _evaluated(folder: Path) -> str | None:
+    """The resolved URL of the cache that ``folder`` evaluated (``None``: not recorded)."""
+    try:
+        return json.loads((folder / "cache.json").read_text())["cache"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | None = None) -> dict[str, Any]:
@@ -110,15 +139,13 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
     if cache.meta.get("dataset") != (info.get("cache") or {}).get("dataset"):  # another corpus
         from .crosscorpus import evaluate_cross_corpus
 
-        out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
-        out.mkdir(parents=True, exist_ok=True)
+        out = evaluation_dir(run_dir, cache_url)
         with log_to(out / "evaluate.log"):
-            return evaluate_cross_corpus(run_dir, cache, info, out)
+            return {**evaluate_cross_corpus(run_dir, cache, info, out), "evaluation_dir": str(out)}
     check_cache(info["cache"], cache, "evaluate")
     task = Task.from_cache(cache, cfg.metric, cfg.data.labels)
     model = saved_model(info)
-    out = run_dir / "evaluations" / Path(cache_url.rstrip("/")).name
-    out.mkdir(parents=True, exist_ok=True)
+    out = evaluation_dir(run_dir, cache_url)
     run = Run(
         cfg, out, cache, task, fold_splits(cache, cfg.fold), model, info, ckpt_dir=run_dir / "checkpoint"
     )
@@ -136,4 +163,4 @@ def evaluate_run(run_dir: str | Path, cache_url: str, storage_options: dict | No
                 stats.apply(split)
         history = run_dir / "history.json"
         run.state["history"] = json.loads(history.read_text()) if history.exists() else []
-        return report(run)
+        return {**report(run), "evaluation_dir": str(out)}

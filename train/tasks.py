@@ -17,7 +17,7 @@ from aver.errors import CacheError, ConfigError
 from aver.registry import Registry
 from aver.train.heads import HEADS, output_key
 from aver.train.losses import ccc_loss, classification_loss, total_loss
-from aver.utils import csv_text
+from aver.utils import for_csv
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -127,16 +127,16 @@ class Classification(Task):
         return classification_metrics(truth, output.argmax(1), len(self.names), self.names)
 
     def csv_header(self, heads: list[str]) -> list[str]:
-        return ["clip_id", "label", "prediction"] + [csv_text(f"{h}_{n}") for h in heads for n in self.names]
+        return ["clip_id", "label", "prediction"] + [for_csv(f"{h}_{n}") for h in heads for n in self.names]
 
     def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
         heads = [h for h in HEADS if h in pred]
         probs = {h: torch.softmax(torch.from_numpy(pred[h]), 1).numpy() for h in heads}
         return [
             [
-                csv_text(cid),
-                csv_text(self.names[int(pred["truth"][k])]),
-                csv_text(self.names[int(pred[head][k].argmax())]),
+                for_csv(cid),
+                for_csv(self.names[int(pred["truth"][k])]),
+                for_csv(self.names[int(pred[head][k].argmax())]),
             ]
             + [f"{p:.5f}" for h in heads for p in probs[h][k]]
             for k, cid in enumerate(clip_ids)
@@ -166,15 +166,15 @@ class Regression(Task):
         n = self.names
         return [
             "clip_id",
-            *(f"true_{t}" for t in n),
-            *(f"pred_{t}" for t in n),
-            *(f"{h}_{t}" for h in heads for t in n),
+            *(for_csv(f"true_{t}") for t in n),
+            *(for_csv(f"pred_{t}") for t in n),
+            *(for_csv(f"{h}_{t}") for h in heads for t in n),
         ]
 
     def csv_rows(self, clip_ids: list[str], pred: dict[str, Any], head: str) -> list[list[str]]:
         heads = [h for h in HEADS if h in pred]
         return [
-            [csv_text(cid)]
+            [for_csv(cid)]
             + [f"{v:.5f}" for v in pred["truth"][k]]
             + [f"{v:.5f}" for v in pred[head][k]]
             + [f"{v:.5f}" for h in heads for v in pred[h][k]]

@@ -1,7 +1,9 @@
 """The ``aver`` command line: a thin shell over the library, one module per group of sub-commands.
 
 ``main`` is the one place where errors become exit codes: a ``UserError`` prints one line naming
-the problem and the fix (``-v`` adds the traceback); anything else is a bug and shows the traceback.
+the problem and the fix (``-v`` adds the traceback); so does a file the OS refused (the path and
+the cause) or cloud storage without credentials; anything else is a bug and shows the traceback.
+Every line printed, errors and log lines included, shows control characters escaped.
 Only argparse is imported up front, so ``aver --help`` is instant.
 """
 
@@ -35,19 +37,27 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _InertFormatter(logging.Formatter):
+    """Log lines name clips and files: their control characters are shown escaped, never acted on."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from aver.utils import for_terminal
+
+        record.message = for_terminal(record.message)
+        return super().formatMessage(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe is found here, not at exit
+        return code
     except AverError as e:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"aver: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _error(args, str(e), e.exit_code)
     except KeyboardInterrupt:
         print("aver: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
@@ -56,6 +66,39 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except Exception as e:
+        known = environment_error(e, args)
+        if known is None:
+            raise
+        return _error(args, known, 2)
+
+
+def _error(args: argparse.Namespace, message: str, code: int) -> int:
+    """Print ``message`` as the one line ``aver: error: ...`` (``-v``: after the traceback)."""
+    from aver.utils import for_terminal
+
+    if args.verbose:
+        traceback.print_exc()
+    print(f"aver: error: {for_terminal(message)}", file=sys.stderr)
+    return code
+
+
+def environment_error(e: Exception, args: argparse.Namespace) -> str | None:
+    """The one line for a failure of the machine or the storage rather than of aver: a file the OS
+    refused (it names the path and the cause) or cloud storage without credentials. ``None``: a bug,
+    which keeps its traceback."""
+    if isinstance(e, OSError) and e.filename is not None:
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        cause = e.strerror or type(e).__name__
+        return f"{where}: {cause} ({type(e).__name__}); check the path and its permissions (-v: traceback)"
+    if type(e).__name__ == "NoCredentialsError" and type(e).__module__.startswith("botocore"):
+        urls = sorted({v for v in vars(args).values() if isinstance(v, str) and "://" in v})
+        return (
+            f"{', '.join(urls) or 'the s3:// URL'}: no cloud credentials found (botocore: {e}): set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or pass --storage-option "
+            "anon=true for a public bucket"
+        )
+    return None
 
 
 def kv_option(p: argparse.ArgumentParser, flag: str, help: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from aver.utils import echo
+
 
 def register(sub) -> None:
     from . import kv_option
@@ -52,7 +54,8 @@ def _pack_parser(tools) -> None:
         "Copy STORE to DEST for sharing: the per-clip data arrays in Zarr v3 shards of --shard-clips "
         "clips, the per-clip scalars as whole arrays, consolidated metadata, xarray coordinates "
         "(clip, fold, layer) and CF-style attributes. The copy is verified against the clips' digests "
-        "before it is marked complete; it is read-only (train and evaluate read it).",
+        "before it is marked complete; it is read-only (train and evaluate read it). DEST may not be STORE "
+        "(by any path or URL to it), lie inside it or hold it. An interrupted pack is rerun with --overwrite.",
         cmd_pack,
     )
     k.add_argument("store", help="the working store: a .zarr path or fsspec URL")
@@ -68,7 +71,8 @@ def _pull_parser(tools) -> None:
         "copy from a shared store just the clips and modalities a fold needs",
         "Copy into the local store DEST the committed clips of the chosen splits of fold K (every "
         "committed clip without --fold) and the chosen modalities, from a path or URL. Resumable "
-        "(rerun to continue), verified against the clips' digests.",
+        "(rerun to continue), verified against the clips' digests. DEST may not be the shared store (by "
+        "any path to it), lie inside it or hold it.",
         cmd_pull,
     )
     u.add_argument("url", help="the shared store: a .zarr path or fsspec URL")
@@ -88,7 +92,8 @@ def _merge_parser(tools) -> None:
         "combine stores of one dataset extracted in parts (same config hash)",
         "Write DEST with every clip committed in any of STORES (two or more working stores of one "
         "dataset, configuration and clip table; others are refused with the differences listed). A "
-        "clip committed in several stores must be identical in all of them.",
+        "clip committed in several stores must be identical in all of them. DEST may not be one of STORES "
+        "(by any path or URL to it), lie inside one or hold one.",
         _merge_args,
     )
     m.add_argument("stores", nargs="+", help="the stores to merge (paths or URLs), then DEST")
@@ -140,22 +145,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from aver.overrides import parse_kv
 
     so = parse_kv(args.storage_option, "--storage-option") or None
+    _check_dest(args.dest)
     s = merge(args.stores, args.dest, storage_options=so, overwrite=args.overwrite, progress=not args.quiet)
     taken = ", ".join(f"{n} from {url}" for url, n in s["from"].items())
-    print(f"{args.dest}: {s['clips']} clips ({taken})")
+    echo(f"{args.dest}: {s['clips']} clips ({taken})")
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from aver.merge import diff
     from aver.overrides import parse_kv
-    from aver.utils import printable
 
     lines = diff(args.a, args.b, parse_kv(args.storage_option, "--storage-option") or None)
     for line in lines:
-        print(printable(line))
+        echo(line)
     if not lines:
-        print("no differences: same configuration, clips and content")
+        echo("no differences: same configuration, clips and content")
     return 1 if lines else 0
 
 
@@ -163,6 +168,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from aver.overrides import parse_kv
     from aver.pull import pull
 
+    _check_dest(args.dest)
     s = pull(
         args.url,
         args.dest,
@@ -172,10 +178,20 @@ def cmd_pull(args: argparse.Namespace) -> int:
         storage_options=parse_kv(args.storage_option, "--storage-option") or None,
         progress=not args.quiet,
     )
-    print(
+    echo(
         f"{args.dest}: {s['pulled']} clips pulled and verified, {s['skipped']} already there ({s['clips']} wanted)"
     )
     return 0
+
+
+def _check_dest(dest: str, zip_ok: bool = False) -> None:
+    """A local DEST must be a folder that can be written (a ``.zip`` copy: a file in one)."""
+    from pathlib import Path
+
+    from aver.utils import check_out_dir
+
+    zipped = zip_ok and dest.endswith(".zip") and "://" not in dest
+    check_out_dir(Path(dest).parent if zipped else dest, "DEST" if not zipped else f"DEST {dest}: its folder")
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -183,6 +199,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from aver.pack import pack
 
     so = parse_kv(args.storage_option, "--storage-option") or None
+    _check_dest(args.dest, zip_ok=True)
     s = pack(
         args.store,
         args.dest,
@@ -192,7 +209,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    print(
+    echo(
         f"{args.dest}: {s['clips']} clips packed and verified ({s['verified']} with digests); objects "
         f"{s['objects'][0]} -> {s['objects'][1]}, {s['bytes'][0] / 1e6:.1f} -> {s['bytes'][1] / 1e6:.1f} MB"
     )
@@ -202,14 +219,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from aver.cache import FeatureCache
     from aver.overrides import parse_kv
-    from aver.utils import printable
 
     cache = FeatureCache(args.store, parse_kv(args.storage_option, "--storage-option") or None)
     problems, verified, unverifiable = cache.verify(progress=not args.quiet)
     for p in problems:
-        print(printable(str(p)))
+        echo(p)
     damaged = len({p.clip for p in problems})
-    print(
+    echo(
         f"{args.store}: {verified} clips verified, {damaged} damaged"
         + (f", {unverifiable} without digests (committed before aver 0.3)" if unverifiable else "")
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aver.utils import echo
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -73,11 +75,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         print_report(metrics)
         chance = 1 / len(metrics["test_reported"]["recall"])
-        print(f"chance level: {chance:.2f}; run: {out} (metrics.json, predictions.csv, plots)")
+        echo(f"chance level: {chance:.2f}; run: {out} (metrics.json, predictions.csv, plots)")
     _predict_unseen(args, out)
     from aver.train.paper import write_report
 
-    print(f"report: {write_report(args.runs)}")
+    echo(f"report: {write_report(args.runs)}")
     return 0
 
 
@@ -89,8 +91,8 @@ def _predict_unseen(args: argparse.Namespace, run: str) -> None:
     video = write_photo_clip(Path(args.data).parent / "unseen" / "grace_hopper.mp4", emotion="happy")
     row = predict(run, [video], device=args.device)[0]
     if row["status"] != "ok":
-        print(f"predict {video}: {row['error']}")
+        echo(f"predict {video}: {row['error']}")
         return
     head = row["head"]
     probs = "  ".join(f"{k[len(head) + 1 :]} {v:.2f}" for k, v in row.items() if k.startswith(f"{head}_"))
-    print(f"aver predict {run} {video}: {row['prediction']} ({head} head: {probs})")
+    echo(f"aver predict {run} {video}: {row['prediction']} ({head} head: {probs})")

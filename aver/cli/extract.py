@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from aver.utils import echo
+
 # CLI flag -> config field it overrides (the same as ``--set field=value``).
 FLAG_FIELDS = {
     "device": "runtime.device",
@@ -161,8 +163,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.quiet,
     )
-    print(summary.report())
-    print(f"cache: {summary.store}")
+    print(summary.report())  # one line per clip, its text escaped
+    echo(f"cache: {summary.store}")
     return 0
 
 
@@ -172,5 +174,5 @@ def cmd_convert_weights(args: argparse.Namespace) -> int:
 
     sd = load_state_dict(args.src, allow_pickle=args.allow_pickle)
     sha = save_safetensors(sd, args.dst)
-    print(f"wrote {args.dst} ({len(sd)} tensors, sha256 {sha})")
+    echo(f"wrote {args.dst} ({len(sd)} tensors, sha256 {sha})")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from aver.utils import echo
+
 
 def register(sub) -> None:
     from . import kv_option
@@ -28,24 +30,37 @@ def register(sub) -> None:
     )
     p.add_argument("--sample", type=int, default=12, help="clips in the random thumbnail sample (default 12)")
     kv_option(p, "--storage-option", "fsspec storage option for the URL")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking every committed clip against its recorded digests (faster; unreadable arrays "
+        "are still reported)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_qa)
 
 
 def cmd_qa(args: argparse.Namespace) -> int:
+    """Write the page; exit 4 when a clip is damaged (listed on the page and here, one line each)."""
     from aver.errors import UserError
     from aver.overrides import parse_kv
-    from aver.qa import write_report
+    from aver.qa import report
 
     if args.sample < 0:
         raise UserError(f"--sample must be >= 0, not {args.sample}")
-    page = write_report(
+    result = report(
         args.store,
         out=args.out,
         data=args.data,
         sample=args.sample,
         storage_options=parse_kv(args.storage_option, "--storage-option") or None,
         progress=not args.quiet,
+        verify=not args.no_verify,
     )
-    print(page)
-    return 0
+    for problem in result.damage:
+        echo(f"DAMAGED {problem}")
+    if result.damage:
+        clips = len({p.clip for p in result.damage})
+        echo(f"{args.store}: {clips} damaged clips: their measures are not to be trusted (see the page)")
+    echo(result.page)
+    return 4 if result.damage else 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from aver.utils import echo
+
 # CLI flag -> TrainConfig field (the same as ``--set field=value``).
 FLAG_FIELDS = {
     "epochs": "epochs",
@@ -155,7 +157,14 @@ def _predict_parser(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from aver.apps.prediction import predict
+    from aver.utils import check_out_dir, require_device
+
+    require_device(args.device)
+    if args.out:
+        check_out_dir(Path(args.out).parent, f"--out {args.out}: its folder")
 
     weights = {
         key: value
@@ -180,15 +189,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in rows:
         if r["status"] != "ok":
             cause = r["error"] if r["error"].startswith(r["file"]) else f"{r['file']}: {r['error']}"
-            print(f"FAILED {cause}")
+            echo(f"FAILED {cause}")
             continue
         span = f" [{r['start_s']:.2f}-{r['end_s']:.2f} s]" if "start_s" in r else ""
         head = r["head"]
         scores = "  ".join(f"{k[len(head) + 1 :]} {v:.3f}" for k, v in r.items() if k.startswith(f"{head}_"))
         label = f"{r['prediction']} " if "prediction" in r else ""
-        print(f"{r['clip']}{span}: {label}({head} head: {scores})")
+        echo(f"{r['clip']}{span}: {label}({head} head: {scores})")
     if args.out:
-        print(f"table: {args.out}")
+        echo(f"table: {args.out}")
     return 0 if any(r["status"] == "ok" for r in rows) or not rows else 1
 
 
@@ -213,25 +222,33 @@ def _config(args: argparse.Namespace, fold: int, out: str):
     )
 
 
+def _check_run(cfg, args: argparse.Namespace) -> None:
+    """Before any work: the device is there and the run folder can be written."""
+    from aver.utils import check_out_dir, require_device
+
+    require_device(cfg.device)
+    check_out_dir(cfg.out, "--out" if args.out else "--runs")
+
+
 def print_report(metrics: dict) -> None:
     head, test = metrics["reported_head"], metrics["test_reported"]
     scalars = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
     if metrics.get("cross_corpus"):
-        print(
+        echo(
             f"cross-corpus: {metrics['clips']} clips of {metrics['dataset']} | shared classes "
             f"{metrics['shared_classes']} | not in the run: {metrics['missing_classes'] or 'none'} "
             f"({metrics['clips_left_out']} clips left out) | head {head}"
         )
-        print("all clips: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
+        echo("all clips: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
         return
-    print(
+    echo(
         f"fold {metrics['fold']} | model {metrics.get('system')} | variant {metrics['variant']} | "
         f"reported head: {head} "
         f"({metrics.get('head_selection', 'best on validation')})"
     )
-    print("test: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
+    echo("test: " + "  ".join(f"{k} {v}" for k, v in scalars.items()))
     if "recall" in test:
-        print("recall per class: " + "  ".join(f"{k} {v:.2f}" for k, v in test["recall"].items()))
+        echo("recall per class: " + "  ".join(f"{k} {v:.2f}" for k, v in test["recall"].items()))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -245,8 +262,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             Path(default_out(args.cache, cfg.variant, cfg.system, cfg.protocol, args.runs))
             / f"fold{args.fold}"
         )
+    _check_run(cfg, args)
     print_report(train_fold(cfg))
-    print(f"run: {cfg.out}")
+    echo(f"run: {cfg.out}")
     return 0
 
 
@@ -259,6 +277,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     cfg = _config(args, 1, args.out or "")
     if not args.out:
         cfg.out = default_out(args.cache, cfg.variant, cfg.system, cfg.protocol, args.runs)
+    _check_run(cfg, args)
     try:
         folds = [int(k) for k in args.folds.split(",")] if args.folds else None
     except ValueError:
@@ -268,8 +287,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     summary = cross_validate(cfg, folds, seeds=args.seeds, workers=args.workers)
     reported = summary["reported"]
     n = next(iter(reported.values()))["n"]
-    print(f"test metrics of the reported head over {n} runs: mean ± sample std")
-    print(f"{'metric':16} {'mean':>8} {'std':>8}")
+    echo(f"test metrics of the reported head over {n} runs: mean ± sample std")
+    echo(f"{'metric':16} {'mean':>8} {'std':>8}")
     for k, v in reported.items():
         if k.startswith(("precision_", "recall_", "f1_")) and k not in (
             "f1_macro",
@@ -279,14 +298,14 @@ def cmd_cv(args: argparse.Namespace) -> int:
         ):
             continue  # per-class values: in cv_summary.csv
         std = "-" if v["std"] is None else f"{v['std']:8.4f}"
-        print(f"{k:16} {v['mean']:8.4f} {std:>8}")
+        echo(f"{k:16} {v['mean']:8.4f} {std:>8}")
     for head, metrics in summary.items():
         if head != "reported":
             key = next(iter(k for k in ("f1_macro", "ccc_mean") if k in metrics), None)
             if key:
                 std = "-" if metrics[key]["std"] is None else f"{metrics[key]['std']:.4f}"
-                print(f"{head} head: {key} {metrics[key]['mean']:.4f} ± {std}")
-    print(f"runs: {cfg.out} (cv_summary.json, .csv, .md)")
+                echo(f"{head} head: {key} {metrics[key]['mean']:.4f} ± {std}")
+    echo(f"runs: {cfg.out} (cv_summary.json, .csv, .md)")
     return 0
 
 
@@ -301,24 +320,27 @@ def _cv_protocols(args: argparse.Namespace) -> int:
     names = [p.strip() for p in args.protocols.split(",") if p.strip()]
     for name in names:
         PROTOCOLS.check(name)
-    summaries = {}
+    configs = {}
     for name in names:
-        cfg = dataclasses.replace(_config(args, 1, ""), protocol=name)
+        cfg = configs[name] = dataclasses.replace(_config(args, 1, ""), protocol=name)
         cfg.out = (
             (args.out + (f"@{name}" if name != "cache" else ""))
             if args.out
             else default_out(args.cache, cfg.variant, cfg.system, name, args.runs)
         )
+        _check_run(cfg, args)  # every run folder, before the first protocol trains
+    summaries = {}
+    for name, cfg in configs.items():
         summaries[name] = cross_validate(cfg, None, seeds=args.seeds, workers=args.workers)["reported"]
-        print(f"{name}: runs in {cfg.out}")
+        echo(f"{name}: runs in {cfg.out}")
     metrics = [m for m in ("accuracy", "f1_macro", "uar", "ccc_mean") if m in summaries[names[0]]]
     label = lambda n: n + (" (speaker-leaky)" if n in LEAKY else "")  # noqa: E731
-    print("| metric | " + " | ".join(label(n) for n in names) + " | difference |")
-    print("| --- |" + " --- |" * (len(names) + 1))
+    echo("| metric | " + " | ".join(label(n) for n in names) + " | difference |")
+    echo("| --- |" + " --- |" * (len(names) + 1))
     for m in metrics:
         values = [summaries[n][m]["mean"] for n in names]
         cells = [f"{v:.4f} ± {summaries[n][m]['std'] or 0:.4f}" for n, v in zip(names, values, strict=True)]
-        print(f"| {m} | " + " | ".join(cells) + f" | {values[-1] - values[0]:+.4f} |")
+        echo(f"| {m} | " + " | ".join(cells) + f" | {values[-1] - values[0]:+.4f} |")
     return 0
 
 
@@ -326,9 +348,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from aver.overrides import parse_kv
     from aver.train.api import evaluate_run
 
-    print_report(
-        evaluate_run(args.run, args.cache, parse_kv(args.storage_option, "--storage-option") or None)
-    )
+    metrics = evaluate_run(args.run, args.cache, parse_kv(args.storage_option, "--storage-option") or None)
+    print_report(metrics)
+    echo(f"evaluation: {metrics['evaluation_dir']} (metrics.json, predictions.csv, plots)")
     return 0
 
 
@@ -340,8 +362,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not Path(args.runs).is_dir():
         raise UserError(f"{args.runs} is not a folder of runs (run `aver train` or `aver cv` first)")
+    if args.out:
+        from aver.utils import check_out_dir
+
+        check_out_dir(Path(args.out).parent, f"--out {args.out}: its folder")
     path = write_report(args.runs, args.out)
-    print(f"report: {path} and {path.with_suffix('.html')}")
+    echo(f"report: {path} and {path.with_suffix('.html')}")
     return 0
 
 
@@ -350,10 +376,10 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
     for name in [args.model] if args.model else list(SYSTEMS):
         system = SYSTEMS.get(name)
-        print(f"{name}: {system.summary} ({system.paper}; trains on {system.trains_on})")
+        echo(f"{name}: {system.summary} ({system.paper}; trains on {system.trains_on})")
         for preset in system.presets:
             train = ", ".join(f"{k}={v}" for k, v in system.presets.get(preset).train.items())
-            print(f"  preset {preset:15} {train}")
+            echo(f"  preset {preset:15} {train}")
         for variant in system.variants:
-            print(f"  {variant:22} {system.describe_variant(variant)}")
+            echo(f"  {variant:22} {system.describe_variant(variant)}")
     return 0

@@ -76,6 +76,19 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _check_torch_file(p: Path) -> None:
+    """Refuse a file that is neither a torch zip checkpoint nor a pickle (a text file, an HTML error
+    page saved as ``.pt``, a truncated download): the unpickler would fail on it with any error."""
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip, or pickle protocol >= 2
+        return
+    raise ConfigError(
+        f"{p}: not a weight file (a .safetensors file, or a torch checkpoint: a zip or a pickle); it "
+        f"starts with {head!r}. Check the path, or download the weights again"
+    )
+
+
 def load_state_dict(
     path: str | os.PathLike[str], allow_pickle: bool = False, section: str = "image"
 ) -> dict[str, torch.Tensor]:
@@ -97,6 +110,7 @@ def load_state_dict(
             return dict(load_file(str(p), device="cpu"))
         except Exception as err:  # safetensors raises its own untyped errors for corrupt headers
             raise ConfigError(f"{p}: not a readable safetensors file ({err})") from err
+    _check_torch_file(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -197,3 +198,12 @@ def for_plot(value: Any) -> str:
 def echo(line: Any) -> None:
     """Print ``line`` to stdout as one line (``for_terminal``): the way the command line prints."""
     print(for_terminal(line))
+
+
+class InertFormatter(logging.Formatter):
+    """Log lines name clips and files: their control characters are shown escaped, never acted on
+    (the terminal and every log file, ``train.log`` included)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = for_terminal(record.message)
+        return super().formatMessage(record)

@@ -171,10 +171,10 @@ def test_an_os_error_elsewhere_is_one_line_naming_the_path(tmp_path, capsys, mon
 def test_log_lines_show_control_characters_escaped():
     import logging
 
-    from aver.cli import _InertFormatter
+    from aver.utils import InertFormatter
 
     record = logging.LogRecord(
         "aver", logging.WARNING, __file__, 1, "%s: cut", ("\x1b]8;;x\x07a\nb\u202e",), None
     )
-    line = _InertFormatter("%(levelname)s %(message)s").format(record)
+    line = InertFormatter("%(levelname)s %(message)s").format(record)
     assert line == "WARNING \\x1b]8;;x\\x07a\\nb\\u202e: cut"

@@ -266,6 +266,7 @@ def test_hostile_ids_and_class_names_through_every_writer(hostile_cache, tmp_pat
         assert_csv_inert(csv_file)
     for md in (runs / "report.md", runs / "cv/cv_summary.md"):
         assert_markdown_inert(md)
+    assert_inert((runs / "r1" / "train.log").read_text(), "train.log", allow="\n")
     for page in (runs / "report.html", tmp_path / "qa/page.html"):
         assert_html_inert(page)
 

@@ -485,7 +485,9 @@ def seed_everything(seed: int) -> None:
 def log_to(path: Path):
     """Copy the ``aver.train`` log into ``path`` for the duration of the block."""
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from aver.utils import InertFormatter
+
+    handler.setFormatter(InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("aver.train")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

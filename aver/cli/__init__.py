@@ -37,20 +37,12 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _InertFormatter(logging.Formatter):
-    """Log lines name clips and files: their control characters are shown escaped, never acted on."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        from aver.utils import for_terminal
-
-        record.message = for_terminal(record.message)
-        return super().formatMessage(record)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     handler = logging.StreamHandler()
-    handler.setFormatter(_InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from aver.utils import InertFormatter
+
+    handler.setFormatter(InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         code = int(args.func(args) or 0)

@@ -69,6 +69,7 @@ class FeatureCache:
         self.status = self._load(L.STATUS)
         self.lengths = {k: self._load(name).astype(np.int64) for k, name in L.LENGTHS.items()}
         self.folds = self._load(L.FOLD_SPLIT) if self._has(L.FOLD_SPLIT) else np.zeros((0, n), np.int8)
+        self.stored_folds = self.folds  # ``folds`` may be replaced by a protocol's (aver.train.protocols)
         self._check_table()
         self.damage.extend(self._integrity_damage())
 
@@ -129,7 +130,7 @@ class FeatureCache:
 
     def _table_column(self, name: str) -> np.ndarray | None:
         """A clip-table array or coordinate as stored (``None`` when the store lacks it)."""
-        loaded = {L.CLIP_ID: self.ids, L.SPEAKER: self.speakers, L.FOLD_SPLIT: self.folds}
+        loaded = {L.CLIP_ID: self.ids, L.SPEAKER: self.speakers, L.FOLD_SPLIT: self.stored_folds}
         if name in loaded and (name != L.FOLD_SPLIT or self._has(name)):
             return loaded[name]
         try:

@@ -1,7 +1,8 @@
 """Extraction throughput: each stage alone, then end to end, on the synthetic corpus.
 
     python bench/extract.py [--preset tiny] [--device cpu] [--flow dis] [--actors 3] [--seconds 2]
-    python bench/extract.py --long [5 60 300]     # peak memory against clip length
+    python bench/extract.py --long [5 60 300]     # peak memory against clip length and frame size
+    python bench/extract.py --long 5 --hires 1920x1080 3840x2160 --hires-seconds 2
     python bench/extract.py --detect --size 640x480  # face boxes: detection stride / resolution vs IoU
 
 Prints one table: frames/s of every stage run alone over the same clips (decode, MTCNN, crop,
@@ -202,11 +203,78 @@ def write_long_clip(path: Path, seconds: float, fps: int = 25, width: int = 320,
         c.mux(a.encode(None))
 
 
-def long_clip_memory(durations: list[float], device: str) -> None:
-    """Peak RSS of a whole ``aver extract`` process (tiny preset) on one clip of each duration."""
+def write_hires_clip(path: Path, seconds: float, width: int, height: int, fps: int = 25) -> None:
+    """A real H.264 + AAC clip at ``width`` x ``height`` of a real face photo (the Grace Hopper portrait
+    that ships with matplotlib, as ``synthetic.write_photo_clip``) drifting across the frame, encoded
+    frame by frame so that writing a 4K clip never holds the whole video in memory."""
+    import av
+    import matplotlib.cbook
+    from PIL import Image
+
+    from aver.extract.synthetic import render_audio
+
+    img = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    scale = 0.9 * height / img.height
+    face = np.asarray(img.resize((int(img.width * scale), int(img.height * scale)), Image.BILINEAR))
+    n = max(int(round(seconds * fps)), 2)
+    y, span = (height - face.shape[0]) // 2, max(width - face.shape[1], 0)
+    audio = render_audio(n / fps, 48000, emotion="happy").astype(np.float32)
+    with av.open(str(path), mode="w", format="mp4") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"preset": "ultrafast", "crf": "23"}
+        a = c.add_stream("aac", rate=48000, layout="mono")
+        for i in range(n):
+            rgb = np.full((height, width, 3), 96, dtype=np.uint8)
+            x = int(round(span * (0.35 + 0.3 * i / max(n - 1, 1))))
+            rgb[y : y + face.shape[0], x : x + face.shape[1]] = face[:, : width - x]
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            c.mux(v.encode(frame))
+        c.mux(v.encode(None))
+        af = av.AudioFrame.from_ndarray(audio[None], format="fltp", layout="mono")
+        af.sample_rate, af.pts = 48000, 0
+        c.mux(a.encode(af))
+        c.mux(a.encode(None))
+
+
+def _child_peak(table: Path, cache: Path, device: str) -> dict:
+    """Run ``LONG_CHILD`` (one ``aver extract`` in a fresh process) and return its JSON line."""
     import json
     import subprocess
 
+    out = subprocess.run(
+        [sys.executable, "-c", LONG_CHILD, str(table), str(cache), device],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def resolution_memory(sizes: list[str], seconds: float, device: str) -> None:
+    """Peak RSS of a whole ``aver extract`` process (tiny preset) on one face clip of each frame size:
+    with frames held at full resolution it grows with width x height x frames; bounded, it should not."""
+    print(f"one {seconds:g} s face clip at 25 fps per frame size")
+    print("| frame size | frames | peak RSS (process) | wall |")
+    print("| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_long_clip(tmp / "short.mp4", 1.0)  # two more speakers for the folds; not extracted (limit=1)
+        for size in sizes:
+            width, height = (int(v) for v in size.split("x"))
+            write_hires_clip(tmp / f"{size}.mp4", seconds, width, height)
+            table = tmp / f"clips{size}.csv"
+            table.write_text(f"id,video,speaker\na,{size}.mp4,s1\nb,short.mp4,s2\nc,short.mp4,s3\n")
+            r = _child_peak(table, tmp / f"cache{size}", device)
+            failed = " (FAILED)" if r["failed"] else ""
+            print(f"| {size}{failed} | {r['frames']} | {r['rss_gib']:.2f} GiB | {r['seconds']:.0f} s |")
+
+
+def long_clip_memory(durations: list[float], device: str) -> None:
+    """Peak RSS of a whole ``aver extract`` process (tiny preset) on one clip of each duration."""
     print(f"machine: {machine()}")
     print("| clip length | frames | peak RSS (process) | wall |")
     print("| --- | --- | --- | --- |")
@@ -217,15 +285,7 @@ def long_clip_memory(durations: list[float], device: str) -> None:
             write_long_clip(tmp / "long.mp4", seconds)
             table = tmp / f"clips{seconds:g}.csv"
             table.write_text("id,video,speaker\na_long,long.mp4,s1\nb,short.mp4,s2\nc,short.mp4,s3\n")
-            out = subprocess.run(
-                [sys.executable, "-c", LONG_CHILD, str(table), str(tmp / f"cache{seconds:g}"), device],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            )
-            if out.returncode:
-                raise SystemExit(out.stderr[-3000:])
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = _child_peak(table, tmp / f"cache{seconds:g}", device)
             print(f"| {seconds:g} s | {r['frames']} | {r['rss_gib']:.2f} GiB | {r['seconds']:.0f} s |")
 
 
@@ -292,6 +352,14 @@ def main() -> None:
         metavar="SECONDS",
         help="peak RSS of extracting one clip of each length instead (default 5 60 300)",
     )
+    ap.add_argument(
+        "--hires",
+        nargs="*",
+        default=["1280x720", "1920x1080", "3840x2160"],
+        metavar="WxH",
+        help="with --long: also peak RSS on one face clip of each frame size (none: skip)",
+    )
+    ap.add_argument("--hires-seconds", type=float, default=2.0, help="length of the --hires clips")
     ap.add_argument("--size", default="320x240", help="synthetic frame size WxH")
     ap.add_argument(
         "--detect",
@@ -301,6 +369,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.long is not None:
         long_clip_memory(args.long or [5.0, 60.0, 300.0], args.device)
+        if args.hires:
+            resolution_memory(args.hires, args.hires_seconds, args.device)
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import json

@@ -57,7 +57,9 @@ def main() -> None:
     print("| --- | --- |")
     print(f"| clips | {n} ({verified} verified, {len(problems)} problems) |")
     print(f"| open (table digests, status vs records) | {open_s:.2f} s ({1e3 * open_s / n:.2f} ms/clip) |")
-    print(f"| `aver cache verify` (every array, padding) | {verify_s:.1f} s ({1e3 * verify_s / n:.1f} ms/clip) |")
+    print(
+        f"| `aver cache verify` (every array, padding) | {verify_s:.1f} s ({1e3 * verify_s / n:.1f} ms/clip) |"
+    )
     print(f"| training: full verification of fold 1 ({len(fold)} clips) | {check_s:.1f} s |")
     print(f"| training: loading fold 1's clips ({len(used)}; features checked as read) | {load_s:.1f} s |")
     print(f"| verification overhead on the fold's load | {100 * check_s / max(load_s, 1e-9):.0f} % |")

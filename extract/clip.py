@@ -1,8 +1,10 @@
 """Per-clip work, in two halves.
 
 ``prepare`` is the decode-bound half that runs ahead in threads: probe, decode + detect faces
-(pass 1), track and smooth one face, decode + crop (pass 2, so no full-resolution video is ever
-held in memory), and load 16 kHz audio. ``compute_group`` is the model-bound half: optical flow,
+(pass 1, keeping only a detection-size copy of each frame), track and smooth one face, decode +
+crop (pass 2, keeping only the face region of each frame), and load 16 kHz audio. Frames are
+decoded one at a time, so no full-resolution video is ever held in memory: a 4K clip costs one
+4K frame, not 4K x frames. ``compute_group`` is the model-bound half: optical flow,
 normalisation and both encoders, run on the frames of many clips packed into fixed-size batches.
 """
 
@@ -46,26 +48,14 @@ class Prepared:
 
 def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Capacity) -> Prepared:
     """Decode, detect, track, crop and load audio for one clip. Raises ``ClipError`` on bad input."""
-    from .faces import detect_frames, smooth_boxes, track_face
-    from .media import iter_video_frames, load_audio, probe_video
+    from .faces import smooth_boxes, track_face
+    from .media import load_audio, probe_video
 
     rt = cfg.runtime
     info = probe_video(rec.video)
     max_seconds = cfg.max_seconds
-    dets, stamps, hw, notes = [], [], None, []
-    for frames, ts in iter_video_frames(rec.video, rt.decode_batch, max_seconds, notes=notes):
-        frames, ts = frames[: cap.frames - len(stamps)], ts[: cap.frames - len(stamps)]
-        hw = frames.shape[1:3]
-        every = cfg.face.detect_every
-        dets.extend(detect_frames(models.detector, frames, len(stamps), every, rt.detect_batch, models.lock))
-        stamps.extend(ts.tolist())
-        if len(stamps) >= cap.frames:
-            log.warning("%s: longer than the store capacity; cut at %d frames", rec.video, cap.frames)
-            notes.append(
-                f"cut at {cap.frames} frames ({stamps[-1]:.2f} s): the store's frame capacity, planned from "
-                "container headers, is shorter than this clip"
-            )
-            break
+    notes: list[str] = []
+    dets, stamps, hw = _detect_pass(rec.video, cfg, models, cap, notes)
     n = len(stamps)
     if n < cfg.flow.window + 1:
         raise ClipError(
@@ -100,6 +90,30 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
     )
 
 
+def _detect_pass(path: str, cfg: ExtractConfig, models: Models, cap: Capacity, notes: list[str]):
+    """First decoding pass: ``(detections per frame, timestamps, (H, W))``, at most ``cap.frames``
+    frames. Frames are decoded one at a time and only their detection-size copy is kept
+    (``DetectionPass``), so memory does not grow with the video's resolution."""
+    from .faces import DetectionPass
+    from .media import iter_frames
+
+    rt = cfg.runtime
+    run = DetectionPass(models.detector, cfg.face.detect_every, rt.detect_batch, rt.decode_batch, models.lock)
+    stamps, hw = [], None
+    for rgb, t in iter_frames(path, cfg.max_seconds, notes=notes):
+        hw = rgb.shape[:2]
+        run.add(rgb)
+        stamps.append(t)
+        if len(stamps) >= cap.frames:
+            log.warning("%s: longer than the store capacity; cut at %d frames", path, cap.frames)
+            notes.append(
+                f"cut at {cap.frames} frames ({stamps[-1]:.2f} s): the store's frame capacity, planned from "
+                "container headers, is shorter than this clip"
+            )
+            break
+    return run.finish(), stamps, hw
+
+
 def encode_audio_early(cfg: ExtractConfig) -> bool:
     """On a CPU with single-threaded kernels (``runtime.threads=1``) wav2vec2 runs in the decode-
     ahead threads, beside detection, so that they and the image encoders (the main thread) keep both
@@ -108,30 +122,40 @@ def encode_audio_early(cfg: ExtractConfig) -> bool:
     return rt.device == "cpu" and rt.threads == 1
 
 
+def iter_crops(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
+    """Second decoding pass: the crops of the ``n`` smoothed boxes, ``uint8 [b, 3, S, S]`` chunks
+    on the run's device in frame order, made as the frames are decoded (``faces.crop_stream``: one
+    frame plus a chunk of face regions in memory). Raises ``ClipError`` when fewer than ``n``
+    frames decode (the first pass saw ``n``)."""
+    from .faces import crop_stream
+    from .media import iter_frames
+
+    frames = (rgb for rgb, _ in iter_frames(path, cfg.max_seconds))
+    seen = 0
+    for crops in crop_stream(
+        frames, boxes[:n], cfg.face.crop_size, cfg.runtime.decode_batch, cfg.runtime.device, lock
+    ):
+        seen += len(crops)
+        yield crops
+    if seen != n:
+        raise ClipError(path, f"second decoding pass gave {seen} frames, the first {n}", "decode")
+
+
 def _crop_pass(
     path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock, keep: np.ndarray | None = None
 ):
-    """Second decoding pass: ``uint8 [n, 3, S, S]`` crops of the smoothed boxes, on the run's device;
+    """``uint8 [n, 3, S, S]`` crops of the smoothed boxes (``iter_crops``), on the run's device;
     with ``keep`` (sorted frame indices) only those frames' crops, computed exactly as in a full pass."""
     import torch
 
-    from .faces import crop_faces
-    from .media import iter_video_frames
-
     out, seen = [], 0
-    for frames, _ in iter_video_frames(path, cfg.runtime.decode_batch, cfg.max_seconds):
-        frames = frames[: n - seen]
-        if len(frames) == 0:
-            break
-        t = torch.from_numpy(frames).to(cfg.runtime.device, non_blocking=True)
-        with lock:
-            crops = crop_faces(t, boxes[seen : seen + len(frames)], cfg.face.crop_size)
+    for crops in iter_crops(path, boxes, n, cfg, lock):
         if keep is not None:
-            crops = crops[torch.as_tensor(keep[(keep >= seen) & (keep < seen + len(frames))] - seen)]
-        out.append(crops)
-        seen += len(frames)
-    if seen != n:
-        raise ClipError(path, f"second decoding pass gave {seen} frames, the first {n}", "decode")
+            here = keep[(keep >= seen) & (keep < seen + len(crops))] - seen
+            out.append(crops[torch.as_tensor(here, dtype=torch.long, device=crops.device)])
+        else:
+            out.append(crops)
+        seen += len(crops)
     return torch.cat(out)
 
 

@@ -214,7 +214,7 @@ class RuntimeConfig:
     # busy the machine is); otherwise model compute is serialised by a lock. On 2 cores the default
     # is faster (bench/RESULTS.md); on many-core CPUs, 1 thread with --workers N is the option.
     threads: int | None = None
-    decode_batch: int = 64  # frames decoded at a time (bounds memory on long clips)
+    decode_batch: int = 64  # frames per detection/crop block (frames are decoded one at a time)
     group_frames: int = 1024  # clips are packed into groups of about this many frames
     stream_frames: int = 256  # longer clips are streamed through temporary files (flat memory)
     stream_window: int = 128  # frames (or flow pairs) per model window of a streamed clip

@@ -15,7 +15,9 @@ spans ``[x1, x2) x [y1, y2)`` in that continuous space (what MTCNN returns, up t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -68,17 +70,30 @@ class FaceDetector:
             device=self.device,
         ).eval()
 
-    def _downscale(self, frames: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """[B,H,W,3] uint8 -> [B,h,w,3] (float when resized) and the (x, y) factors back to H, W."""
+    def shrink(self, frames: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """The detection input of ``frames`` (``uint8 [B, H, W, 3]``, any device) on the detector's
+        device, and the (x, y) factors from it back to frame pixels.
+
+        Frames whose longest side is within ``cfg.detect_max_side`` are their own input (uint8);
+        larger ones become an area-averaged ``float32 [B, h, w, 3]`` copy whose longest side is
+        ``detect_max_side``. They are converted to float one at a time, so a batch of 4K frames never
+        exists as float (100 MB per frame): MTCNN memory follows the detection size, not the video's.
+        """
         h, w = frames.shape[1:3]
         scale = self.cfg.detect_max_side / max(h, w)
         if scale >= 1.0:
-            return frames, 1.0, 1.0
+            return frames.to(self.device), 1.0, 1.0
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-        # Area averaging anti-aliases the downscale (the same filter MTCNN uses for its pyramid).
-        x = frames.permute(0, 3, 1, 2).float()
-        x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="area")
-        return x.permute(0, 2, 3, 1), w / new_w, h / new_h
+        # Area averaging anti-aliases the downscale (the same filter MTCNN uses for its pyramid);
+        # frame by frame gives the numbers of the whole batch at once (each output pixel is one mean).
+        small = [
+            torch.nn.functional.interpolate(
+                f[None].to(self.device).permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="area"
+            ).permute(0, 2, 3, 1)
+            for f in frames
+        ]
+        x = torch.cat(small) if small else torch.zeros((0, new_h, new_w, 3), device=self.device)
+        return x, w / new_w, h / new_h
 
     def detect(self, frames: np.ndarray | torch.Tensor) -> list[np.ndarray]:
         """Detect every face in a batch of frames with one MTCNN call.
@@ -89,16 +104,19 @@ class FaceDetector:
         Returns:
             B arrays, each ``float32 [k, 5]``: x1, y1, x2, y2 in original frame pixels and the O-net
             probability; ``k`` may be 0. Detections with prob < ``cfg.min_prob`` are dropped.
-            Frames are first downscaled so their longest side is ``cfg.detect_max_side``;
-            ``cfg.min_face_size`` applies at that detection resolution.
+            Frames are first downscaled so their longest side is ``cfg.detect_max_side``
+            (``shrink``); ``cfg.min_face_size`` applies at that detection resolution.
         """
         x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"FaceDetector.detect wants uint8 frames [B,H,W,3], got shape {tuple(x.shape)}")
         if x.dtype != torch.uint8:
             raise ValueError(f"FaceDetector.detect wants uint8 frames, got {x.dtype}")
+        return self.detect_shrunk(*self.shrink(x))
+
+    def detect_shrunk(self, x: torch.Tensor, sx: float = 1.0, sy: float = 1.0) -> list[np.ndarray]:
+        """``detect`` on frames already at detection size (``shrink``'s output and factors)."""
         batch = x.shape[0]
-        x, sx, sy = self._downscale(x.to(self.device))
         # With the shorter side under min_face_size MTCNN's pyramid is empty and detect_face crashes.
         if batch == 0 or min(x.shape[1:3]) < self.cfg.min_face_size:
             return [_empty_dets() for _ in range(batch)]
@@ -125,21 +143,65 @@ class FaceDetector:
         return out
 
 
+class DetectionPass:
+    """Detections of a clip whose frames arrive one at a time (``media.iter_frames``).
+
+    A frame whose clip index is a multiple of ``every`` is shrunk to detection size as it arrives
+    (``FaceDetector.shrink``); only that copy is kept until MTCNN runs on ``batch`` of them, so
+    memory follows the detection size, never the video's resolution. The other frames get no
+    detection and are filled by the tracker like any gap. Batches never cross a multiple of
+    ``block`` frames from ``first``: the grouping of a pass over decode batches of ``block`` frames
+    (``runtime.decode_batch``), so the detections are those of that pass, bit for bit.
+    """
+
+    def __init__(self, detector: FaceDetector, every: int, batch: int, block: int, lock, first: int = 0):
+        self.detector, self.every, self.batch, self.block, self.lock = detector, every, batch, block, lock
+        self.first = self.t = first  # clip index of the first frame / of the next frame
+        self.dets: list[np.ndarray] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (row of dets, [1, h, w, 3] detection input)
+        self._scale = (1.0, 1.0)
+
+    def add(self, frame: np.ndarray | torch.Tensor) -> None:
+        """One frame, ``uint8 [H, W, 3]``; not kept."""
+        if (self.t - self.first) % self.block == 0:
+            self._flush()
+        self.dets.append(_empty_dets())
+        if self.t % self.every == 0:
+            x = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame
+            with self.lock:
+                small, sx, sy = self.detector.shrink(x[None])
+            self._pending.append((len(self.dets) - 1, small))
+            self._scale = (sx, sy)
+            if len(self._pending) == self.batch:
+                self._flush()
+        self.t += 1
+
+    def _flush(self) -> None:
+        if self._pending:
+            rows, xs = zip(*self._pending, strict=True)
+            self._pending = []
+            with self.lock:
+                found = self.detector.detect_shrunk(torch.cat(xs), *self._scale)
+            for k, d in zip(rows, found, strict=True):
+                self.dets[k] = d
+
+    def finish(self) -> list[np.ndarray]:
+        """Every frame's detections, ``float32 [k, 5]`` as ``FaceDetector.detect`` returns them."""
+        self._flush()
+        return self.dets
+
+
 def detect_frames(
     detector: FaceDetector, frames: np.ndarray, first: int, every: int, batch: int, lock
 ) -> list[np.ndarray]:
     """Detections for ``frames`` (the clip's frames ``first``, ``first + 1``, ...), running MTCNN
     only on the frames whose clip index is a multiple of ``every``, ``batch`` frames per call;
-    the others get no detection and are filled by the tracker like any gap."""
-    out = [_empty_dets() for _ in range(len(frames))]
-    chosen = [k for k in range(len(frames)) if (first + k) % every == 0]
-    for a in range(0, len(chosen), batch):
-        picked = chosen[a : a + batch]
-        with lock:
-            found = detector.detect(frames[picked] if every > 1 else frames[picked[0] : picked[-1] + 1])
-        for k, d in zip(picked, found, strict=True):
-            out[k] = d
-    return out
+    the others get no detection and are filled by the tracker like any gap (``DetectionPass``
+    over the frames of one decode batch)."""
+    run = DetectionPass(detector, every, batch, max(len(frames), 1), lock, first)
+    for frame in frames:
+        run.add(frame)
+    return run.finish()
 
 
 @dataclass
@@ -271,18 +333,39 @@ def smooth_boxes(boxes: np.ndarray, window: int, margin: float, frame_hw: tuple[
     return out.astype(np.float32)
 
 
-def _face_region(x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frames cut to the union of the boxes (two pixels of margin for the bilinear neighbours)
-    and the boxes in its coordinates. When a box reaches outside the frame the frames are kept
-    whole, so roi_align's frame-edge rule (black outside) applies exactly as on the full frame."""
-    h, w = x.shape[1:3]
+# Float bytes of face region converted per roi_align call in ``crop_stream`` (at least one frame).
+CROP_CHUNK_BYTES = 128 << 20
+
+
+def face_region(b: torch.Tensor, h: int, w: int) -> tuple[tuple[int, int, int, int], torch.Tensor]:
+    """The part ``(x0, y0, x1, y1)`` of ``[h, w]`` frames that crops of boxes ``b`` ``[B, 4]`` read:
+    the union of the boxes plus two pixels (the bilinear neighbours), and the boxes in its
+    coordinates. When a box reaches outside the frame it is the whole frame, so roi_align's
+    frame-edge rule (black outside) applies exactly as on the full frame."""
     lo, hi = b.min(0).values, b.max(0).values
     if lo[0] < 0 or lo[1] < 0 or hi[2] > w or hi[3] > h:
-        return x, b
+        return (0, 0, w, h), b
     x0, y0 = max(int(lo[0].floor()) - 2, 0), max(int(lo[1].floor()) - 2, 0)
     x1, y1 = min(int(hi[2].ceil()) + 2, w), min(int(hi[3].ceil()) + 2, h)
     shift = torch.tensor([x0, y0, x0, y0], dtype=b.dtype, device=b.device)
-    return x[:, y0:y1, x0:x1], b - shift
+    return (x0, y0, x1, y1), b - shift
+
+
+def _roi_crop(x: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` and one box per frame in its pixels -> ``uint8 [B, 3, size, size]``."""
+    from torchvision.ops import roi_align
+
+    img = x.permute(0, 3, 1, 2).float()
+    idx = torch.arange(x.shape[0], device=x.device, dtype=torch.float32).unsqueeze(1)
+    crops = roi_align(
+        img,
+        torch.cat([idx, b.to(x.device)], dim=1),
+        output_size=(size, size),
+        spatial_scale=1.0,
+        sampling_ratio=-1,
+        aligned=True,
+    )
+    return crops.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def crop_faces(
@@ -303,11 +386,10 @@ def crop_faces(
 
     Returns:
         ``uint8 [B, 3, size, size]`` RGB on the frames' device (rounded to nearest).
-        Only the region the boxes cover (their union, plus two pixels) is converted to float, so
-        the cost follows the face, not the frame (the whole frame when a box leaves it).
+        Only the region the boxes cover (their union, plus two pixels: ``face_region``) is
+        converted to float, so the cost follows the face, not the frame (the whole frame when a
+        box leaves it). ``crop_stream`` does the same on frames as they are decoded.
     """
-    from torchvision.ops import roi_align
-
     x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
         raise ValueError(f"crop_faces wants uint8 frames [B,H,W,3], got {x.dtype} {tuple(x.shape)}")
@@ -316,15 +398,46 @@ def crop_faces(
         raise ValueError(f"crop_faces wants one box per frame [{x.shape[0]}, 4], got {tuple(b.shape)}")
     if x.shape[0] == 0:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=x.device)
-    x, b = _face_region(x, b)
-    img = x.permute(0, 3, 1, 2).float()
-    idx = torch.arange(x.shape[0], device=x.device, dtype=torch.float32).unsqueeze(1)
-    crops = roi_align(
-        img,
-        torch.cat([idx, b], dim=1),
-        output_size=(size, size),
-        spatial_scale=1.0,
-        sampling_ratio=-1,
-        aligned=True,
-    )
-    return crops.round_().clamp_(0, 255).to(torch.uint8)
+    (x0, y0, x1, y1), b = face_region(b, *x.shape[1:3])
+    return _roi_crop(x[:, y0:y1, x0:x1], b, size)
+
+
+def crop_stream(
+    frames: Iterable[np.ndarray], boxes: np.ndarray, size: int, block: int, device="cpu", lock=None
+) -> Iterator[torch.Tensor]:
+    """``crop_faces`` of a clip's frames as they are decoded (``media.iter_frames``), in bounded memory.
+
+    The boxes (``float [T, 4]``, one per frame) are known before the frames, so the region each
+    block of ``block`` frames needs (``face_region`` of its boxes, as ``crop_faces`` on a decode
+    batch of ``block`` frames) is known too: only that region of each frame is copied out, into a
+    chunk of at most ``CROP_CHUNK_BYTES`` (counted as float) per roi_align call, one frame at
+    least. The crops are those of ``crop_faces`` on the same blocks, bit for bit (each box reads
+    only its own frame). Peak memory is one decoded frame plus a chunk of face regions (the whole
+    frame where a box leaves it), not ``T x H x W``.
+
+    Yields ``uint8 [b, 3, size, size]`` chunks on ``device``, in frame order; stops after T frames
+    (frames beyond are not read), or earlier when ``frames`` runs out (the caller checks the count).
+    """
+    all_boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
+    n, lock = len(all_boxes), lock or contextlib.nullcontext()
+
+    def crop(regions: np.ndarray, b: torch.Tensor) -> torch.Tensor:
+        x = torch.from_numpy(regions).to(device, non_blocking=True)
+        with lock:
+            return _roi_crop(x, b, size)
+
+    k = 0
+    for t, frame in zip(range(n), frames, strict=False):  # range first: frame T + 1 is never decoded
+        if t % block == 0:
+            end = min(t + block, n)
+            (x0, y0, x1, y1), b = face_region(all_boxes[t:end], *frame.shape[:2])
+            chunk, start = max(1, CROP_CHUNK_BYTES // ((x1 - x0) * (y1 - y0) * 3 * 4)), t
+        if (t - start) % chunk == 0:
+            buf, k = np.empty((min(chunk, end - t), y1 - y0, x1 - x0, 3), np.uint8), 0
+        buf[k] = frame[y0:y1, x0:x1]
+        k += 1
+        if k == len(buf):
+            yield crop(buf, b[t + 1 - k - start : t + 1 - start])
+            k = 0
+    if k:  # the frames ran out early
+        yield crop(buf[:k], b[t + 1 - k - start : t + 1 - start])

@@ -5,10 +5,10 @@ video, ``stage="audio"`` for audio), so a run records it and goes on with the ne
 
 Frames are returned upright: a display-matrix rotation (phone video) is applied when decoding.
 
-Truncated / corrupt video policy (``iter_video_frames``): decoding stops at the first decoder
-error, or ends quietly where a cut-off file runs out of packets. If no frame decoded, or fewer
-than ``min_decoded_ratio`` (default 0.5) of the frames the container announces, the clip fails
-with ``ClipError`` (raised after the batches already yielded, so a caller must drop what it
+Truncated / corrupt video policy (``iter_frames``, ``iter_video_frames``): decoding stops at the
+first decoder error, or ends quietly where a cut-off file runs out of packets. If no frame decoded,
+or fewer than ``min_decoded_ratio`` (default 0.5) of the frames the container announces, the clip
+fails with ``ClipError`` (raised after the frames already yielded, so a caller must drop what it
 received). Otherwise the frames decoded so far are kept and a warning is logged: a clip that lost
 a few frames at its end is still worth its features. Lost frames show as gaps in the timestamps.
 """
@@ -132,6 +132,28 @@ def _upright(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=quarter)) if quarter else rgb
 
 
+class _Clock:
+    """Presentation times that only go forward. A stream whose timestamps restart or repeat (MPEG-TS
+    files joined end to end, a camera's wrapped clock) continues from the previous frame, one frame
+    period later, with a note: the stored timeline and every duration derived from it stay true."""
+
+    def __init__(self, fps: float, notes: list) -> None:
+        self.step = 1.0 / fps if fps > 0 else 0.04
+        self.shift, self.last, self.notes = 0.0, None, notes
+
+    def __call__(self, raw: float, n: int) -> float:
+        t = raw + self.shift
+        if self.last is not None and t <= self.last:
+            self.shift += self.last + self.step - t
+            self.notes.append(
+                f"timestamps restart at frame {n} ({raw:.2f} s after {self.last:.2f} s; a concatenated "
+                "stream?): times continue from the previous frame"
+            )
+            t = self.last + self.step
+        self.last = t
+        return t
+
+
 def _frames_with_times(
     container, stream, path: str, expected: int, min_ratio: float, max_seconds, notes: list
 ):
@@ -141,7 +163,7 @@ def _frames_with_times(
     fps = _stream_fps(stream)
     tb = stream.time_base
     origin = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
-    size, n = None, 0
+    size, n, clock = None, 0, _Clock(fps, notes)
     decoder = container.decode(stream)
     while True:
         try:
@@ -152,7 +174,7 @@ def _frames_with_times(
             _decode_failed(path, e, n, expected, min_ratio, notes)
             return
         if frame.time is not None:
-            t = frame.time - origin
+            t = clock(frame.time - origin, n)
         elif fps > 0:
             t = n / fps  # no pts: assume a constant rate from the stream's declared fps
         else:
@@ -169,29 +191,28 @@ def _frames_with_times(
         yield _upright(frame), t
 
 
-def iter_video_frames(
+def iter_frames(
     path: str | os.PathLike,
-    batch_size: int,
     max_seconds: float | None = None,
     min_decoded_ratio: float = 0.5,
     notes: list[str] | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream a clip's frames at its native rate, ``batch_size`` at a time.
+) -> Iterator[tuple[np.ndarray, float]]:
+    """Stream a clip's frames one at a time, at its native rate: ``(rgb, t)`` with ``rgb`` uint8
+    [H, W, 3] (a fresh array the caller may keep) and ``t`` the presentation time in seconds from
+    the video stream's start. Memory is one decoded frame, whatever the resolution: a caller that
+    keeps only what it needs of each frame (a downscaled copy, a face region) never holds a
+    full-resolution video. Frames at or after ``max_seconds`` are not decoded.
 
-    Yields ``(frames, timestamps_s)``: frames uint8 [B, H, W, 3] RGB (B <= ``batch_size``; only
-    the last batch is shorter) and presentation times float64 [B] in seconds from the video
-    stream's start. Frames at or after ``max_seconds`` are not decoded. Memory is bounded by one
-    batch. Deterministic: two iterations give identical frames, whatever the batch size.
     Raises ``ClipError(stage="decode")`` as ``probe_video`` does, when no frame decodes, and on a
-    truncated/corrupt stream as the module docstring describes (``min_decoded_ratio``). A clip
-    kept although frames were lost gets a line appended to ``notes`` (recorded in the store).
+    truncated/corrupt stream as the module docstring describes (``min_decoded_ratio``; raised after
+    the frames already yielded, so a caller must drop what it received). A clip kept although
+    frames were lost gets a line appended to ``notes`` (recorded in the store).
     """
     notes = notes if notes is not None else []
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0; got {max_seconds}")
     path = str(path)
+    n = 0
     with _open(path, "decode") as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"  # frame + slice threads; output is still deterministic
@@ -199,25 +220,20 @@ def iter_video_frames(
         expected = int(stream.frames or 0)
         if expected and max_seconds is not None and fps > 0:
             expected = min(expected, math.ceil(max_seconds * fps - 1e-6))
-        frames = timestamps = None
-        k = n = 0
-        decoded = _frames_with_times(container, stream, path, expected, min_decoded_ratio, max_seconds, notes)
-        for rgb, t in decoded:
-            if frames is None:
-                frames = np.empty((batch_size, *rgb.shape), dtype=np.uint8)
-                timestamps = np.empty(batch_size, dtype=np.float64)
-            frames[k], timestamps[k] = rgb, t
-            k, n = k + 1, n + 1
-            if k == batch_size:
-                yield frames, timestamps
-                # Fresh buffers: the caller may keep the batch it was given.
-                frames, timestamps, k = np.empty_like(frames), np.empty_like(timestamps), 0
-        if k:
-            yield frames[:k].copy(), timestamps[:k].copy()
+        for rgb, t in _frames_with_times(
+            container, stream, path, expected, min_decoded_ratio, max_seconds, notes
+        ):
+            n += 1
+            yield rgb, t
+    _check_count(path, n, expected, min_decoded_ratio, notes)
+
+
+def _check_count(path: str, n: int, expected: int, min_ratio: float, notes: list[str]) -> None:
+    """The end-of-stream half of the truncation policy: no frame, or too few of those announced."""
     if n == 0:
         raise ClipError(path, "no video frame could be decoded", "decode")
     # A cut-off file can also end quietly, short of the frames its header announces.
-    if expected and n < min_decoded_ratio * expected:
+    if expected and n < min_ratio * expected:
         raise ClipError(
             path, f"video stream ended after {n} of {expected} announced frames (truncated file?)", "decode"
         )
@@ -225,8 +241,42 @@ def iter_video_frames(
         log.warning("%s: decoded %d frames, the container announced %d", path, n, expected)
         if not notes:
             notes.append(
-                f"decoded {n} of {expected} announced frames; kept (policy: at least {min_decoded_ratio:.0%})"
+                f"decoded {n} of {expected} announced frames; kept (policy: at least {min_ratio:.0%})"
             )
+
+
+def iter_video_frames(
+    path: str | os.PathLike,
+    batch_size: int,
+    max_seconds: float | None = None,
+    min_decoded_ratio: float = 0.5,
+    notes: list[str] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream a clip's frames at its native rate, ``batch_size`` at a time (``iter_frames`` batched).
+
+    Yields ``(frames, timestamps_s)``: frames uint8 [B, H, W, 3] RGB (B <= ``batch_size``; only
+    the last batch is shorter) and presentation times float64 [B] in seconds from the video
+    stream's start. Memory is one batch at full resolution (B x H x W x 3 bytes: 1.6 GB for 64 4K
+    frames), so the extraction pipeline uses ``iter_frames``; this is for small clips and tests.
+    Deterministic: two iterations give identical frames, whatever the batch size. Errors and
+    ``notes`` as ``iter_frames``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    frames = timestamps = None
+    k = 0
+    for rgb, t in iter_frames(path, max_seconds, min_decoded_ratio, notes):
+        if frames is None:
+            frames = np.empty((batch_size, *rgb.shape), dtype=np.uint8)
+            timestamps = np.empty(batch_size, dtype=np.float64)
+        frames[k], timestamps[k] = rgb, t
+        k += 1
+        if k == batch_size:
+            yield frames, timestamps
+            # Fresh buffers: the caller may keep the batch it was given.
+            frames, timestamps, k = np.empty_like(frames), np.empty_like(timestamps), 0
+    if k:
+        yield frames[:k].copy(), timestamps[:k].copy()
 
 
 def load_audio(

@@ -7,7 +7,8 @@ memory maps, whose resident pages would count against the process), and every mo
 ``runtime.stream_window`` frames or pairs. Flow pairs that cross a window boundary read both
 frames from the crop file, so no pair is lost or duplicated; the flow sigma (one per clip, or
 per pixel with ``flow.sigma=pixel``) is accumulated over all windows (``FlowSigma``) before any map is normalised. Peak memory is then
-set by the window, not by the clip's length (``bench/extract.py --long`` measures it).
+set by the window, not by the clip's length; frames are decoded one at a time and only their face
+region is kept, so it is not set by the frame size either (``bench/extract.py --long`` measures both).
 
 The numbers are those of the in-memory path: image embeddings do not depend on batching
 (``ImageEncoder.encode_batched``), flow is computed pair by pair, and sigma is the same two-pass
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from aver.errors import ClipError
 from aver.store import Capacity, ClipResult
 
 from .config import ExtractConfig
@@ -63,24 +63,17 @@ class Spill:
 
 
 def _crop_file(p, cfg: ExtractConfig, folder: Path) -> Spill:
-    """Second decoding pass, written to a ``uint8 [T, 3, S, S]`` spill file instead of memory."""
-    import torch
+    """Second decoding pass, written to a ``uint8 [T, 3, S, S]`` spill file instead of memory
+    (``clip.iter_crops``: frames decoded one at a time, only their face region kept)."""
+    import contextlib
 
-    from .faces import crop_faces
-    from .media import iter_video_frames
+    from .clip import iter_crops
 
-    n, s = p.n_frames, cfg.face.crop_size
+    s = cfg.face.crop_size
     crops = Spill(folder / "crops.u8", (3, s, s), np.uint8)
-    seen = 0
-    for frames, _ in iter_video_frames(p.record.video, cfg.runtime.decode_batch, cfg.max_seconds):
-        frames = frames[: n - seen]
-        if len(frames) == 0:
-            break
-        t = torch.from_numpy(frames).to(cfg.runtime.device)
-        crops.append(crop_faces(t, p.boxes[seen : seen + len(frames)], s).cpu().numpy())
-        seen += len(frames)
-    if seen != n:
-        raise ClipError(p.record.video, f"second decoding pass gave {seen} frames, the first {n}", "decode")
+    # compute_group runs under models.lock already: no second lock here.
+    for chunk in iter_crops(p.record.video, p.boxes, p.n_frames, cfg, contextlib.nullcontext()):
+        crops.append(chunk.cpu().numpy())
     return crops
 
 

@@ -274,3 +274,30 @@ def test_rotated_phone_video_decodes_upright(tmp_path, rotation):
     frames = np.concatenate([f for f, _ in iter_video_frames(path, 4)])
     assert frames.shape == upright.shape
     assert np.abs(frames.astype(int) - upright.astype(int)).mean() < 6  # codec error only
+
+
+def test_joined_mpegts_files_keep_a_forward_timeline_and_say_so(tmp_path):
+    """Issue 18: two MPEG-TS files joined end to end restart their timestamps; the clip's times go
+    on from the first part and a note says so (a cut note then gives the true duration)."""
+    import av
+
+    from aver.extract.media import iter_video_frames
+    from aver.extract.synthetic import write_photo_clip
+
+    clip = write_photo_clip(tmp_path / "a.mp4", seconds=1.0, fps=10)
+    part = tmp_path / "part.ts"
+    with av.open(str(clip)) as src, av.open(str(part), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for frame in src.decode(video=0):
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() * 2)  # `cat part.ts part.ts > joined.ts`
+    notes: list[str] = []
+    times = np.concatenate([t for _, t in iter_video_frames(joined, 8, notes=notes)])
+    assert len(times) >= 18 and np.all(np.diff(times) > 0), times
+    assert times[-1] > 1.7  # two seconds of video, not the second part's own clock
+    assert any("timestamps restart" in n for n in notes), notes

@@ -602,7 +602,7 @@ def _counts(page: Page, r: QAResult) -> None:
         f"<span class='done'>done <b id='n-done'>{c[L.DONE]}</b></span>",
         f"<span class='failed'>failed <b id='n-failed'>{c[L.FAILED]}</b></span>",
         f"<span class='pending'>pending <b id='n-pending'>{c[L.PENDING]}</b></span>",
-        f"<span class='failed'>damaged <b id='n-damaged'>{len({p.clip for p in r.damage})}</b></span></p>",
+        f"<span class='failed'>damaged <b id='n-damaged'>{len({p.clip for p in r.damage if not p.table})}</b></span></p>",
     )
     if c[L.PENDING]:
         page.add(
@@ -639,7 +639,7 @@ def _damage(page: Page, r: QAResult) -> None:
     """Clips whose arrays cannot be read or differ from their digests: not to be trusted."""
     if not r.damage:
         return
-    clips = len({p.clip for p in r.damage})
+    clips = len({p.clip for p in r.damage if not p.table})
     page.add(
         f"<h2 id='damaged'>Damaged ({clips} clip{'' if clips == 1 else 's'})</h2><p class='note'>These arrays "
         "cannot be read, or differ from the digests recorded when the clips were committed (a corrupted, "

@@ -224,9 +224,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     problems, verified, unverifiable = cache.verify(progress=not args.quiet)
     for p in problems:
         echo(p)
-    damaged = len({p.clip for p in problems})
+    damaged = len({p.clip for p in problems if not p.table})
+    table = [p.array for p in problems if p.table]
     echo(
         f"{args.store}: {verified} clips verified, {damaged} damaged"
+        + (f"; the clip table is damaged ({', '.join(table)})" if table else "")
         + (f", {unverifiable} without digests (committed before aver 0.3)" if unverifiable else "")
     )
     return 4 if problems else 0

@@ -60,7 +60,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
     for problem in result.damage:
         echo(f"DAMAGED {problem}")
     if result.damage:
-        clips = len({p.clip for p in result.damage})
+        clips = len({p.clip for p in result.damage if not p.table})
         echo(f"{args.store}: {clips} damaged clips: their measures are not to be trusted (see the page)")
     echo(result.page)
     return 4 if result.damage else 0

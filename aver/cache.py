@@ -58,6 +58,7 @@ class FeatureCache:
             )
         self.url = url
         self.meta: dict[str, Any] = meta
+        self.damage: list = []  # aver.integrity.Problem: what is wrong, by clip and array
         self._check_meta()
         self._check_arrays()
         self.ids = np.asarray(self._load(L.CLIP_ID))
@@ -77,8 +78,6 @@ class FeatureCache:
         """A whole array. A per-clip array (status, lengths, digests) whose chunk cannot be decoded
         reads as its fill value there and the clip is recorded in ``damage``, so ``verify`` can name
         it; a clip-table array that cannot be decoded is a ``CacheError`` naming it."""
-        if not hasattr(self, "damage"):
-            self.damage: list = []  # aver.integrity.Problem: what is wrong, by clip and array
         arr = self.group[name]
         try:
             return arr[:]

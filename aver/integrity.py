@@ -160,39 +160,8 @@ def verify_clip(
         return [Problem(clip, L.DIGEST, "no digest recorded (committed before aver 0.3): cannot be verified")]
     if "" in recorded:
         return [Problem(clip, L.DIGEST, "the digest record is damaged")]
-    problems, scalars = [], {}
-    for name in SCALARS:
-        try:
-            scalars[name] = group[name][i]
-        except Exception as e:  # noqa: BLE001 - any decoder error
-            problems.append(Problem(clip, name, f"cannot be read ({type(e).__name__}: {e})"))
-            continue
-        if digest(scalars[name], L.ARRAYS[name].dtype) != recorded.get(name):
-            problems.append(Problem(clip, name, "content differs from its digest"))
-    for name, length in TIME_ARRAYS.items():
-        if name in skip:
-            continue
-        try:
-            row = group[name][i]
-        except Exception as e:  # noqa: BLE001
-            problems.append(Problem(clip, name, f"chunk cannot be decoded ({type(e).__name__}: {e})"))
-            continue
-        n = int(scalars.get(length, -1))
-        if not 0 <= n <= len(row):
-            continue  # the length itself is reported above
-        if digest(row[:n], L.ARRAYS[name].dtype) != recorded.get(name):
-            missing = n > 0 and not np.any(row)
-            problems.append(
-                Problem(
-                    clip,
-                    name,
-                    "chunk missing (reads as the fill value)"
-                    if missing
-                    else "content differs from its digest",
-                )
-            )
-        elif np.any(row[n:]):
-            problems.append(Problem(clip, name, "padding past the valid rows is not zero"))
+    arrays = {k: v for k, v in TIME_ARRAYS.items() if k not in skip}
+    problems = verify_rows(group, i, clip, recorded, arrays, SCALARS)
     if has_notes and L.NOTE in recorded:
         try:
             if digest(group[L.NOTE][i], "str") != recorded[L.NOTE]:
@@ -202,17 +171,19 @@ def verify_clip(
     return problems
 
 
-def verify_rows(group, i: int, clip: str, recorded: dict[str, str], arrays: dict[str, str]) -> list[Problem]:
+def verify_rows(
+    group, i: int, clip: str, recorded: dict[str, str], arrays: dict[str, str], scalars=None
+) -> list[Problem]:
     """The valid rows of ``arrays`` (``{array: its length scalar}``) of clip ``i`` against ``recorded``,
-    the scalars included; padding past the valid rows must hold the fill value."""
-    problems, lengths = [], {}
-    for name in dict.fromkeys(arrays.values()):
+    and the ``scalars`` (default: the length scalars) read clip by clip."""
+    problems, values = [], {}
+    for name in scalars or tuple(dict.fromkeys(arrays.values())):
         try:
-            lengths[name] = group[name][i]
+            values[name] = group[name][i]
         except Exception as e:  # noqa: BLE001 - any decoder error
             problems.append(Problem(clip, name, f"cannot be read ({type(e).__name__}: {e})"))
             continue
-        if digest(lengths[name], L.ARRAYS[name].dtype) != recorded.get(name):
+        if digest(values[name], L.ARRAYS[name].dtype) != recorded.get(name):
             problems.append(Problem(clip, name, "content differs from its digest"))
     for name, length in arrays.items():
         try:
@@ -220,14 +191,28 @@ def verify_rows(group, i: int, clip: str, recorded: dict[str, str], arrays: dict
         except Exception as e:  # noqa: BLE001
             problems.append(Problem(clip, name, f"chunk cannot be decoded ({type(e).__name__}: {e})"))
             continue
-        n = int(lengths.get(length, -1))
-        if not 0 <= n <= len(row):
-            continue  # the length itself is reported above
-        if digest(row[:n], L.ARRAYS[name].dtype) != recorded.get(name):
-            problems.append(Problem(clip, name, "content differs from its digest"))
-        elif np.any(row[n:] != L.ARRAYS[name].fill):
-            problems.append(Problem(clip, name, "padding past the valid rows is not the fill value"))
+        problems += row_problems(clip, name, row, int(values.get(length, -1)), recorded.get(name))
     return problems
+
+
+def row_problems(clip: str, name: str, row: np.ndarray, n: int, want: str | None) -> list[Problem]:
+    """One clip's row of array ``name`` (its ``n`` valid rows against digest ``want``; the padding
+    after them must hold the fill value). An invalid ``n`` is reported with its own array."""
+    if not 0 <= n <= len(row):
+        return []
+    fill = L.ARRAYS[name].fill
+    if digest(row[:n], L.ARRAYS[name].dtype) != want:
+        missing = n > 0 and name in TIME_ARRAYS and not np.any(row)
+        return [
+            Problem(
+                clip,
+                name,
+                "chunk missing (reads as the fill value)" if missing else "content differs from its digest",
+            )
+        ]
+    if np.any(row[n:] != fill):
+        return [Problem(clip, name, "padding past the valid rows is not the fill value")]
+    return []
 
 
 def commit_problems(ids, status, records: list[dict[str, str]], status_name: str, digest_name: str) -> list:
@@ -344,19 +329,8 @@ class _Context:
             if digest(self.scalars[name][i], L.ARRAYS[name].dtype) != rec.get(name):
                 out.append(Problem(clip, name, "content differs from its digest"))
         for name, length in arrays.items():
-            row, n = blocks[name][k], int(self.scalars[length][i])
-            if not 0 <= n <= len(row):
-                continue  # the length itself is reported above
-            if digest(row[:n], L.ARRAYS[name].dtype) != rec.get(name):
-                missing = n > 0 and not np.any(row) and name in TIME_ARRAYS
-                what = (
-                    "chunk missing (reads as the fill value)"
-                    if missing
-                    else "content differs from its digest"
-                )
-                out.append(Problem(clip, name, what))
-            elif np.any(row[n:] != L.ARRAYS[name].fill):
-                out.append(Problem(clip, name, "padding past the valid rows is not the fill value"))
+            row = blocks[name][k]
+            out += row_problems(clip, name, row, int(self.scalars[length][i]), rec.get(name))
         if arrays is self.arrays and self.has_notes and L.NOTE in rec:
             if digest(self.notes[i], "str") != rec[L.NOTE]:
                 out.append(Problem(clip, L.NOTE, "content differs from its digest"))

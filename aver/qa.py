@@ -837,21 +837,11 @@ def render(r: QAResult, source: CropSource, files_dir: Path, sample: int = 12, w
     return page
 
 
-def write_report(
-    url: str,
-    out: str | Path | None = None,
-    data: str | Path | None = None,
-    sample: int = 12,
-    storage_options: dict | None = None,
-    flow_pairs: int = 16,
-    worst: int = 4,
-    progress: bool = False,
-    verify: bool = True,
-) -> Path:
+def write_report(url: str, out: str | Path | None = None, **options: Any) -> Path:
     """Measure the cache at ``url`` and write the page to ``out`` (default ``<dataset>-qa.html``),
-    its PNGs and the per-clip CSV to ``<out stem>_files/``. Returns the page's path (``report``
-    also returns the damaged clips)."""
-    return report(url, out, data, sample, storage_options, flow_pairs, worst, progress, verify).page
+    its PNGs and the per-clip CSV to ``<out stem>_files/``; ``options`` as ``report``. Returns the
+    page's path (``report`` also returns the damaged clips)."""
+    return report(url, out, **options).page
 
 
 def report(

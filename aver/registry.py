@@ -72,7 +72,7 @@ class Registry(Generic[T]):
 
 
 def unknown_choice(kind: str, name: object, choices: list[str]) -> str:
-    """``unknown variant 'de4' (did you mean 'de3'?); choose one of: a, b``."""
+    """``unknown preset 'papr' (did you mean 'paper'?); choose one of: paper, tiny``."""
     close = difflib.get_close_matches(str(name), choices, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}; choose one of: {', '.join(choices)}"

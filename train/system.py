@@ -145,14 +145,20 @@ class System:
 
     # -- building ---------------------------------------------------------------------------------
     def build(self, config: Any, names: Iterable[str], pretrained: bool = True) -> Any:
-        """The ``nn.Module`` of ``config`` for the classes (or targets) ``names``. ``pretrained``
-        False leaves out the pretrained-weight files (a checkpoint restores every weight)."""
+        """The one constructor (training, restoring, evaluation, report, predict): the ``nn.Module``
+        of ``config`` for the classes (or targets) ``names``. ``pretrained`` False leaves out the
+        pretrained-weight files (``weight_fields``; a checkpoint restores every weight)."""
+        if not pretrained and self.weight_fields:
+            config = dataclasses.replace(config, **dict.fromkeys(self.weight_fields))
+        return self.model(config, list(names))
+
+    def model(self, config: Any, names: list[str]) -> Any:
+        """The system's ``nn.Module`` for ``config`` and the class (or target) ``names``."""
         raise NotImplementedError
 
     def restore(self, info: Mapping[str, Any]) -> Any:
         """The architecture a run recorded (``config.json`` / ``checkpoint.json``), freshly built."""
-        fields = {k: (None if k in self.weight_fields else v) for k, v in info["model_config"].items()}
-        return self.build(self.config_from_dict(fields), list(info["names"]), pretrained=False)
+        return self.build(self.config_from_dict(info["model_config"]), info["names"], pretrained=False)
 
     def config_dict(self, config: Any) -> dict[str, Any]:
         """``config`` as JSON-ready data (what runs and checkpoints record)."""

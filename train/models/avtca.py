@@ -563,6 +563,5 @@ class AvtcaSystem(System):
     default_variant = "full"
     # augment stays False: the paper names no augmentation (--set augment=true turns it on)
 
-    def build(self, config: AvtcaConfig, names, pretrained: bool = True) -> Avtca:
-        names = list(names)
+    def model(self, config: AvtcaConfig, names: list[str]) -> Avtca:
         return Avtca(config, len(names), names)

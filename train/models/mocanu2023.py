@@ -504,10 +504,7 @@ class Mocanu2023System(System):
     weight_fields = ("video_weights", "audio_weights")
     # augment stays False: the paper names no augmentation (--set augment=true turns it on)
 
-    def build(self, config: Mocanu2023Config, names, pretrained: bool = True) -> Mocanu2023:
-        if not pretrained:
-            config = replace(config, video_weights=None, audio_weights=None)
-        names = list(names)
+    def model(self, config: Mocanu2023Config, names: list[str]) -> Mocanu2023:
         return Mocanu2023(config, len(names), names)
 
     def extra_loss(self, model: Mocanu2023, out, batch):

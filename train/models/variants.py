@@ -15,7 +15,6 @@ so those variants keep ``ife="both"``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -231,5 +230,5 @@ class DE3System(System):
         image, audio = int(data.dims["image"]), int(data.dims["audio"])
         return dict(zip(names, (image, image, audio, len(data.names)), strict=True))
 
-    def build(self, config: DE3Config, names: Iterable[str], pretrained: bool = True) -> DE3:
+    def model(self, config: DE3Config, names: list[str]) -> DE3:
         return DE3(config)

@@ -477,8 +477,8 @@ class FeatureCache:
         idx = np.asarray(indices, dtype=np.int64)
         if not self.inputs:
             raise CacheError(
-                f"{self.url} holds no end-to-end inputs: extract with --set inputs.crops=true "
-                "--set inputs.wave=true (added to the existing store without recomputing features)"
+                f"{self.url} holds no end-to-end inputs: extract with --inputs crops,wave (added to the "
+                "existing store without recomputing features)"
             )
         missing = [str(self.ids[i]) for i in idx if self.input_status()[i] != L.DONE]
         if missing:

@@ -71,7 +71,7 @@ def test_resume_continues_an_end_to_end_run(input_cache, tmp_path):
 
 def test_a_cache_without_inputs_is_refused_with_the_fix(tmp_path):
     url = build_feature_cache(str(tmp_path / "plain.zarr"), n_clips=12, n_classes=4, class_names=EMOTIONS)
-    with pytest.raises(CacheError, match="--set inputs.crops=true"):
+    with pytest.raises(CacheError, match="--inputs crops,wave"):
         train_fold(_cfg(url, tmp_path / "r", "mocanu2023"))
     de3 = train_fold(make_config("tiny", cache=url, out=str(tmp_path / "d"), epochs=1, progress=False))
     assert de3["system"] == "de3"  # the layout-1 path is unchanged

@@ -57,7 +57,7 @@ def check_inputs(cache: FeatureCache, spec, system: str) -> None:
     if need:
         raise CacheError(
             f"{cache.url} holds no {' or '.join(need)} for end-to-end training ({system}); add them to the "
-            "store (features are kept): aver extract ... --set inputs.crops=true --set inputs.wave=true"
+            "store (features are kept): aver extract ... --inputs crops,wave"
         )
     size = int(have.get("crop_size", 0))
     if have.get("crops") and size < spec.image_size:

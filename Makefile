@@ -22,6 +22,10 @@ FOLDS      ?=
 RUNS       ?= runs
 MODEL      ?= de3
 VARIANT    ?=
+TABLE      ?=
+VARIANTS   ?=
+SEEDS      ?=
+SCHEDULER  ?=
 EXTRA      ?=
 
 AVER := $(VENV)/bin/aver
@@ -30,7 +34,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test test-browser extract train cv lint bench clean
+.PHONY: venv demo test test-browser extract train cv sweep lint bench clean
 
 venv: $(STAMP)
 
@@ -67,6 +71,13 @@ train: $(STAMP)
 cv: $(STAMP)
 	$(AVER) cv --cache $(STORE) --model $(MODEL) $(if $(VARIANT),--variant $(VARIANT)) --preset $(PRESET) \
 	  --device $(DEVICE) --runs $(RUNS) $(if $(FOLDS),--folds $(FOLDS)) --workers $(WORKERS) $(EXTRA)
+
+# a paper's table (TABLE=de3:2) or VARIANTS=a,b of MODEL, × FOLDS × SEEDS, with paired statistics;
+# WORKERS=N: a local Dask cluster, SCHEDULER=tcp://host:8786: a running one (`aver sweep --help`)
+sweep: $(STAMP)
+	$(AVER) sweep --cache $(STORE) $(if $(TABLE),--table $(TABLE),--model $(MODEL) --variants $(VARIANTS)) \
+	  --preset $(PRESET) --device $(DEVICE) --runs $(RUNS) $(if $(FOLDS),--folds $(FOLDS)) \
+	  $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER),--workers $(WORKERS)) $(EXTRA)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ The library API is imported lazily so that ``import aver`` (and ``aver --help``)
     aver.extract_dataset("ravdess", data="/data/RAVDESS", cache="caches", preset="paper")
     aver.train_fold("caches/ravdess.zarr", fold=3, preset="paper")
     aver.cross_validate("caches/ravdess.zarr", preset="paper")
+    aver.sweep("caches/cremad.zarr", table="de3:2", seeds=[0, 1, 2], workers=2)  # + statistics
     aver.predict("runs/ravdess/de3/fold3", ["new_video.mp4"])   # a table: one dict per file
 """
 
@@ -25,6 +26,7 @@ _API = {
     "train_fold": "aver.train.api",
     "cross_validate": "aver.train.api",
     "evaluate_run": "aver.train.api",
+    "sweep": "aver.train.sweeper",
     "predict": "aver.apps.prediction",
 }
 

@@ -56,6 +56,13 @@ class TrainingError(UserError):
     exit_code = 6
 
 
+class RunsFailed(UserError):
+    """Some runs of a sweep or cross-validation failed; the others completed (the summary names
+    each failure and its cause, and the same command retries them)."""
+
+    exit_code = 8
+
+
 class ClipError(AverError):
     """A failure confined to one clip: recorded in the cache with its cause; the run goes on.
 
@@ -79,6 +86,7 @@ EXIT_CODES = {
     5: "a checkpoint or run folder that does not fit",
     6: "training stopped: a non-finite loss",
     7: "the store is being written by another run",
+    8: "some runs of a sweep or cross-validation failed (each named with its cause; the others completed)",
     130: "interrupted",
 }
 

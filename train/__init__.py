@@ -5,15 +5,20 @@ through ``aver.cache.FeatureCache`` and never imports ``aver.extract``: a teamma
 cache needs none of the extraction stack.
 
 Start reading at ``recipe.py`` (setup -> fit -> report). Library entry points:
-``aver.train.train_fold``, ``aver.train.cross_validate``, ``aver.train.evaluate_run``.
+``aver.train.train_fold``, ``aver.train.cross_validate``, ``aver.train.evaluate_run``,
+``aver.train.sweep``.
 """
 
 from typing import Any
 
-__all__ = ["cross_validate", "evaluate_run", "train_fold"]
+__all__ = ["cross_validate", "evaluate_run", "sweep", "train_fold"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "sweep":
+        from .sweeper import sweep
+
+        return sweep
     if name in __all__:
         from . import api
 

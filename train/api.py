@@ -62,6 +62,9 @@ def cross_validate(
     *,
     seeds: int = 1,
     workers: int = 0,
+    scheduler: str | None = None,
+    client: Any = None,
+    connect_timeout: float = 10.0,
     preset: str = "paper",
     variant: str | None = None,
     out: str | None = None,
@@ -71,90 +74,53 @@ def cross_validate(
     """Every fold (or ``folds``), ``seeds`` times each, then mean ± sample std (ddof = 1) over the
     runs of every test metric, per head and for the reported head.
 
-    Runs go to ``<out>/fold<k>`` (``<out>/fold<k>/seed<s>`` with several seeds; seed ``s`` is the
-    config's seed + s). ``workers`` > 1 trains that many runs at once in separate processes (one
-    per GPU with ``device="cuda"``). Writes ``cv_summary.json``, ``.csv`` and ``.md`` into ``<out>`` and returns
-    ``{"reported" | head: {metric: {"mean", "std", "n"}}}``.
-    """
+    Runs go to ``<out>/fold<k>`` (``<out>/fold<k>/seed<s>`` with several seeds, ``s`` the config's
+    seed, seed + 1, ...). ``workers`` > 1 trains that many runs at once on a local Dask cluster (one
+    worker process per GPU with ``device="cuda"``); ``scheduler`` (an address) or ``client`` runs
+    them on a running cluster. Runs already complete with the same settings are read back, not
+    trained again; when runs fail the others complete and ``RunsFailed`` names each cause. Writes
+    ``cv_summary.json``, ``.csv`` and ``.md`` into ``<out>``; returns ``{"reported" | head: {metric:
+    {"mean", "std", "n"}}}``."""
     if isinstance(cache, TrainConfig):
         cfg = cache
     else:
         cfg = make_config(preset, overrides, cache=cache, variant=variant, out=out or "", **fields)
         cfg.out = out or default_out(cache, cfg.variant, cfg.system, cfg.protocol)
     from .recipe import apply_protocol
+    from .sweeper import RunsFailed, failures, plan_jobs, run_jobs
 
     store = apply_protocol(FeatureCache(cfg.cache, cfg.storage_options), cfg.protocol)
     folds = folds or list(range(1, store.n_folds + 1))
     for k in folds:
         store.check_fold(k)
-    jobs = {}
-    for k in folds:
-        for s in range(seeds):
-            name = f"fold{k}" if seeds == 1 else f"fold{k}/seed{s}"
-            jobs[name] = {**cfg.to_dict(), "fold": k, "seed": cfg.seed + s, "out": str(Path(cfg.out) / name)}
-    results = _run_parallel(jobs, workers) if workers > 1 and len(jobs) > 1 else _run_serial(jobs)
-    runs = {name: {"reported": m["test_reported"], **m["test"]} for name, m in results.items()}
+    arm = {cfg.variant: cfg}
+    jobs = plan_jobs(arm, folds, [cfg.seed + s for s in range(seeds)], Path(cfg.out), arm_folders=False)
+    engine = {
+        "workers": workers,
+        "scheduler": scheduler,
+        "connect_timeout": connect_timeout,
+        "client": client,
+    }
+    outcomes = run_jobs(jobs, progress=cfg.progress, **engine)
+    runs = {
+        j.name: outcomes[j.name]["metrics"]["test"] for j in jobs if outcomes[j.name]["status"] != "failed"
+    }
     summary = {
         part: summarise_folds({n: r[part] for n, r in runs.items() if part in r}) for part in _parts(runs)
     }
-    write_cv_summary(Path(cfg.out), runs, summary)
+    if runs:
+        write_cv_summary(Path(cfg.out), runs, summary)
+    failed = failures(outcomes)
+    if failed:
+        others = f" (the others' summary: {cfg.out}/cv_summary.md)" if runs else ""
+        causes = "; ".join(f"{n}: {c}" for n, c in failed.items())
+        raise RunsFailed(f"{len(failed)} of {len(jobs)} runs failed{others}: {causes}")
     return summary
 
 
-def _run_serial(jobs: dict[str, dict]) -> dict[str, dict]:
-    return {name: _train_fold(TrainConfig.from_dict(job)) for name, job in jobs.items()}
-
-
-def _run_parallel(jobs: dict[str, dict], workers: int) -> dict[str, dict]:
-    """The runs in ``workers`` processes at once: on CUDA one per GPU (``cuda:i`` in turn), on the
-    CPU with the cores shared out (``torch`` threads = cores // workers). Each run is the run
-    ``aver train`` would make (its own folder, log and checkpoint, resumable); a failed run fails
-    the cross-validation after the others finish, naming it."""
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    from aver.errors import TrainingError
-
-    device = next(iter(jobs.values()))["device"]
-    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    if device.startswith("cuda") and gpus == 0:
-        raise TrainingError("--workers with --device cuda needs a CUDA device; none is visible")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    for i, job in enumerate(jobs.values()):
-        job["progress"] = False  # several bars at once would garble the terminal
-        if gpus:
-            job["device"] = f"cuda:{i % gpus}"
-    workers = min(workers, gpus) if gpus else workers
-    results, errors = {}, {}
-    ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {name: pool.submit(_train_job, job) for name, job in jobs.items()}
-        for name, fut in futures.items():
-            try:
-                results[name] = fut.result()
-            except Exception as e:  # noqa: BLE001 - reported together below
-                errors[name] = f"{type(e).__name__}: {e}"
-    if errors:
-        raise TrainingError(
-            "cross-validation runs failed: " + "; ".join(f"{n}: {e}" for n, e in errors.items())
-        )
-    return results
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _train_job(job: dict) -> dict:
-    return _train_fold(TrainConfig.from_dict(job))
-
-
 def _parts(runs: dict[str, dict]) -> list[str]:
+    if not runs:
+        return []
     first = next(iter(runs.values()))
     return [p for p in first if isinstance(first[p], dict)]
 

@@ -222,7 +222,24 @@ def render(runs: Path) -> str:
         if comparisons(results, dataset):
             alt = for_markdown(dataset).replace("[", "\\[").replace("]", "\\]")
             lines += [f"![{alt}: aver beside the papers]({figure_name(dataset)})", ""]
+    lines += _sweep_lines(runs)
     return "\n".join(lines) + "\n"
+
+
+def _sweep_lines(runs: Path) -> list[str]:
+    """Each sweep under ``runs`` (its ``sweep.json``): intervals, paired differences and verdicts."""
+    from .sweep_report import render as render_sweep
+
+    out = []
+    for path in sorted(runs.rglob("sweep.json")):
+        try:
+            doc = json.loads(path.read_text())
+            section = render_sweep(doc, None, level=2)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            out += [f"Sweep {for_markdown(path)} could not be read ({for_markdown(type(e).__name__)}).", ""]
+            continue
+        out += [*section, f"Files: {for_markdown(path.parent)} (sweep.md, sweep.csv, sweep_forest.png).", ""]
+    return out
 
 
 def _row(*cells: Any) -> str:
@@ -254,7 +271,8 @@ def _result_lines(r: Result, paper: list[dict[str, Any]]) -> list[str]:
     if not paper:
         for metric in MAIN:
             if metric in r.heads.get("reported", {}):
-                reported = f"reported ({r.reported_head})"
+                # a summary's runs each chose their head on validation; a single run names its own
+                reported = "reported" if r.reported_head == "reported" else f"reported ({r.reported_head})"
                 out.append(
                     _row(
                         r.label,
@@ -370,3 +388,59 @@ def write_report(runs: str | Path, out: str | Path | None = None) -> Path:
     md_path.write_text(text)
     md_path.with_suffix(".html").write_text(to_html(text, md_path.parent))
     return md_path
+
+
+@dataclass
+class PaperTable:
+    """A paper's table as a sweep plan (``aver sweep --table SYSTEM:N``): its variants in the
+    table's order, its fold protocol and the datasets it reports."""
+
+    system: str
+    number: str
+    variants: list[str]
+    protocols: list[str]
+    datasets: list[str]
+    titles: list[str]
+
+
+def table_number(title: str) -> str | None:
+    """``"2"`` for "Table 2 (IFE-Fusion)" or "Mocanu 2023 Table 2 (AT)"; ``None`` without one."""
+    m = re.search(r"\bTable (\d+)", title)
+    return m.group(1) if m else None
+
+
+def paper_table(spec: str) -> PaperTable:
+    """The table ``SYSTEM:N`` of a system's paper (its ``paper_rows``); a ``ConfigError`` naming
+    the tables there are for an unknown one, and for a table whose rows differ in how the cache was
+    extracted (DE-III Table 4: one cache per flow setting), which no sweep over one cache can run."""
+    from aver.errors import ConfigError
+    from aver.registry import unknown_choice
+
+    from .systems import SYSTEMS
+
+    system, sep, number = spec.partition(":")
+    if not sep or not number:
+        raise ConfigError(f"--table takes SYSTEM:N such as de3:2 or mocanu2023:1, not {spec!r}")
+    SYSTEMS.check(system)
+    rows = SYSTEMS.get(system).paper_rows()
+    tables = sorted({n for r in rows if (n := table_number(r["table"]))}, key=int)
+    if number not in tables:
+        names = [f"{system}:{n}" for n in tables]
+        raise ConfigError("--table: " + unknown_choice(f"table of {system}'s paper", spec, names))
+    rows = [r for r in rows if table_number(r["table"]) == number]
+    extraction = [r for r in rows if tuple(r.get("flow", (1, 1))) != (1, 1) or r.get("flow_encoder")]
+    if extraction:
+        raise ConfigError(
+            f"--table {spec}: its rows differ in how the cache was extracted ({extraction[0]['table']}, ...): "
+            "each row needs its own cache (aver extract --set flow.window=W --set flow.stride=S ...); "
+            f"sweep each cache with --model {system} --variants {rows[0]['variant']}"
+        )
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    return PaperTable(
+        system,
+        number,
+        variants,
+        sorted({r.get("protocol", "cache") for r in rows}),
+        sorted({r["dataset"] for r in rows}),
+        list(dict.fromkeys(r["table"] for r in rows)),
+    )

@@ -235,3 +235,62 @@ def plot_comparison(
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     fig.subplots_adjust(left=0.42, right=0.97, top=1 - 0.85 / height, bottom=0.6 / height)
     return _save(fig, path)
+
+
+def plot_forest(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    xlabel: str = "difference to the full model",
+) -> Path:
+    """Forest plot of differences to a reference: one row per comparison, top row first.
+
+    ``rows``: dicts with ``label``, ``diff``, ``ci_low``, ``ci_high`` and ``verdict`` (e.g. the
+    ``differences`` of ``aver.train.stats.compare``, each given a label). Each row is a point at
+    ``diff`` with its confidence interval as a whisker (only the point when a bound is ``None``;
+    nothing when ``diff`` is ``None``), its label on the left and its verdict on the right; a dashed
+    vertical line marks 0. Rows whose verdict reads "lower" or "higher" are drawn dark, the others
+    grey. The figure is 9 x (1.3 + 0.4 rows) inches; it is saved as ``path`` (PNG) and beside it as
+    an SVG with the same stem (vector, for papers). Labels and verdicts pass through ``for_plot``.
+
+    Returns:
+        the PNG path. Raises ValueError for no rows.
+    """
+    from aver.utils import for_plot
+
+    n = len(rows)
+    if n == 0:
+        raise ValueError("plot_forest needs at least one row")
+    plt = _pyplot()
+    height = 1.3 + 0.4 * n
+    fig, ax = plt.subplots(figsize=(9.0, height))
+    transform = ax.get_yaxis_transform()  # x in axes fraction, y in data
+    for k, row in enumerate(rows):
+        verdict = str(row.get("verdict", ""))
+        colour = "#1f3b73" if verdict.startswith(("lower", "higher")) else "#8a8a8a"
+        diff, low, high = row.get("diff"), row.get("ci_low"), row.get("ci_high")
+        if diff is not None and math.isfinite(float(diff)):
+            diff = float(diff)
+            if low is not None and high is not None:
+                err = [[max(diff - float(low), 0.0)], [max(float(high) - diff, 0.0)]]
+                ax.errorbar(diff, k, xerr=err, fmt="o", color=colour, ecolor=colour, capsize=3, markersize=5)
+            else:
+                ax.plot(diff, k, "o", color=colour, markersize=5)
+        ax.text(
+            1.02, k, for_plot(verdict), transform=transform, va="center", ha="left", fontsize=8, color=colour
+        )
+    ax.axvline(0.0, color="#444444", linestyle="--", linewidth=1)
+    ax.set_yticks(np.arange(n), [for_plot(r.get("label", "")) for r in rows], fontsize=8)
+    ax.set_ylim(n - 0.5, -0.5)  # top row first
+    ax.set_xlabel(for_plot(xlabel))
+    ax.grid(axis="x", color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    if title:
+        fig.suptitle(for_plot(title), y=1 - 0.15 / height)
+    fig.subplots_adjust(
+        left=0.28, right=0.66, top=1 - (0.55 if title else 0.25) / height, bottom=0.6 / height
+    )
+    png = Path(path)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png.with_suffix(".svg"), format="svg")
+    return _save(fig, png)

@@ -133,6 +133,14 @@ def setup(cfg: TrainConfig) -> Run:
 def build_system(cfg: TrainConfig, cache: FeatureCache, task: Task) -> tuple[System, Any, torch.nn.Module]:
     """The system of ``cfg.system``, the config of ``cfg.variant`` on ``cfg.preset`` for this cache,
     and its freshly built model (``System.make_config`` and ``System.build``)."""
+    system, config = system_config(cfg, cache, task)
+    return system, config, system.build(config, task.names)
+
+
+def system_config(cfg: TrainConfig, cache: FeatureCache, task: Task) -> tuple[System, Any]:
+    """Everything ``build_system`` checks, without building the model: the system trains this
+    task, its config resolves on this cache, and the cache holds the inputs it trains on (what
+    ``aver sweep`` asks of every variant before the first run starts)."""
     system = SYSTEMS.get(cfg.system)
     if task.name not in system.tasks:
         raise ConfigError(
@@ -147,7 +155,7 @@ def build_system(cfg: TrainConfig, cache: FeatureCache, task: Task) -> tuple[Sys
         from .e2e import check_inputs
 
         check_inputs(cache, spec, system.name)
-    return system, config, system.build(config, task.names)
+    return system, config
 
 
 def open_cache(cfg: TrainConfig) -> FeatureCache:

@@ -19,7 +19,9 @@ FLAG_FIELDS = {
 }
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The options of train, cv and sweep (a sweep names ``--variants``/``--protocols``/``--seeds``
+    in the plural instead of ``--variant``/``--protocol``/``--seed``)."""
     from . import choice_option, kv_option, set_option
 
     p.add_argument("--cache", required=True, help="the dataset's store: a .zarr path or fsspec URL")
@@ -32,21 +34,10 @@ def _common(p: argparse.ArgumentParser) -> None:
         "the system to train, %(choices)s (default %(default)s); a system that trains on face crops and "
         "waveforms needs a cache with them: aver extract ... --inputs crops,wave (`aver variants` says "
         "what each trains on)",
-        default="de3",
+        default=None if sweep else "de3",
     )
-    p.add_argument(
-        "--variant",
-        metavar="NAME",
-        help="an ablation of the model (`aver variants --model M` lists them; default: the full model)",
-    )
-    choice_option(
-        p,
-        "--protocol",
-        "aver.train.protocols",
-        "PROTOCOLS",
-        "folds: %(choices)s (default cache: the folds stored in the cache; avtca-random is speaker-leaky)",
-        default="cache",
-    )
+    if not sweep:
+        _single(p)
     choice_option(
         p,
         "--preset",
@@ -62,7 +53,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help="weight decay (default: the system's preset)")
     p.add_argument("--batch-size", type=int, help="clips per batch")
     p.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
-    p.add_argument("--seed", type=int, help="random seed (runs with one seed are reproducible on CPU)")
+    if not sweep:
+        p.add_argument("--seed", type=int, help="random seed (runs with one seed are reproducible on CPU)")
     choice_option(
         p,
         "--head",
@@ -79,6 +71,46 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     set_option(p, "model.d_model=256 or data.audio_window=20")
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
+
+
+def _single(p: argparse.ArgumentParser) -> None:
+    from . import choice_option
+
+    p.add_argument(
+        "--variant",
+        metavar="NAME",
+        help="an ablation of the model (`aver variants --model M` lists them; default: the full model)",
+    )
+    choice_option(
+        p,
+        "--protocol",
+        "aver.train.protocols",
+        "PROTOCOLS",
+        "folds: %(choices)s (default cache: the folds stored in the cache; avtca-random is speaker-leaky)",
+        default="cache",
+    )
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="train this many runs at once on a local Dask cluster (with --device cuda: one worker per "
+        "GPU, CUDA_VISIBLE_DEVICES pinned; on the CPU the cores are shared out)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a running Dask cluster, e.g. tcp://host:8786 (`dask scheduler`, `dask worker` on "
+        "each machine; the cache and --out must be reachable from every worker)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for --scheduler to answer (default 10)",
+    )
 
 
 def _out_options(p: argparse.ArgumentParser) -> None:
@@ -103,12 +135,7 @@ def register(sub) -> None:
     p.add_argument(
         "--seeds", type=int, default=1, help="train every fold with this many seeds (seed, seed+1, ...)"
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="train this many runs at once in separate processes (with --device cuda: one per GPU)",
-    )
+    _engine_options(p)
     p.add_argument(
         "--protocols",
         metavar="A,B",
@@ -116,6 +143,7 @@ def register(sub) -> None:
         "side: what a speaker-leaky split adds (each to <out>@<protocol>)",
     )
     p.set_defaults(func=cmd_cv)
+    _sweep_parser(sub)
     p = sub.add_parser(
         "evaluate",
         help="re-score a run on its cache, or on a cache of another dataset made with the same extractors",
@@ -132,6 +160,55 @@ def register(sub) -> None:
     p = sub.add_parser("variants", help="list the models and their variants (the papers' ablations)")
     choice_option(p, "--model", "aver.train.systems", "SYSTEMS", "only this model: %(choices)s")
     p.set_defaults(func=cmd_variants)
+
+
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="a plan of variants × folds × seeds on Dask, with paired statistics against the full model",
+        description="Trains every variant (or the variants of a paper's table) on every fold with every "
+        "seed, each run an ordinary run folder (<out>/<variant>[@<protocol>]/fold<k>[/seed<s>]); runs "
+        "already complete are read back, so the same command resumes a stopped sweep. Then per variant "
+        "mean, sample std and confidence interval, and against the full model the paired difference with "
+        "its interval, paired t-test and Wilcoxon p-values (Holm-corrected) and a verdict: sweep.md, "
+        "sweep.csv, sweep.json and sweep_forest.png in --out. Exits 8 when a run failed (the others "
+        "complete; the summary names each cause).",
+    )
+    _common(p, sweep=True)
+    p.add_argument(
+        "--variants",
+        metavar="A,B",
+        help="the variants to run (`aver variants --model M`); the full model is added",
+    )
+    p.add_argument(
+        "--table",
+        metavar="SYSTEM:N",
+        help="the variants (and fold protocol) of a table of a system's paper, e.g. de3:2, de3:3, "
+        "mocanu2023:1, avtca:9",
+    )
+    p.add_argument("--folds", help="fold numbers: 1-5, 1,3,5 or 1-3,5 (default: all)")
+    p.add_argument("--seeds", help="seeds: 0,1,2 or 0-4 (default: the preset's one seed)")
+    p.add_argument(
+        "--protocols",
+        metavar="A,B",
+        help="fold protocols to run each variant under (default: the table's, else cache); each variant "
+        "is compared with the full model under the same protocol",
+    )
+    _engine_options(p)
+    p.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level of the verdicts (default 0.05)"
+    )
+    p.add_argument(
+        "--test",
+        choices=("t", "wilcoxon"),
+        default="t",
+        help="the test the verdict rests on, Holm-corrected (default t: the paired t-test; with 5 runs "
+        "Wilcoxon cannot reach p < 0.05)",
+    )
+    p.set_defaults(func=cmd_sweep)
 
 
 def _predict_parser(sub) -> None:
@@ -271,20 +348,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     if args.protocols:
         return _cv_protocols(args)
-    from aver.errors import ConfigError
     from aver.train.api import cross_validate, default_out
+    from aver.train.sweeper import parse_folds
 
     cfg = _config(args, 1, args.out or "")
     if not args.out:
         cfg.out = default_out(args.cache, cfg.variant, cfg.system, cfg.protocol, args.runs)
     _check_run(cfg, args)
-    try:
-        folds = [int(k) for k in args.folds.split(",")] if args.folds else None
-    except ValueError:
-        raise ConfigError(
-            f"--folds takes comma-separated fold numbers such as 1,2,3, not {args.folds!r}"
-        ) from None
-    summary = cross_validate(cfg, folds, seeds=args.seeds, workers=args.workers)
+    folds = parse_folds(args.folds)
+    summary = cross_validate(cfg, folds, seeds=args.seeds, **_engine(args))
     reported = summary["reported"]
     n = next(iter(reported.values()))["n"]
     echo(f"test metrics of the reported head over {n} runs: mean ± sample std")
@@ -309,6 +381,75 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(args: argparse.Namespace) -> dict:
+    return {"workers": args.workers, "scheduler": args.scheduler, "connect_timeout": args.connect_timeout}
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from aver.overrides import parse_kv
+    from aver.train.sweeper import RunsFailed, parse_folds, parse_seeds, sweep
+    from aver.utils import require_device
+
+    from . import flag_overrides
+
+    overrides = flag_overrides(args, {k: v for k, v in FLAG_FIELDS.items() if k != "seed"}) + list(args.set)
+    names = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    if args.device:
+        require_device(args.device)
+    doc = sweep(
+        args.cache,
+        system=args.model,
+        variants=names(args.variants),
+        table=args.table,
+        folds=parse_folds(args.folds),
+        seeds=parse_seeds(args.seeds),
+        protocols=names(args.protocols),
+        out=args.out,
+        runs=args.runs,
+        preset=args.preset,
+        overrides=overrides,
+        progress=not args.quiet,
+        resume=not args.restart,
+        storage_options=parse_kv(args.storage_option, "--storage-option"),
+        confidence=args.confidence,
+        alpha=args.alpha,
+        test=args.test,
+        **_engine(args),
+    )
+    print_sweep(doc)
+    if doc["failed"]:
+        raise RunsFailed(
+            f"{len(doc['failed'])} of {len(doc['runs'])} runs failed (named above); the others are in "
+            f"{doc['folder']}/sweep.md; the same command retries the failed runs"
+        )
+    return 0
+
+
+def print_sweep(doc: dict) -> None:
+    """The verdicts of the reported head's main metric, and each failed run with its cause."""
+    from aver.train.sweep_report import primary_metric
+
+    s, metric = doc["settings"], primary_metric(doc)
+    runs = doc["runs"].values()
+    done = sum(r.get("status") == "ok" for r in runs)
+    kept = sum(r.get("status") == "complete" for r in runs)
+    echo(f"{len(doc['runs'])} runs: {done} trained, {kept} already complete, {len(doc['failed'])} failed")
+    if metric:
+        echo(f"{metric} of the reported head, % (mean ± std, n) and the difference to {s['reference']}:")
+        diffs = {d["arm"]: d for d in doc["differences"] if d["head"] == "reported" and d["metric"] == metric}
+        for r in (r for r in doc["summary"] if r["head"] == "reported" and r["metric"] == metric):
+            std = "" if r["std"] is None else f" ± {100 * r['std']:.2f}"
+            line = f"  {r['arm']:24} {100 * r['mean']:6.2f}{std} (n={r['n']})"
+            d = diffs.get(r["arm"])
+            if d is not None:
+                ci = "" if d["ci_low"] is None else f" [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+                line += f"  Δ {100 * d['diff']:+.2f}{ci}  {d['verdict']}"
+            echo(line)
+    for name, cause in doc["failed"].items():
+        echo(f"FAILED {name}: {cause}")
+    echo(f"sweep: {doc['folder']}/sweep.md (sweep.csv, sweep.json, sweep_forest.png)")
+
+
 def _cv_protocols(args: argparse.Namespace) -> int:
     """``aver cv --protocols A,B``: one cross-validation per protocol, then their main metrics side
     by side with the difference to the first (a leaky protocol is marked)."""
@@ -331,7 +472,7 @@ def _cv_protocols(args: argparse.Namespace) -> int:
         _check_run(cfg, args)  # every run folder, before the first protocol trains
     summaries = {}
     for name, cfg in configs.items():
-        summaries[name] = cross_validate(cfg, None, seeds=args.seeds, workers=args.workers)["reported"]
+        summaries[name] = cross_validate(cfg, None, seeds=args.seeds, **_engine(args))["reported"]
         echo(f"{name}: runs in {cfg.out}")
     metrics = [m for m in ("accuracy", "f1_macro", "uar", "ccc_mean") if m in summaries[names[0]]]
     label = lambda n: n + (" (speaker-leaky)" if n in LEAKY else "")  # noqa: E731

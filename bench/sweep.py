@@ -37,21 +37,24 @@ def main() -> None:
     ap.add_argument("--workdir", help="where the cache and the run folders go (default: a temporary one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("aver").setLevel(logging.WARNING)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="aver-bench-sweep-"))
     work.mkdir(parents=True, exist_ok=True)
 
     from aver.testing import build_feature_cache
     from aver.train import sweep
     from aver.train.api import train_fold
-    from aver.train.config import make_config
+    from aver.train.config import TrainConfig, make_config
     from aver.train.sweeper import plan_jobs
 
     cache = str(work / "toy.zarr")
     if not Path(cache).exists():
         build_feature_cache(cache)
-    per_variant = args.runs // 2
-    folds = list(range(1, min(5, per_variant) + 1))
-    seeds = list(range(max(1, per_variant // len(folds))))
+    # 12 runs: 2 variants × 3 folds × 2 seeds (the toy cache has 5 folds)
+    per_variant = max(1, args.runs // 2)
+    n_folds = next(k for k in (3, 5, 4, 2, 1) if per_variant % k == 0)
+    folds = list(range(1, n_folds + 1))
+    seeds = list(range(per_variant // n_folds))
     runs = 2 * len(folds) * len(seeds)
     variants = ["de3", "none_ife"]
     fields = {"epochs": args.epochs, "patience": args.epochs, "progress": False}
@@ -65,7 +68,7 @@ def main() -> None:
     jobs = plan_jobs(configs, folds, seeds, work / "direct")
     t0 = time.perf_counter()
     for job in jobs:
-        train_fold(job.config)
+        train_fold(TrainConfig.from_dict(job.config))
     direct = time.perf_counter() - t0
     rows.append(("direct (train_fold, one by one)", direct))
 

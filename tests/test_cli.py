@@ -197,6 +197,15 @@ def test_make_variables_reach_the_flags_they_name():
         cwd=ROOT,
     )
     assert "--fold-files 'p_{fold}.csv'" in out.stdout and "--preset paper" in out.stdout
+    out = subprocess.run(
+        ["make", "-n", "sweep", "TABLE=de3:2", "SEEDS=0-2", "SCHEDULER=tcp://h:8786", "CACHE=c"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    line = next(x for x in out.stdout.replace("\\\n", " ").splitlines() if " sweep " in x)
+    assert "--table de3:2" in line and "--seeds 0-2" in line and "--scheduler tcp://h:8786" in line
+    assert "--model" not in line and "--workers" not in line and "--cache c/synthetic.zarr" in line
 
 
 EXTRAS = ("av", "cv2", "timm", "transformers", "facenet_pytorch", "dask", "skimage")

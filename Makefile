@@ -34,7 +34,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test test-browser extract train cv sweep lint bench clean
+.PHONY: venv demo test test-browser extract train cv sweep lint bench gpu-check gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -96,6 +96,25 @@ lint: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
 	HF_HUB_OFFLINE=1 $(PY) bench/train.py --clips 1440
+
+# A GPU's first minutes (bench/gpu_check.py): environment, pytest -m gpu, every benchmark with its own
+# budget, tables in $$OUT (or bench/out). DRY=1: the same on the CPU with tiny sizes (< 2 min).
+# Runs under the machine's python3: a bare GPU image with torch builds .venv-gpu from it and the
+# wheels in .whl/ (make gpu-wheels, here, 41 MiB) when no .venv is there.
+gpu-check:
+	python3 bench/gpu_check.py $(if $(DRY),--dry)
+
+# the packages a GPU image with torch, transformers, timm and OpenCV lacks, as wheels for its
+# Python 3.12, pinned to this venv's versions; carried to a machine with no package index
+GPU_WHEELS := zarr numcodecs donfig google-crc32c dask distributed partd locket tblib tornado zict \
+  tensorboardX av
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux1_x86_64 -d .whl facenet-pytorch==2.6.0 \
+	  $$($(PIP) freeze | grep -i -E '^($(shell echo $(GPU_WHEELS) | tr ' ' '|'))==')
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) caches data runs .pytest_cache

@@ -35,18 +35,20 @@ from PIL import Image
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 videos, face, audio_dir, out = sys.argv[1].split(","), sys.argv[2], sys.argv[3], Path(sys.argv[4])
+dev = sys.argv[5] if len(sys.argv) > 5 else "cpu"
 torch.set_grad_enabled(False)
-mtcnn = MTCNN(image_size=224, margin=0, keep_all=False, post_process=False, device="cpu")
+mtcnn = MTCNN(image_size=224, margin=0, keep_all=False, post_process=False, device=dev)
 enet = timm.create_model("tf_efficientnet_b2", pretrained=False, num_classes=0)
-enet.load_state_dict(torch.load(face, weights_only=True)); enet.eval()
+enet.load_state_dict(torch.load(face, weights_only=True)); enet.eval().to(dev)
 fe = Wav2Vec2FeatureExtractor.from_pretrained(audio_dir)
-w2v = Wav2Vec2Model.from_pretrained(audio_dir).eval()
-mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1); std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+w2v = Wav2Vec2Model.from_pretrained(audio_dir).eval().to(dev)
+mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
 dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
 def embed(rgb):
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    return enet((x - mean) / std)[0].numpy()
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev).float() / 255
+    return enet((x - mean) / std)[0].cpu().numpy()
 
 def flow_image(flow):
     mag, ang = cv2.cartToPolar(flow[..., 0], flow[..., 1])
@@ -76,7 +78,7 @@ for path in videos:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
         wave = np.concatenate([r.to_ndarray()[0] for f in c.decode(audio=0) for r in resampler.resample(f)])
     inputs = fe(wave, sampling_rate=16000, return_tensors="pt")
-    audio = w2v(inputs["input_values"]).last_hidden_state[0].numpy()
+    audio = w2v(inputs["input_values"].to(dev)).last_hidden_state[0].cpu().numpy()
     stem = Path(path).stem
     np.save(out / f"{stem}_frames.npy", feats.astype(np.float16))
     np.save(out / f"{stem}_flow.npy", flows.astype(np.float16))
@@ -114,6 +116,8 @@ def main() -> None:
     )
     ap.add_argument("--aver-set", action="append", default=[], help="extra --set for aver extract")
     ap.add_argument("--skip-baseline", action="store_true", help="time aver only")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: both runs use it")
+    ap.add_argument("--json", help="also write the figures to this JSON file (bench/gpu_check.py reads it)")
     args = ap.parse_args()
     from aver.extract.datasets import DatasetOptions, load_dataset
     from aver.utils import aver_home
@@ -134,7 +138,16 @@ def main() -> None:
         if not args.skip_baseline:
             (tmp / "npy").mkdir()
             r = run(
-                [sys.executable, "-c", BASELINE, ",".join(videos), str(face), str(audio), str(tmp / "npy")],
+                [
+                    sys.executable,
+                    "-c",
+                    BASELINE,
+                    ",".join(videos),
+                    str(face),
+                    str(audio),
+                    str(tmp / "npy"),
+                    args.device,
+                ],
                 env,
             )
             rows["VAVL-style baseline"] = {**r, "frames": int(r["stdout"].split()[-1])}
@@ -159,7 +172,7 @@ def main() -> None:
             "--limit",
             str(args.clips),
         ]
-        cmd += ["--face-weights", str(face), "--audio-model", str(audio)]
+        cmd += ["--face-weights", str(face), "--audio-model", str(audio), "--device", args.device]
         for k, v in options.items():
             cmd += ["--dataset-option", f"{k}={json.dumps(v)}"]
         for s in args.aver_set:
@@ -171,7 +184,8 @@ def main() -> None:
         rows["aver " + " ".join(args.aver_set)] = {**r, "frames": int(cache.lengths["frames"].sum())}
     print(f"machine: {machine()}")
     print(
-        f"{args.clips} clips of {args.seconds:g} s at {args.size}, paper architectures (random weights), DIS flow"
+        f"{args.clips} clips of {args.seconds:g} s at {args.size}, paper architectures (random weights), "
+        f"DIS flow, device {args.device}"
     )
     print("| run | wall s | user s | sys s | peak RSS GB | frames/s |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -180,9 +194,16 @@ def main() -> None:
         print(
             f"| {name} | {r['wall']:.1f} | {r['user']:.1f} | {r['sys']:.1f} | {r['rss_gb']:.2f} | {fps:.2f} |"
         )
+    speedup = None
     if len(rows) == 2:
         (b, a) = rows.values()
-        print(f"aver speed-up (wall): {b['wall'] / a['wall']:.2f}x")
+        speedup = b["wall"] / a["wall"]
+        print(f"aver speed-up (wall): {speedup:.2f}x")
+    if args.json:
+        fps = {name: r["frames"] / r["wall"] for name, r in rows.items()}
+        Path(args.json).write_text(
+            json.dumps({"device": args.device, "frames_per_s": fps, "speedup": speedup})
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Extraction throughput: each stage alone, then end to end, on the synthetic corpus.
 
     python bench/extract.py [--preset tiny] [--device cpu] [--flow dis] [--actors 3] [--seconds 2]
+    python bench/extract.py --preset paper --weights DIR --flow raft_large --size 1280x720 --json r.json
     python bench/extract.py --long [5 60 300]     # peak memory against clip length and frame size
     python bench/extract.py --long 5 --hires 1920x1080 3840x2160 --hires-seconds 2
     python bench/extract.py --detect --size 640x480  # face boxes: detection stride / resolution vs IoU
@@ -341,9 +342,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--flow", help="flow backend override (dis, raft, perceiver)")
+    ap.add_argument(
+        "--flow",
+        help="flow backend override: dis, raft (= raft_large), raft_large, raft_small, perceiver; the "
+        "preset's flow weights are dropped (random RAFT) unless --weights or --set flow.weights= gives them",
+    )
+    ap.add_argument(
+        "--weights",
+        type=Path,
+        help="a folder of bench/paper_weights.py (written when missing): the paper architectures' random "
+        "weights in the real formats, for the face, audio and flow models",
+    )
+    ap.add_argument("--json", help="also write the figures to this JSON file (bench/gpu_check.py reads it)")
     ap.add_argument("--actors", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--clips", type=int, help="only the first N clips of the corpus (default: all)")
     ap.add_argument("--set", action="append", default=[], help="config overrides, section.key=value")
     ap.add_argument(
         "--long",
@@ -375,9 +388,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import json
 
-    sets = [f"runtime.device={json.dumps(args.device)}", *args.set]
-    if args.flow:
-        sets.append(f"flow.backend={json.dumps(args.flow)}")
+    sets = [f"runtime.device={json.dumps(args.device)}", *_weight_sets(args), *args.set]
     cfg = apply_overrides(preset_config(args.preset, "synthetic"), sets).resolved()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -385,6 +396,12 @@ def main() -> None:
         options = {"n_actors": args.actors, "clips_per_emotion": 1, "seconds": args.seconds}
         options.update(width=width, height=height)
         index = load_dataset("synthetic", DatasetOptions(data=tmp / "corpus", options=options))
+        if args.clips:  # the first N clips, their fold columns with them
+            import dataclasses
+
+            index = dataclasses.replace(
+                index, clips=index.clips[: args.clips], folds=index.folds[:, : args.clips]
+            )
         if args.detect:
             combos = [(2, 640), (3, 640), (5, 640), (1, 480), (1, 320), (3, 320)]
             detect_accuracy(cfg, index, combos)
@@ -413,6 +430,36 @@ def main() -> None:
         f"slowest stage alone: {slowest[0]} ({slowest[1]:.1f} frames/s); "
         f"end-to-end / slowest = {e2e / slowest[1]:.2f}"
     )
+    if args.json:
+        result = {"flow": args.flow or cfg.flow.backend, "size": args.size, "frames": frames}
+        result.update(
+            stages=dict(rows), end_to_end=e2e, slowest=slowest[0], e2e_over_slowest=e2e / slowest[1]
+        )
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def _weight_sets(args) -> list[str]:
+    """``--set`` items for ``--flow`` and ``--weights``: the backend (and RAFT's variant), and weights
+    that fit it. A preset's flow weights belong to its own backend (the paper preset names the
+    Perceiver hub id), so another backend starts from none (random RAFT) unless ``--weights``
+    supplies a file of the right format (issue 21 #9)."""
+    import json
+
+    sets = []
+    flow = {"raft": "raft_large"}.get(args.flow, args.flow)
+    if flow:
+        backend, _, variant = flow.partition("_")
+        sets += [f"flow.backend={json.dumps(backend)}", "flow.weights=null"]
+        if variant:
+            sets.append(f"flow.variant={json.dumps(variant)}")
+    if args.weights:
+        from bench.paper_weights import flow_weights, paper_weights
+
+        face, audio = paper_weights(args.weights)
+        sets += [f"image.weights={json.dumps(str(face))}", f"audio.model={json.dumps(str(audio))}"]
+        if flow and flow != "dis":
+            sets.append(f"flow.weights={json.dumps(str(flow_weights(args.weights, flow)))}")
+    return sets
 
 
 if __name__ == "__main__":

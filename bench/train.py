@@ -23,6 +23,7 @@ class sets at the paper's batch size 16 and the tiny preset's (``--coverage-only
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
@@ -139,8 +140,23 @@ def bench_end_to_end(args, system) -> None:
     run = _setup(args, url)
     t0 = time.perf_counter()
     clips = load_input_clips(run.cache, list(range(n)), spec.n_frames)
+    if run.cfg.resident and args.device != "cpu":  # as setup_data does: the fold lives on the device
+        from aver.train.e2e import move_input_clips
+
+        move_input_clips(clips, args.device)
     load_s = time.perf_counter() - t0
     _timed_epochs(run, clips, args, f"{args.model} {run.cfg.variant} ({args.preset})", load_s, n)
+
+
+def _standardise_and_place(run, clips, device: str) -> None:
+    """What ``recipe.setup_data`` does to a fold: training statistics applied and, with ``resident``
+    on a GPU, the features moved to the device, so the timed steps assemble batches there."""
+    from aver.train.data import FeatureStats, move_clips
+
+    stats = FeatureStats.from_clips(clips) if run.cfg.data.standardise else FeatureStats.identity(clips)
+    stats.apply(clips)
+    if run.cfg.resident and device != "cpu":
+        move_clips(clips, device)
 
 
 def _timed_epochs(run, clips, args, name: str, load_s: float, n_loaded: int) -> None:
@@ -160,6 +176,18 @@ def _timed_epochs(run, clips, args, name: str, load_s: float, n_loaded: int) -> 
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
         dev = "CPU"
     n_params = sum(p.numel() for p in run.model.parameters())
+    rate = stats["clips"] / step_s
+    fold_s = n_loaded * run.cfg.epochs / rate
+    if args.json:
+        result = {
+            "model": name,
+            "device": dev,
+            "clips_per_s": rate,
+            "outside_share": stats["data_s"] / step_s,
+        }
+        result.update(peak_memory=peak, train_clips=n_loaded, epochs=run.cfg.epochs, fold_s=fold_s)
+        result.update(load_s=load_s, params_m=n_params / 1e6, resident=run.cfg.resident and dev != "CPU")
+        Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"device: {dev}, torch {torch.__version__}; model {name}, {n_params / 1e6:.1f} M params")
     print("| measure | value |")
     print("| --- | --- |")
@@ -167,6 +195,7 @@ def _timed_epochs(run, clips, args, name: str, load_s: float, n_loaded: int) -> 
     print(f"| training throughput | {stats['clips'] / step_s:.2f} clips/s (batch {args.batch_size}) |")
     print(f"| time outside forward/backward | {100 * stats['data_s'] / step_s:.1f} % |")
     print(f"| peak memory | {peak} |")
+    print(f"| one fold ({n_loaded} training clips × {run.cfg.epochs} epochs, estimated) | {fold_s:.0f} s |")
 
 
 def main() -> None:
@@ -179,6 +208,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batches", type=int, default=20, help="training steps timed (after 2 warm-up steps)")
     ap.add_argument("--workdir", default="/tmp/aver-bench-train")
+    ap.add_argument("--json", help="also write the figures to this JSON file (bench/gpu_check.py reads it)")
     ap.add_argument(
         "--coverage-only",
         action="store_true",
@@ -208,6 +238,7 @@ def main() -> None:
     t0 = time.perf_counter()
     train_idx = run.cache.split_indices(1, "train")
     clips = load_clips(run.cache, train_idx, run.cfg.data)
+    _standardise_and_place(run, clips, args.device)
     load_s = time.perf_counter() - t0
     clips = clips[: (args.batches + 2) * args.batch_size]
     print(f"train clips in fold 1: {len(train_idx)}")

@@ -34,7 +34,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test test-browser extract train cv sweep lint bench gpu-check gpu-wheels clean
+.PHONY: venv demo test test-browser docs extract train cv sweep lint bench gpu-check gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -89,9 +89,17 @@ test-browser: $(STAMP)
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y chromium; }
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -m browser $(PYTEST_ARGS)
 
+# docs/qa.png: the page of `aver qa` on the synthetic cache (tiny preset), screenshot by a headless
+# Chromium (installed from the system packages when missing)
+docs: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y chromium; }
+	HF_HUB_OFFLINE=1 $(PY) docs/make_qa_png.py --out docs/qa.png
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check aver extract train tests bench
-	$(VENV)/bin/ruff format --check aver extract train tests bench
+	$(VENV)/bin/ruff check aver extract train tests bench docs
+	$(VENV)/bin/ruff format --check aver extract train tests bench docs
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py

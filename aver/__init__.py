@@ -6,9 +6,12 @@
   writer), ``aver.cache`` (the one reader), ``aver.errors``, ``aver.registry``, ``aver.overrides``,
   ``aver.utils``.
 
-The library API is imported lazily so that ``import aver`` (and ``aver --help``) stays instant::
+The library API is imported lazily so that ``import aver`` (and ``aver --help``) stays instant
+(``docs/api.md`` walks through it in a notebook)::
 
     aver.extract_dataset("ravdess", data="/data/RAVDESS", cache="caches", preset="paper")
+    cache = aver.open_cache("caches/ravdess.zarr")       # the reader; cache.table: a DataFrame
+    ds = cache.dataset(fold=1, split="train")             # a torch Dataset; ds.collate pads batches
     aver.train_fold("caches/ravdess.zarr", fold=3, preset="paper")
     aver.cross_validate("caches/ravdess.zarr", preset="paper")
     aver.sweep("caches/cremad.zarr", table="de3:2", seeds=[0, 1, 2], workers=2)  # + statistics
@@ -22,6 +25,9 @@ from typing import Any
 __version__ = "0.5.0"
 
 _API = {
+    "open_cache": "aver.cache",
+    "FeatureCache": "aver.cache",
+    "CacheDataset": "aver.dataset",
     "extract_dataset": "aver.extract.api",
     "train_fold": "aver.train.api",
     "cross_validate": "aver.train.api",

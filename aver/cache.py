@@ -57,6 +57,7 @@ class FeatureCache:
                 "re-extract it with this aver (or read it with the aver that wrote it)"
             )
         self.url = url
+        self.storage_options = storage_options  # to reopen the store in another process (aver.dataset)
         self.meta: dict[str, Any] = meta
         self.damage: list = []  # aver.integrity.Problem: what is wrong, by clip and array
         self._check_meta()
@@ -295,6 +296,69 @@ class FeatureCache:
 
     # -- the clip table ----------------------------------------------------------------------
     @property
+    def table(self) -> Any:
+        """The clip table as a pandas ``DataFrame``: one row per clip, in store order (row ``i`` is
+        the cache index ``i`` that ``split_indices``, ``read_features`` and ``clip`` take).
+
+        Columns: ``id``, ``speaker``, ``video``; ``label`` (the class name, categorical in
+        ``classes`` order; missing where ``clips/label`` is -1) and ``label_index`` (``clips/label``);
+        one column per continuous target (named as in ``target_names``, ``target_<name>`` where
+        that name is taken); ``status`` (``pending`` / ``done`` / ``failed``, ``clips/status``),
+        ``error`` (why a failed clip failed), ``note`` (what extraction cut or kept), ``n_frames``,
+        ``n_flow``, ``n_audio`` (valid lengths); ``inputs`` (the end-to-end inputs' status, only in
+        a store that has them); and ``fold1`` .. ``foldK`` (``train`` / ``validation`` / ``test`` /
+        ``unused``: the codes of ``folds/split``, ``aver.layout.SPLIT_CODES``; a fold protocol's
+        folds when one was applied to this reader). Built anew on each access; needs pandas.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            from aver.errors import MissingExtraError
+
+            raise MissingExtraError(
+                "FeatureCache.table needs pandas (not installed): pip install pandas"
+            ) from None
+        columns: dict[str, Any] = {
+            "id": _strings(self.ids),
+            "speaker": _strings(self.speakers),
+            "video": _strings(self._text(L.VIDEO)),
+            "label": pd.Categorical.from_codes(self.labels, categories=self.classes),
+            "label_index": self.labels,
+        }
+        for k, name in enumerate(self.target_names):
+            columns[f"target_{name}" if name in columns else name] = self.targets[:, k]
+        columns["status"] = _named(pd, self.status, L.STATUS_NAMES)
+        columns["error"] = _strings(self._text(L.ERROR))
+        columns["note"] = _strings(self._text(L.NOTE))
+        columns.update({f"n_{key}": self.lengths[key] for key in L.LENGTHS})
+        if self.inputs:
+            columns["inputs"] = _named(pd, self.input_status(), L.STATUS_NAMES)
+        split_names = {code: name for name, code in L.SPLIT_CODES.items()}
+        for k in range(self.n_folds):
+            columns[f"fold{k + 1}"] = _named(pd, self.folds[k], split_names)
+        return pd.DataFrame(columns)
+
+    def _text(self, name: str) -> np.ndarray:
+        """A per-clip text array, read once (``""`` for every clip when the store lacks it)."""
+        texts = self.__dict__.setdefault("_texts", {})
+        if name not in texts:
+            texts[name] = self._load(name) if self._has(name) else np.full(len(self.ids), "", dtype=object)
+        return texts[name]
+
+    def dataset(
+        self,
+        fold: int = 1,
+        split: str = "train",
+        modalities: tuple[str, ...] | str = ("frames", "flow", "audio"),
+        verify: bool = True,
+    ) -> Any:
+        """A ``torch.utils.data.Dataset`` over the committed clips of ``split`` in ``fold``
+        (``aver.dataset.CacheDataset``: one dict of tensors per clip, ``.collate`` pads batches)."""
+        from aver.dataset import CacheDataset
+
+        return CacheDataset(self, fold=fold, split=split, modalities=modalities, verify=verify)
+
+    @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [])
 
@@ -396,39 +460,35 @@ class FeatureCache:
                 f"({L.STATUS_NAMES.get(int(self.status[bad[0]]), 'unknown')})"
             )
 
-    def read_features(self, indices: np.ndarray, verify: bool = True) -> dict[str, list[np.ndarray]]:
+    def read_features(
+        self, indices: np.ndarray, verify: bool = True, modalities: tuple[str, ...] | str | None = None
+    ) -> dict[str, list[np.ndarray]]:
         """Valid rows of each modality for committed clips ``indices``, in one bulk read per array.
 
         Returns ``{"frames": [float16 [T_i, D_img]], "flow": [[P_i, D_img]], "audio": [[A_i, L, D]]}``
-        in the order of ``indices``. Reads only up to the longest valid length among them. With
+        in the order of ``indices`` (only the keys of ``modalities`` when given; default all three).
+        Reads only up to the longest valid length among them. With
         ``verify`` (and a store that records digests) the rows are checked against the clip's
         digests: a corrupted, truncated, swapped or missing chunk is a ``CacheError`` naming it.
         """
         from aver.integrity import digest, parse
 
+        if isinstance(modalities, str):
+            modalities = (modalities,)
+        keys = list(L.FEATURES) if modalities is None else [k for k in L.FEATURES if k in modalities]
+        unknown = sorted(set(modalities or ()) - set(L.FEATURES))
+        if unknown:
+            raise CacheError(f"feature modalities are {', '.join(L.FEATURES)}; not {', '.join(unknown)}")
         idx = np.asarray(indices, dtype=np.int64)
         self._require_done(idx)
-        out: dict[str, list[np.ndarray]] = {key: [] for key in L.FEATURES}
+        out: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         if not len(idx):
             return out
         stored = self.digests() if verify else None
         recorded = [parse(stored[i]) if stored is not None else {} for i in idx]  # once per clip
-        pulled = self.meta.get("pulled")
-        absent = [k for k in L.FEATURES if pulled and k not in (pulled.get("modalities") or [])]
-        if absent:
-            raise CacheError(
-                f"{self.url} is a partial copy pulled without {absent} (aver cache pull --modality): "
-                "pull those modalities too"
-            )
-        if stored is not None:
-            lost = [str(self.ids[i]) for k, i in enumerate(idx) if not recorded[k]]
-            if lost:
-                raise CacheError(
-                    f"{self.url}: damaged cache: clips {lost[:3]} are committed but their digest record is gone "
-                    f"({L.DIGEST}); `aver cache verify` lists every damaged clip: copy the store again or "
-                    "re-extract them"
-                )
-        for key, name in L.FEATURES.items():
+        self._refuse_unreadable(keys, idx, recorded if stored is not None else None)
+        for key in keys:
+            name = L.FEATURES[key]
             n = self.lengths[key][idx]
             # whole rows when verifying: the chunks are decoded whole anyway, and padding is checked
             block = self._read(name, idx, self.group[name].shape[1] if verify else max(int(n.max()), 1))
@@ -453,6 +513,26 @@ class FeatureCache:
                     )
                 out[key].append(rows)
         return out
+
+    def _refuse_unreadable(self, keys: list[str], idx: np.ndarray, recorded: list[dict] | None) -> None:
+        """Before ``read_features`` reads: modalities ``keys`` left out of a partial pulled copy, and
+        clips ``idx`` whose digest record is gone (``recorded``: their parsed records; ``None`` when
+        not verifying or the store records no digests)."""
+        pulled = self.meta.get("pulled")
+        absent = [k for k in keys if pulled and k not in (pulled.get("modalities") or [])]
+        if absent:
+            raise CacheError(
+                f"{self.url} is a partial copy pulled without {absent} (aver cache pull --modality): "
+                "pull those modalities too"
+            )
+        if recorded is not None:
+            lost = [str(self.ids[i]) for k, i in enumerate(idx) if not recorded[k]]
+            if lost:
+                raise CacheError(
+                    f"{self.url}: damaged cache: clips {lost[:3]} are committed but their digest record is gone "
+                    f"({L.DIGEST}); `aver cache verify` lists every damaged clip: copy the store again or "
+                    "re-extract them"
+                )
 
     # -- end-to-end inputs (layout 2) ---------------------------------------------------------
     @property
@@ -572,3 +652,29 @@ class FeatureCache:
             raise CacheError(f"{self.url} has no array {name!r}")
         arr = self.group[name]
         return arr[:] if rows is None else arr[rows]
+
+
+def _strings(values: np.ndarray) -> list[str]:
+    """A stored text array (numpy ``StringDType`` from zarr, or object) as Python strings."""
+    return [str(v) for v in values]
+
+
+def _named(pd: Any, codes: np.ndarray, names: dict[int, str]) -> Any:
+    """Integer ``codes`` as a pandas ``Categorical`` of their ``names`` (every name a category, in
+    the order of ``names``, so counts list the empty ones too)."""
+    positions = np.full(codes.shape, -1, dtype=np.int64)
+    for k, code in enumerate(names):
+        positions[codes == code] = k
+    return pd.Categorical.from_codes(positions, categories=list(names.values()))
+
+
+def open_cache(path_or_url: Any, storage_options: dict | None = None) -> FeatureCache:
+    """Open a feature cache for reading: a local path (``~`` expanded; a packed ``.zip`` too) or an
+    fsspec URL (``s3://…`` with ``storage_options``). The notebook entry point, ``aver.open_cache``:
+    ``cache.table`` is the clip table, ``cache.dataset(fold, split)`` a torch ``Dataset``."""
+    import os
+
+    url = os.fspath(path_or_url)
+    if "://" not in url:
+        url = os.path.expanduser(url)
+    return FeatureCache(url, storage_options)

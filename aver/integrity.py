@@ -259,7 +259,7 @@ def verify_cache(cache, progress: bool, indices, skip: frozenset) -> tuple[list,
     records = {int(i): parse(digests[i]) for i in done} if digests is not None else {}
     unverifiable = len(done) if digests is None else 0
     ctx = _Context(cache, skip)
-    bar = tqdm(total=len(done), unit="clip", disable=not progress, leave=False)
+    bar = tqdm(total=len(done), desc="verify", unit="clip", disable=not progress, leave=False)
     for start in range(0, len(done) if digests is not None else 0, CHUNK):
         idx = done[start : start + CHUNK]
         problems += ctx.block(idx, [records[int(i)] for i in idx])

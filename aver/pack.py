@@ -140,7 +140,7 @@ def _pack_store(src, dest, shard_clips, storage_options, dest_options, progress,
     g.attrs[L.ATTRS_KEY] = _incomplete(f"a pack into it was interrupted; rerun `{rerun}`")
     n = len(cache.ids)
     present = [name for name in L.ARRAYS if cache._has(name)]
-    bar = tqdm(total=len(present), unit="array", disable=not progress, leave=False)
+    bar = tqdm(total=len(present), desc="pack", unit="array", disable=not progress, leave=False)
     for name in present:
         _copy(cache.group[name], g, L.ARRAYS[name], cache.meta, n, shard_clips)
         bar.update(1)

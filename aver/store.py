@@ -120,11 +120,18 @@ def create_array(g, spec: L.ArraySpec, shape: tuple[int, ...], chunks: tuple[int
     )
 
 
-def _create(g, spec: L.ArraySpec, sizes: dict[str, int], data: np.ndarray | None = None) -> None:
-    """A working-store array: one chunk per clip for per-clip arrays, else one chunk."""
+def _create(
+    g, spec: L.ArraySpec, sizes: dict[str, int], meta: dict[str, Any], data: np.ndarray | None = None
+) -> None:
+    """A working-store array: one chunk per clip for per-clip arrays, else one chunk. It carries the
+    CF-style attributes a packed copy has (``long_name``, ``units``, ``flag_values`` /
+    ``flag_meanings`` of the status, label and split codes: ``aver.pack``), which xarray shows
+    and CF tools read; ``meta`` gives the class and target names."""
+    from aver.pack import _attributes
+
     shape = spec.shape(sizes)
     chunks = (1, *(max(s, 1) for s in shape[1:])) if spec.per_clip else tuple(max(s, 1) for s in shape)
-    arr = create_array(g, spec, shape, chunks)
+    arr = create_array(g, spec, shape, chunks, attributes=_attributes(spec.name, meta))
     if data is not None:
         arr[:] = data
 
@@ -145,12 +152,13 @@ def _write_template(
         "C": len(table.classes),
     }
     columns = table.columns()
+    names = {"classes": list(table.classes), "targets": list(table.target_names)}
     for name, spec in L.ARRAYS.items():
         if name in columns and columns[name] is None:  # targets / folds / soft labels the corpus lacks
             continue
         if name in L.INPUT_ARRAYS:  # added by ``add_inputs`` when a run asks for them
             continue
-        _create(g, spec, sizes, columns.get(name))
+        _create(g, spec, sizes, names, columns.get(name))
     write_coordinates(g, table.ids, sizes["K"], layers or list(range(int(dims["audio_layers"]))))
 
 
@@ -396,7 +404,7 @@ class CacheWriter:
         meta["inputs"] = dict(inputs_meta)
         sizes = L.sizes_from_meta(meta, int(self.group[L.CLIP_ID].shape[0]))
         for name in L.INPUT_ARRAYS:
-            _create(self.group, L.ARRAYS[name], sizes)
+            _create(self.group, L.ARRAYS[name], sizes, meta)
         meta["layout_version"] = L.LAYOUT_VERSION
         self.group.attrs[L.ATTRS_KEY] = meta
         self._present.clear()

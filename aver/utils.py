@@ -63,11 +63,20 @@ def autocast(device: str, enabled: bool = True, cpu: bool = False) -> contextlib
     import torch
 
     if enabled and str(device).startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if _bf16(str(device)) else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     if enabled and cpu and str(device) == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _bf16(device: str) -> bool:
+    """Whether the GPU ``device`` names (``cuda:1``: the second) has bf16; ``is_bf16_supported``
+    asks only the current device, which is cuda:0 unless set (#10)."""
+    import torch
+
+    with torch.cuda.device(torch.device(device)):
+        return torch.cuda.is_bf16_supported()
 
 
 def aver_home() -> Path:

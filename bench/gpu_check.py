@@ -18,7 +18,8 @@ step that overruns its budget is stopped and reported with what it printed:
 
 1. ``pytest-gpu``: ``pytest -m gpu`` (CUDA store equality, keep_device, resident training, AMP).
 2. ``extract-raft_large``, 3. ``train-de3-cremad``, 4. ``extract-perceiver``, 5. ``baseline``,
-6. ``train-de3-ravdess``, 7. ``extract-raft_small``, 8. ``train-mocanu2023``, 9. ``train-avtca``:
+6. ``train-de3-ravdess``, 7. ``extract-raft_small``, 8. ``train-<system>`` for each registered
+   system that trains end to end on crops and waveforms (Mocanu 2023, AVT-CA):
    ``bench/extract.py`` per stage and end to end at 1280×720 with the paper architectures (random
    weights in the real formats, ``bench/paper_weights.py``), ``bench/train.py`` for DE-III at paper
    size on CREMA-D- (7,442 clips) and RAVDESS-size (1,440) caches and for the end-to-end systems,
@@ -82,8 +83,9 @@ class Step:
     result: dict = field(default_factory=dict)
 
 
-def plan(dry: bool, work: Path) -> list[Step]:
-    """The steps, in the order they run, with their budgets (seconds)."""
+def plan(dry: bool, work: Path, end_to_end: list[str] | tuple[str, ...] = ()) -> list[Step]:
+    """The steps, in the order they run, with their budgets (seconds); ``end_to_end``: the systems
+    that train on crops and waveforms (``systems()`` asks the environment)."""
     if dry:  # the same scripts and flags, at sizes a 2-core CPU runs in seconds
         ext = ["--preset", "tiny", "--device", "cpu", "--actors", "3", "--clips", "2", "--seconds", "0.4"]
         ext += ["--size", "320x240"]
@@ -137,8 +139,8 @@ def plan(dry: bool, work: Path) -> list[Step]:
         steps.append(Step("baseline", 90, [*baseline, "--json", out], out))
         steps.append(train("train-de3-ravdess", de3, 50, sizes["train-de3-ravdess"]))
         steps.append(extract("extract-raft_small"))
-    steps.append(train("train-mocanu2023", ["--model", "mocanu2023", *e2e], 20 if dry else 45))
-    steps.append(train("train-avtca", ["--model", "avtca", *e2e], 20 if dry else 45))
+    for name in end_to_end:
+        steps.append(train(f"train-{name}", ["--model", name, *e2e], 20 if dry else 45))
     return steps
 
 
@@ -171,6 +173,18 @@ def environment(python: str | None) -> tuple[str, dict]:
         return str(py), {"how": how, "seconds": time.perf_counter() - t0}
     subprocess.run(["make", "venv"], check=True, cwd=ROOT)
     return str(venv), {"how": "make venv (from the package index)", "seconds": time.perf_counter() - t0}
+
+
+def systems(python: str) -> list[str]:
+    """The registered systems that train end to end (on crops and waveforms), as the environment
+    sees them (plugins included)."""
+    probe = (
+        "from aver.train.system import FEATURES\n"
+        "from aver.train.systems import SYSTEMS\n"
+        "print(' '.join(n for n in SYSTEMS.names() if SYSTEMS.get(n).trains_on != FEATURES))\n"
+    )
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.split() if out.returncode == 0 else []
 
 
 def describe(python: str) -> dict:
@@ -408,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     python, env_info = environment(args.python)
     print(f"[gpu-check] environment: {env_info['how']} ({env_info['seconds']:.0f} s)", flush=True)
     info = describe(python)
-    steps = plan(args.dry, work)
+    steps = plan(args.dry, work, systems(python))
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {s.name for s in steps}

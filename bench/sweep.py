@@ -56,13 +56,16 @@ def main() -> None:
     folds = list(range(1, n_folds + 1))
     seeds = list(range(per_variant // n_folds))
     runs = 2 * len(folds) * len(seeds)
-    variants = ["de3", "none_ife"]
+    from aver.train.systems import SYSTEMS
+
+    system = SYSTEMS.default_name()  # DE-III
+    variants = [SYSTEMS.get(system).default_variant, "none_ife"]
     fields = {"epochs": args.epochs, "patience": args.epochs, "progress": False}
     overrides = ["model.d_model=16"]
 
     rows = []
     configs = {
-        v: make_config("tiny", overrides, cache=cache, system="de3", variant=v, out="", **fields)
+        v: make_config("tiny", overrides, cache=cache, system=system, variant=v, out="", **fields)
         for v in variants
     }
     jobs = plan_jobs(configs, folds, seeds, work / "direct")
@@ -76,7 +79,7 @@ def main() -> None:
         t = time.perf_counter()
         doc = sweep(
             cache,
-            system="de3",
+            system=system,
             variants=variants,
             folds=folds,
             seeds=seeds,

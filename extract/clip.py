@@ -1,11 +1,15 @@
 """Per-clip work, in two halves.
 
 ``prepare`` is the decode-bound half that runs ahead in threads: probe, decode + detect faces
-(pass 1, keeping only a detection-size copy of each frame), track and smooth one face, decode +
-crop (pass 2, keeping only the face region of each frame), and load 16 kHz audio. Frames are
-decoded one at a time, so no full-resolution video is ever held in memory: a 4K clip costs one
-4K frame, not 4K x frames. ``compute_group`` is the model-bound half: optical flow,
-normalisation and both encoders, run on the frames of many clips packed into fixed-size batches.
+(pass 1, keeping only a detection-size copy of each frame), track and smooth one face, crop
+(keeping only the face region of each frame), and load 16 kHz audio. A clip within
+``runtime.stream_frames`` frames whose decoded frames fit in ``DECODE_ONCE_MB`` keeps them from
+pass 1 for its crops, so it is decoded once (issue 21 #7); a longer or larger one is decoded a
+second time for its crops, one frame at a time, so no full-resolution video is held in memory: a
+4K clip costs one 4K frame (plus at most the budget), not 4K x frames. The crops are the same bits either way (the decoder
+is deterministic and ``crop_stream`` sees the same frames). ``compute_group`` is the model-bound
+half: optical flow, normalisation and both encoders, run on the frames of many clips packed into
+fixed-size batches.
 """
 
 from __future__ import annotations
@@ -23,6 +27,23 @@ from .datasets.base import ClipRecord
 from .models import Models
 
 log = logging.getLogger(__name__)
+
+# Decoded frames (MiB) a clip may keep from its detection pass for its crops, per kind of device: a
+# clip within this and runtime.stream_frames is decoded once. The CPU's is the size of the face-region
+# chunk the crops already hold (faces.CROP_CHUNK_BYTES as uint8), so a clip's peak stays about one
+# frame plus one chunk (issue 18; a 4K frame is 25 MB: 4K clips are decoded twice). On a GPU
+# machine decoding is what starves the GPU, and there is memory: 512 MiB per decode-ahead thread
+# (runtime.prefetch), held while the clip is cropped. runtime.decode_once_mb, where the config has
+# it, wins; 0 decodes every clip twice (the bounded-memory path of long clips).
+DECODE_ONCE_MB = {"cpu": 32, "cuda": 512}
+
+
+def decode_once_bytes(cfg: ExtractConfig) -> int:
+    """The bytes of decoded frames a clip may keep for its crops (``DECODE_ONCE_MB``)."""
+    mb = getattr(cfg.runtime, "decode_once_mb", None)
+    if mb is None:
+        mb = DECODE_ONCE_MB["cuda" if str(cfg.runtime.device).startswith("cuda") else "cpu"]
+    return int(mb) << 20
 
 
 @dataclass
@@ -55,7 +76,7 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
     info = probe_video(rec.video)
     max_seconds = cfg.max_seconds
     notes: list[str] = []
-    dets, stamps, hw = _detect_pass(rec.video, cfg, models, cap, notes)
+    dets, stamps, hw, frames = _detect_pass(rec.video, cfg, models, cap, notes)
     n = len(stamps)
     if n < cfg.flow.window + 1:
         raise ClipError(
@@ -63,8 +84,10 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
         )
     track = track_face(dets, hw, rec.video)
     boxes = smooth_boxes(track.boxes, cfg.face.smooth_window, cfg.face.margin, hw)
-    # a long clip's crops are made later, window by window, into a temporary file (streaming.py)
-    crops = None if n > rt.stream_frames else _crop_pass(rec.video, boxes, n, cfg, models.lock)
+    # a long clip's crops are made later, window by window, into a temporary file (streaming.py);
+    # a short one's from the frames kept by the detection pass, else from a second decoding
+    crops = None if n > rt.stream_frames else _crop_pass(rec.video, boxes, n, cfg, models.lock, frames=frames)
+    del frames  # emptied by the crops; a streamed clip's are dropped here
     fps = info.fps if info.fps > 0 else (n - 1) / max(stamps[-1] - stamps[0], 1e-6)
     audio = load_audio(rec.audio or rec.video, cfg.audio.sample_rate, max_seconds)
     video_s = n / fps
@@ -91,19 +114,27 @@ def prepare(i: int, rec: ClipRecord, cfg: ExtractConfig, models: Models, cap: Ca
 
 
 def _detect_pass(path: str, cfg: ExtractConfig, models: Models, cap: Capacity, notes: list[str]):
-    """First decoding pass: ``(detections per frame, timestamps, (H, W))``, at most ``cap.frames``
-    frames. Frames are decoded one at a time and only their detection-size copy is kept
-    (``DetectionPass``), so memory does not grow with the video's resolution."""
+    """First decoding pass: ``(detections per frame, timestamps, (H, W), frames)``, at most
+    ``cap.frames`` frames. Frames are decoded one at a time; detection keeps only their
+    detection-size copy (``DetectionPass``). ``frames`` is the decoded frames, kept for the crops
+    while the clip is within ``runtime.stream_frames`` frames and ``decode_once_bytes``, else
+    ``None`` (they are dropped as soon as either is passed, so memory stays bounded)."""
     from .faces import DetectionPass
     from .media import iter_frames
 
     rt = cfg.runtime
     run = DetectionPass(models.detector, cfg.face.detect_every, rt.detect_batch, rt.decode_batch, models.lock)
-    stamps, hw = [], None
+    stamps, hw, budget = [], None, decode_once_bytes(cfg)
+    frames: list[np.ndarray] | None = []
     for rgb, t in iter_frames(path, cfg.max_seconds, notes=notes):
         hw = rgb.shape[:2]
         run.add(rgb)
         stamps.append(t)
+        budget -= rgb.nbytes
+        if frames is not None and (len(frames) == rt.stream_frames or budget < 0):
+            frames = None  # over a limit: dropped before this frame would be kept
+        if frames is not None:
+            frames.append(rgb)  # a fresh array per frame (media.iter_frames): safe to keep
         if len(stamps) >= cap.frames:
             log.warning("%s: longer than the store capacity; cut at %d frames", path, cap.frames)
             notes.append(
@@ -111,7 +142,7 @@ def _detect_pass(path: str, cfg: ExtractConfig, models: Models, cap: Capacity, n
                 "container headers, is shorter than this clip"
             )
             break
-    return run.finish(), stamps, hw
+    return run.finish(), stamps, hw, frames
 
 
 def encode_audio_early(cfg: ExtractConfig) -> bool:
@@ -122,18 +153,23 @@ def encode_audio_early(cfg: ExtractConfig) -> bool:
     return rt.device == "cpu" and rt.threads == 1
 
 
-def iter_crops(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
-    """Second decoding pass: the crops of the ``n`` smoothed boxes, ``uint8 [b, 3, S, S]`` chunks
-    on the run's device in frame order, made as the frames are decoded (``faces.crop_stream``: one
-    frame plus a chunk of face regions in memory). Raises ``ClipError`` when fewer than ``n``
-    frames decode (the first pass saw ``n``)."""
+def iter_crops(
+    path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock, frames: list[np.ndarray] | None = None
+):
+    """The crops of the ``n`` smoothed boxes, ``uint8 [b, 3, S, S]`` chunks on the run's device in
+    frame order (``faces.crop_stream``: one frame plus a chunk of face regions in memory), from
+    ``frames`` (the detection pass's, emptied as they are cropped) or else a second decoding pass.
+    Raises ``ClipError`` when fewer than ``n`` frames decode (the first pass saw ``n``)."""
     from .faces import crop_stream
     from .media import iter_frames
 
-    frames = (rgb for rgb, _ in iter_frames(path, cfg.max_seconds))
+    if frames is None:
+        source = (rgb for rgb, _ in iter_frames(path, cfg.max_seconds))
+    else:
+        source = _drain(frames)
     seen = 0
     for crops in crop_stream(
-        frames, boxes[:n], cfg.face.crop_size, cfg.runtime.decode_batch, cfg.runtime.device, lock
+        source, boxes[:n], cfg.face.crop_size, cfg.runtime.decode_batch, cfg.runtime.device, lock
     ):
         seen += len(crops)
         yield crops
@@ -141,15 +177,29 @@ def iter_crops(path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock):
         raise ClipError(path, f"second decoding pass gave {seen} frames, the first {n}", "decode")
 
 
+def _drain(frames: list[np.ndarray]):
+    """The items of ``frames`` in order, each released (removed from the list) once handed out."""
+    frames.reverse()
+    while frames:
+        yield frames.pop()
+
+
 def _crop_pass(
-    path: str, boxes: np.ndarray, n: int, cfg: ExtractConfig, lock, keep: np.ndarray | None = None
+    path: str,
+    boxes: np.ndarray,
+    n: int,
+    cfg: ExtractConfig,
+    lock,
+    keep: np.ndarray | None = None,
+    frames: list[np.ndarray] | None = None,
 ):
-    """``uint8 [n, 3, S, S]`` crops of the smoothed boxes (``iter_crops``), on the run's device;
-    with ``keep`` (sorted frame indices) only those frames' crops, computed exactly as in a full pass."""
+    """``uint8 [n, 3, S, S]`` crops of the smoothed boxes (``iter_crops``, from ``frames`` when
+    given), on the run's device; with ``keep`` (sorted frame indices) only those frames' crops,
+    computed exactly as in a full pass."""
     import torch
 
     out, seen = [], 0
-    for crops in iter_crops(path, boxes, n, cfg, lock):
+    for crops in iter_crops(path, boxes, n, cfg, lock, frames):
         if keep is not None:
             here = keep[(keep >= seen) & (keep < seen + len(crops))] - seen
             out.append(crops[torch.as_tensor(here, dtype=torch.long, device=crops.device)])
@@ -166,6 +216,7 @@ def compute_group(
     long ones (prepared without crops) streamed in windows (``streaming.compute_long``)."""
     from .streaming import compute_long
 
+    encode_audio(group, models)  # all clips' wav2vec2 in length-sorted batches, streamed ones too
     short = [p for p in group if p.crops is not None]
     done = (
         dict(zip((id(p) for p in short), _compute_short(short, cfg, models, cap), strict=True))
@@ -183,7 +234,6 @@ def _compute_short(
     from .flow import flow_pairs, flow_to_image, normalise_flow
 
     rt = cfg.runtime
-    encode_audio(group, models)
     lengths = [p.n_frames for p in group]
     crops = torch.cat([p.crops for p in group])  # uint8 [sum T, 3, S, S]
     frame_feats = models.image.encode_batched(crops, rt.image_batch).split(lengths)
@@ -221,7 +271,8 @@ def _compute_short(
 
 
 def encode_audio(group: list[Prepared], models: Models) -> None:
-    """wav2vec2 for the clips of ``group`` not encoded yet, batched across clips (``encode_many``)."""
+    """wav2vec2 for the clips of ``group`` not encoded yet, in one ``encode_many`` call: the clips are
+    batched across the group by length (``length_batches``), not in the group's order."""
     todo = [p for p in group if p.audio_features is None]
     for p, feats in zip(todo, models.audio.encode_many([p.audio for p in todo]), strict=True):
         p.audio_features = feats

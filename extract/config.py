@@ -182,6 +182,8 @@ DEVICE_DEFAULTS = {
         "audio_batch": 1,  # clip by clip: bit-stable whatever the grouping (see AudioEncoder.encode_many)
         "threads": 0,  # torch's default (all cores per op, ops serialised); 1 overlaps instead
         "amp": False,  # float32; true: bf16 with AMX, 1.15x faster end to end (bench/RESULTS.md)
+        "prefetch": 2,
+        "decode_once_mb": 32,  # a 4K clip stays within one frame + one crop chunk (issue 18)
     },
     "cuda": {
         "image_batch": 64,
@@ -190,6 +192,8 @@ DEVICE_DEFAULTS = {
         "audio_batch": 32,
         "threads": 0,
         "amp": True,
+        "prefetch": 4,
+        "decode_once_mb": 512,
     },
 }
 
@@ -204,10 +208,13 @@ class RuntimeConfig:
 
     device: str = "cpu"
     amp: bool | None = None  # bf16 autocast: default on CUDA; off on the CPU (float32), where true uses AMX
+    # TF32 tensor-core matmuls and convolutions on CUDA when amp is off (torch leaves cuDNN's on by
+    # default): false keeps float32 exact; true is faster and ~1e-3 off. Set explicitly every run.
+    tf32: bool = False
     image_batch: int | None = None  # images per encoder batch (fixed size; the last one is padded)
     flow_batch: int | None = None  # frame pairs per flow batch
     detect_batch: int | None = None  # frames per MTCNN call
-    audio_batch: int | None = None  # audio fragments per wav2vec2 batch (audio.fragment_s > 0)
+    audio_batch: int | None = None  # clips (or fragments) per wav2vec2 batch, sorted by length across a group
     # torch intra-op threads during a run (0: torch's default). With 1 on a CPU, the decode-ahead
     # threads (decoding, detection, cropping, wav2vec2) and the image encoders run at once on
     # different cores with bit-stable results (a single-threaded kernel gives the same bits however
@@ -218,7 +225,12 @@ class RuntimeConfig:
     group_frames: int = 1024  # clips are packed into groups of about this many frames
     stream_frames: int = 256  # longer clips are streamed through temporary files (flat memory)
     stream_window: int = 128  # frames (or flow pairs) per model window of a streamed clip
-    prefetch: int = 2  # clip groups decoded ahead of the GPU
+    # threads preparing clips (decode, detect, crop) ahead of the models, 2x clips in flight;
+    # None: the device's default (more on CUDA, where decoding and MTCNN would starve the GPU)
+    prefetch: int | None = None
+    # a short clip's decoded frames are kept from the detection pass for the crop pass (one decode)
+    # while they fit in this many MiB; None: the device's default (issue 21 #7)
+    decode_once_mb: int | None = None
     workers: int = 0  # 0: this process; N: a local Dask cluster of N workers
     scheduler: str | None = None  # address of a running Dask scheduler (one worker per GPU)
 
@@ -237,7 +249,11 @@ class RuntimeConfig:
             value = getattr(self, name)
             _check(value is None or value >= 1, f"runtime.{name} must be >= 1")
         _check(self.threads is None or self.threads >= 0, "runtime.threads must be >= 0 (0: torch's default)")
-        _check(self.prefetch >= 0 and self.workers >= 0, "runtime.prefetch/workers must be >= 0")
+        _check(
+            (self.prefetch is None or self.prefetch >= 0) and self.workers >= 0,
+            "runtime.prefetch/workers must be >= 0",
+        )
+        _check(self.decode_once_mb is None or self.decode_once_mb >= 0, "runtime.decode_once_mb must be >= 0")
 
     def resolved(self, device: str | None = None) -> RuntimeConfig:
         """A copy with every unset batch size taken from the defaults of ``device`` (default: its own)."""
@@ -305,11 +321,33 @@ class ExtractConfig:
         for (section, key), legacy in LATE_FIELDS.items():
             if d[section][key] == legacy:
                 del d[section][key]
+        if self.precision() != "fp32":  # caches made before it was hashed are float32 (CPU only)
+            d["precision"] = self.precision()
         return d
+
+    def precision(self) -> str:
+        """The arithmetic the stored numbers come from: ``bf16`` (autocast, ``runtime.amp``, the
+        default on CUDA), ``tf32`` (``runtime.tf32`` with amp off) or ``fp32``. Features differ by
+        1-5 % between bf16 and fp32, so it is part of the hash (issue 21 #4): a cache resumed on
+        another device with another precision is refused, not silently mixed."""
+        runtime = self.runtime.resolved()
+        return "bf16" if runtime.amp else "tf32" if runtime.tf32 else "fp32"
 
     def config_hash(self) -> str:
         return json_hash(self.hashed_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExtractConfig:
+        """From ``to_dict`` or a stored ``hashed_dict``, whose ``precision`` sets ``runtime.amp`` and
+        ``runtime.tf32`` (a cache's own config rebuilt for ``aver predict`` computes as it did)."""
+        d = dict(d)
+        precision = d.pop("precision", None)
+        if precision is not None:
+            if precision not in ("bf16", "tf32", "fp32"):
+                raise ConfigError(f"precision {precision!r}: one of bf16, tf32, fp32")
+            d["runtime"] = {
+                **(d.get("runtime") or {}),
+                "amp": precision == "bf16",
+                "tf32": precision == "tf32",
+            }
         return from_dict(cls, d)

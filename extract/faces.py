@@ -54,6 +54,29 @@ def _empty_dets() -> np.ndarray:
     return np.zeros((0, 5), dtype=np.float32)
 
 
+def pins_for(device: str | torch.device) -> bool:
+    """Whether host memory bound for ``device`` is pinned first: only for a CUDA target on a machine
+    with CUDA. A ``non_blocking`` copy from pageable memory is synchronous (the driver stages it);
+    from pinned memory it is a DMA that overlaps the host's work (issue 21 #8). Elsewhere nothing
+    changes: the CPU path allocates and copies exactly as before."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def to_device(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``x`` on ``device``; a CPU tensor bound for CUDA is pinned (``pins_for``) and copied with
+    ``non_blocking=True``. The pinned block is not reused before the copy ends: torch records an
+    event on it for every asynchronous copy, so a temporary is safe."""
+    if x.device.type == "cpu" and pins_for(device):
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
+
+
+def host_buffer(shape: tuple[int, ...], device: str | torch.device) -> torch.Tensor:
+    """An uninitialised ``uint8`` host tensor to fill and then copy to ``device``: pinned when
+    ``pins_for(device)``, so the copy needs no staging (``crop_stream``'s face-region chunks)."""
+    return torch.empty(shape, dtype=torch.uint8, pin_memory=pins_for(device))
+
+
 class FaceDetector:
     """facenet-pytorch MTCNN (P/R/O-net weights ship inside its wheel), batched and None-free."""
 
@@ -82,13 +105,13 @@ class FaceDetector:
         h, w = frames.shape[1:3]
         scale = self.cfg.detect_max_side / max(h, w)
         if scale >= 1.0:
-            return frames.to(self.device), 1.0, 1.0
+            return to_device(frames, self.device), 1.0, 1.0
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
         # Area averaging anti-aliases the downscale (the same filter MTCNN uses for its pyramid);
         # frame by frame gives the numbers of the whole batch at once (each output pixel is one mean).
         small = [
             torch.nn.functional.interpolate(
-                f[None].to(self.device).permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="area"
+                to_device(f[None], self.device).permute(0, 3, 1, 2).float(), size=(new_h, new_w), mode="area"
             ).permute(0, 2, 3, 1)
             for f in frames
         ]
@@ -359,7 +382,7 @@ def _roi_crop(x: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
     idx = torch.arange(x.shape[0], device=x.device, dtype=torch.float32).unsqueeze(1)
     crops = roi_align(
         img,
-        torch.cat([idx, b.to(x.device)], dim=1),
+        torch.cat([idx, to_device(b, x.device)], dim=1),
         output_size=(size, size),
         spatial_scale=1.0,
         sampling_ratio=-1,
@@ -393,7 +416,9 @@ def crop_faces(
     x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
         raise ValueError(f"crop_faces wants uint8 frames [B,H,W,3], got {x.dtype} {tuple(x.shape)}")
-    b = torch.as_tensor(boxes, dtype=torch.float32).to(x.device)
+    # The region is read from a host copy of the boxes: on a GPU each comparison and int() of a
+    # device tensor would be a synchronisation (issue 21 #8); _roi_crop moves the boxes over.
+    b = torch.as_tensor(boxes, dtype=torch.float32).cpu()
     if b.shape != (x.shape[0], 4):
         raise ValueError(f"crop_faces wants one box per frame [{x.shape[0]}, 4], got {tuple(b.shape)}")
     if x.shape[0] == 0:
@@ -413,7 +438,8 @@ def crop_stream(
     chunk of at most ``CROP_CHUNK_BYTES`` (counted as float) per roi_align call, one frame at
     least. The crops are those of ``crop_faces`` on the same blocks, bit for bit (each box reads
     only its own frame). Peak memory is one decoded frame plus a chunk of face regions (the whole
-    frame where a box leaves it), not ``T x H x W``.
+    frame where a box leaves it), not ``T x H x W``. For a CUDA ``device`` the chunks are pinned
+    host memory (``host_buffer``), so their copy to the GPU is asynchronous.
 
     Yields ``uint8 [b, 3, size, size]`` chunks on ``device``, in frame order; stops after T frames
     (frames beyond are not read), or earlier when ``frames`` runs out (the caller checks the count).
@@ -421,8 +447,8 @@ def crop_stream(
     all_boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
     n, lock = len(all_boxes), lock or contextlib.nullcontext()
 
-    def crop(regions: np.ndarray, b: torch.Tensor) -> torch.Tensor:
-        x = torch.from_numpy(regions).to(device, non_blocking=True)
+    def crop(regions: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x = to_device(regions, device)  # a pinned chunk (host_buffer): the copy overlaps the decoding
         with lock:
             return _roi_crop(x, b, size)
 
@@ -433,8 +459,9 @@ def crop_stream(
             (x0, y0, x1, y1), b = face_region(all_boxes[t:end], *frame.shape[:2])
             chunk, start = max(1, CROP_CHUNK_BYTES // ((x1 - x0) * (y1 - y0) * 3 * 4)), t
         if (t - start) % chunk == 0:
-            buf, k = np.empty((min(chunk, end - t), y1 - y0, x1 - x0, 3), np.uint8), 0
-        buf[k] = frame[y0:y1, x0:x1]
+            buf, k = host_buffer((min(chunk, end - t), y1 - y0, x1 - x0, 3), device), 0
+            rows = buf.numpy()  # the same memory, filled from numpy frames
+        rows[k] = frame[y0:y1, x0:x1]
         k += 1
         if k == len(buf):
             yield crop(buf, b[t + 1 - k - start : t + 1 - start])

@@ -44,6 +44,7 @@ class Models:
 
         device = device or cfg.runtime.device
         amp = bool(cfg.runtime.resolved(device).amp)
+        set_tf32(cfg.runtime.tf32)
         built, missing = {}, []
         # the paper preset never falls back to a random-init face model
         no_face_weights = cfg.preset == "paper" and not cfg.image.weights
@@ -95,6 +96,15 @@ class Models:
             "image": self.image.provenance(),
             "audio": self.audio.provenance(),
         }
+
+
+def set_tf32(on: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions, set explicitly (issue 21 #5): torch enables it
+    for cuDNN by default, which would make float32 features depend on the GPU generation."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = bool(on)
+    torch.backends.cudnn.allow_tf32 = bool(on)
 
 
 def cache_hash(cfg: ExtractConfig, models_prov: dict[str, Any]) -> str:

@@ -84,6 +84,28 @@ class Summary:
                 lines.append(f"  ... and {len(self.notes) - shown} more")
         return "\n".join(lines)
 
+    def all_failed(self) -> bool:
+        """Every clip this run tried failed and the store holds none extracted before: nothing
+        usable came out (``aver extract`` then exits non-zero; any success, now or before, is 0)."""
+        return self.failed > 0 and self.done == 0 and self.skipped == 0
+
+    def common_cause(self) -> str:
+        """The most frequent failure stage of this run, with how many clips and one example cause:
+        ``[decode] in 5 of 6 clips, e.g. <cause>`` (the cause text as the clips record it)."""
+        import re
+
+        stages = collections.Counter()
+        example: dict[str, str] = {}
+        for cause in self.failures.values():
+            m = re.search(r"\[(\w+)\] (.*)", cause, re.S)
+            stage, text = (m.group(1), m.group(2)) if m else ("other", cause)
+            stages[stage] += 1
+            example.setdefault(stage, text)
+        if not stages:
+            return "unknown"
+        stage, count = stages.most_common(1)[0]
+        return f"[{stage}] in {count} of {len(self.failures)} clips, e.g. {example[stage]}"
+
 
 def plan_capacity(index: DatasetIndex, cfg: ExtractConfig, audio_rate_hz: float) -> Capacity:
     """Padded time-axis lengths from container headers (no decoding), with a small margin."""
@@ -124,6 +146,25 @@ def _audio_seconds(path: str) -> float:
         return 0.0
 
 
+# Decode-ahead threads when runtime.prefetch is unset (None), per kind of device, unless
+# DEVICE_DEFAULTS names its own: a GPU's models consume clips faster than two threads decode them
+# (issue 21 #7), and a GPU machine has the cores for more.
+PREFETCH = {"cpu": 2, "cuda": 4}
+
+
+def prefetch_depth(runtime) -> int:
+    """Threads that prepare clips ahead of the models (``_prepared``; twice as many clips are in
+    flight): ``runtime.prefetch``, or when it is unset the device's default (``DEVICE_DEFAULTS``,
+    else ``PREFETCH``); at least 1."""
+    from .config import DEVICE_DEFAULTS
+
+    value = runtime.prefetch
+    if value is None:
+        kind = "cuda" if str(runtime.device).startswith("cuda") else "cpu"
+        value = DEVICE_DEFAULTS[kind].get("prefetch", PREFETCH[kind])
+    return max(1, int(value))
+
+
 def _prepared(indices: list[int], index: DatasetIndex, cfg, models, cap) -> Iterator[tuple[int, object]]:
     """Yield ``(i, Prepared | ClipError)`` in order, decoding up to a window of clips ahead."""
     from .clip import prepare
@@ -137,7 +178,7 @@ def _prepared(indices: list[int], index: DatasetIndex, cfg, models, cap) -> Iter
             log.debug("unexpected error on %s", index.clips[i].video, exc_info=True)
             return ClipError(index.clips[i].video, f"{type(e).__name__}: {e}", "prepare")
 
-    ahead = max(1, cfg.runtime.prefetch)
+    ahead = prefetch_depth(cfg.runtime)
     window: collections.deque[tuple[int, Future]] = collections.deque()
     with ThreadPoolExecutor(ahead) as pool:
         todo = iter(indices)
@@ -418,19 +459,21 @@ def _run_distributed(todo, index, cfg, url, storage_options, cap, executor, prog
     from tqdm import tqdm
 
     own, saved_env = None, dict(os.environ)
+    cfg_dict = cfg.to_dict()
     if executor is None:
-        from dask.distributed import Client, LocalCluster
+        from aver.cluster import connect, local_cluster
 
         if cfg.runtime.scheduler:
-            executor = own = Client(cfg.runtime.scheduler)
+            executor = own = connect(cfg.runtime.scheduler)
         else:
-            cluster = LocalCluster(n_workers=cfg.runtime.workers, threads_per_worker=1, processes=True)
-            executor = own = Client(cluster)
+            # one GPU per worker (CUDA_VISIBLE_DEVICES pinned), so each sees its own as "cuda" (#3)
+            executor = own = local_cluster(cfg.runtime.workers, cfg.runtime.device)
+            if cfg.runtime.device.startswith("cuda"):
+                cfg_dict["runtime"]["device"] = "cuda"
     try:
         # several shards per worker keep workers busy when clip costs differ
         n_shards = max(1, min(len(todo), 4 * _worker_count(executor)))
         shards = [[int(i) for i in s] for s in np.array_split(np.asarray(todo), n_shards) if len(s)]
-        cfg_dict = cfg.to_dict()
         futures = [
             executor.submit(run_shard, cfg_dict, index, s, url, storage_options, (cap.frames, cap.audio))
             for s in shards

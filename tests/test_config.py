@@ -9,12 +9,14 @@ from aver.extract.config import ExtractConfig, FaceConfig
 from aver.overrides import apply_overrides
 
 
-def test_hash_ignores_runtime_but_not_models():
+def test_hash_ignores_runtime_but_not_models_or_precision():
     a = ExtractConfig(dataset="ravdess")
-    b = apply_overrides(a, ["runtime.image_batch=8", 'runtime.device="cuda"'])
+    b = apply_overrides(a, ["runtime.image_batch=8", 'runtime.device="cuda"', "runtime.amp=false"])
     c = apply_overrides(a, ["face.margin=0.3"])
     assert a.config_hash() == b.config_hash()
     assert a.config_hash() != c.config_hash()
+    # CUDA's default is bf16 autocast: other numbers, so another hash (issue 21 #4)
+    assert a.config_hash() != apply_overrides(a, ['runtime.device="cuda"']).config_hash()
 
 
 def test_round_trip_through_dict():

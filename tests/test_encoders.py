@@ -286,7 +286,7 @@ def test_audio_hub_id_offline_raises_missing_weights(monkeypatch: pytest.MonkeyP
         AudioEncoder(AudioEncoderConfig(model="facebook/wav2vec2-large-robust"))
     assert time.perf_counter() - start < 5.0
     msg = str(info.value)
-    assert "huggingface-cli download facebook/wav2vec2-large-robust" in msg and "--audio-model" in msg
+    assert "`hf download facebook/wav2vec2-large-robust`" in msg and "--audio-model" in msg
     with pytest.raises(MissingWeightsError, match="folder not found"):
         AudioEncoder(AudioEncoderConfig(model=str(tmp_path / "no" / "such" / "folder")))
 

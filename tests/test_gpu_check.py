@@ -27,7 +27,7 @@ def test_the_dry_run_writes_every_step_and_the_targets(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = (tmp_path / "gpu_check.md").read_text()
     doc = json.loads((tmp_path / "gpu_check.json").read_text())
-    for step in gpu_check.plan(True, tmp_path):
+    for step in gpu_check.plan(True, tmp_path, gpu_check.systems(sys.executable)):
         assert f"| {step.name} |" in text  # ran, stopped or skipped: never missing
     assert doc["steps"]["pytest-gpu"]["status"] == "ok" and "skipped" in doc["steps"]["pytest-gpu"]["summary"]
     ran = [s for s in doc["steps"].values() if s.get("status") == "ok"]
@@ -55,7 +55,10 @@ def test_a_step_over_its_budget_is_stopped_and_keeps_its_output():
 
 
 def test_the_gpu_plan_runs_the_paper_architectures_on_cuda(tmp_path):
-    steps = {s.name: s for s in gpu_check.plan(False, tmp_path)}
+    e2e = gpu_check.systems(sys.executable)
+    assert len(e2e) >= 2  # Mocanu 2023 and AVT-CA
+    steps = {s.name: s for s in gpu_check.plan(False, tmp_path, e2e)}
+    assert {f"train-{name}" for name in e2e} <= set(steps)
     assert list(steps)[:3] == ["pytest-gpu", "extract-raft_large", "train-de3-cremad"]
     assert set(steps) >= {"extract-perceiver", "extract-raft_small", "baseline", "train-de3-ravdess"}
     raft = steps["extract-raft_large"].argv

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zarr
 
 DOC = Path(__file__).parents[1] / "cache_layout.md"
 
@@ -23,6 +24,7 @@ def test_doc_has_examples():
 def test_packed_example_runs_with_plain_libraries_and_no_warning(tmp_path):
     """The xarray example of a packed copy: open_datatree without warnings, a clip by id, a fold's
     training split."""
+    from aver.cache import FeatureCache
     from aver.pack import pack
     from aver.testing import build_feature_cache
 
@@ -36,6 +38,9 @@ def test_packed_example_runs_with_plain_libraries_and_no_warning(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "c003" and "train validation test unused" in out.stdout
+    # the fold's training ids select the frames (no "dimension coordinate 'fold' conflicts")
+    n_train = len(FeatureCache(src).split_indices(1, "train"))
+    assert out.stdout.split()[3:5] == [str(n_train), str(n_train)], out.stdout
 
 
 @pytest.mark.slow
@@ -51,6 +56,33 @@ def test_layout_example_runs_with_plain_libraries(extracted_store, block, tmp_pa
     assert out.returncode == 0, out.stderr
     if block == 1:
         assert "(20, " in out.stdout  # frames of the first done clip
+    if block == 2:  # dask chunks of 64 clips (or all of them), not one per clip; CF attributes
+        n = zarr.open_group(extracted_store, mode="r")["clips/id"].shape[0]
+        assert out.stdout.startswith(f"({min(n, 64)}, ") and "pending done failed" in out.stdout
+
+
+@pytest.mark.parametrize("targets", [(), ("valence",)])
+def test_working_store_has_the_packed_copys_cf_attributes(tmp_path, targets):
+    """Every array of the working store carries the attributes its packed copy has (long_name,
+    units, flag_values / flag_meanings of the codes), on arrays whose data, dtype and chunks are
+    the layout's: xarray shows them without packing."""
+    from aver import layout as L
+    from aver.pack import pack
+    from aver.testing import add_toy_inputs, build_feature_cache
+
+    src = build_feature_cache(str(tmp_path / "toy.zarr"), n_clips=12, targets=targets)
+    add_toy_inputs(src)
+    pack(src, str(tmp_path / "packed.zarr"), progress=False)
+    work, packed = zarr.open_group(src, mode="r"), zarr.open_group(str(tmp_path / "packed.zarr"), mode="r")
+    present = [name for name in L.ARRAYS if L.has_array(work, name)]
+    assert L.INPUT_STATUS in present and (L.TARGETS in present) == bool(targets)
+    for name in present:
+        attrs = dict(work[name].attrs)
+        assert attrs == dict(packed[name].attrs) and attrs["long_name"], name
+        assert work[name].chunks[0] == (1 if L.ARRAYS[name].per_clip else work[name].shape[0]), name
+    assert work[L.STATUS].attrs["flag_meanings"] == "pending done failed"
+    assert work[L.FOLD_SPLIT].attrs["flag_values"] == [0, 1, 2, -1]
+    assert work[L.FPS].attrs["units"] == "Hz"
 
 
 def test_doc_and_code_agree_on_arrays_and_codes():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import re
 import shutil
 import subprocess
@@ -16,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small_index
+from markupsafe import escape
 
 from aver import layout as L
+from aver.apps.qa import BY_KEY, MEASURES, failure_groups, robust_bounds, spread, track_measures, write_report
 from aver.cache import FeatureCache
 from aver.overrides import apply_overrides
-from aver.qa import BY_KEY, MEASURES, failure_groups, robust_bounds, spread, track_measures, write_report
 
 HOSTILE = "[decode] broken <script>alert('x')</script> & more"
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -70,7 +72,7 @@ def _count(page: str, what: str) -> int:
 
 
 def _expected(g, i: int) -> dict[str, float]:
-    """Measures of clip ``i`` computed straight from the arrays, independently of ``aver.qa``."""
+    """Measures of clip ``i`` computed straight from the arrays, independently of ``aver.apps.qa``."""
     n = int(g[L.N_FRAMES][i])
     mask, prob, box = g[L.FACE_MASK][i][:n], g[L.FACE_PROB][i][:n], g[L.FACE_BOX][i][:n].astype(float)
     side = box[:, 2] - box[:, 0]
@@ -94,16 +96,20 @@ def _expected(g, i: int) -> dict[str, float]:
 
 
 def _direct_flow(g, i: int) -> tuple[float, float]:
-    """Mean / p95 DIS flow magnitude over every consecutive pair of clip ``i``'s cached crops."""
+    """Mean / p95 DIS flow magnitude over every consecutive pair of clip ``i``'s cached crops, on
+    stage one's BT.601 luma (``to_gray``), with OpenCV called here directly."""
     import cv2
+    import torch
+
+    from aver.extract.flow.classical import to_gray
 
     k = int(g[L.N_CROPS][i])
     crops, index = g[L.CROPS][i][:k], g[L.CROP_INDEX][i][:k]
+    gray = to_gray(torch.from_numpy(crops).permute(0, 3, 1, 2))
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     mags = []
     for p in range(k - 1):
-        a, b = (cv2.cvtColor(crops[q], cv2.COLOR_RGB2GRAY) for q in (p, p + 1))
-        f = dis.calc(a, b, None)
+        f = dis.calc(gray[p], gray[p + 1], None)
         mags.append(np.hypot(f[..., 0], f[..., 1]).ravel() / (index[p + 1] - index[p]) / crops.shape[1] * 100)
     m = np.concatenate(mags)
     return float(m.mean()), float(np.percentile(m, 95))
@@ -178,8 +184,8 @@ def test_failures_grouped_by_cause_hostile_text_escaped_outliers_flagged(damaged
     cache = FeatureCache(damaged_store)
     causes = re.findall(r"<tr><td>(\d+)</td><td class='t failure'>(.*?)</td>", page)
     assert [(int(n), html.unescape(c)) for n, c in causes] == [(2, HOSTILE)]
-    assert f"{cache.ids[1]}: a.mp4: {html.escape(HOSTILE)}" in page
-    assert "<script" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert f"{cache.ids[1]}: a.mp4: {escape(HOSTILE)}" in page
+    assert "<script" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in page
     assert _row(page, 1)["detection"] == "–" and "<td class='t failed'>failed</td>" in page
     # the clip whose face was lost: 2 of n frames detected, flagged by the fixed limit (< 0.5)
     n = int(cache.lengths["frames"][2])
@@ -284,3 +290,69 @@ def test_headless_chromium_screenshot_of_the_page(chromium, crops_store, tmp_pat
     assert img.shape[:2] == (1800, 1280) and shot.stat().st_size > 20_000
     rgb = img[..., :3].reshape(-1, 3)
     assert rgb.std(axis=0).max() > 0.05 and len(np.unique((rgb[::97] * 255).astype(np.uint8), axis=0)) > 50
+
+
+def test_crops_cut_from_the_raw_videos_are_the_crops_the_models_saw(crops_store, small_corpus):
+    """With --data, qa cuts its crops as extraction did (stage one's decoding and crop_faces at the
+    stored boxes, face.crop_size): resized as extraction resized them, they are the cached crops."""
+    pytest.importorskip("av")
+    pytest.importorskip("torchvision")
+    import torch
+
+    from aver.apps.qa import CropSource
+    from aver.extract.inputs import resize_crops
+
+    cache = FeatureCache(crops_store)
+    source, g = CropSource(cache, small_corpus), cache.group
+    side = int(cache.meta["config"]["face"]["crop_size"])
+    for i in (0, 3):
+        k = int(g[L.N_CROPS][i])
+        raw = source.raw(i, g[L.CROP_INDEX][i][:k].tolist())
+        assert raw.shape == (k, side, side, 3) and side != cache.inputs["crop_size"]
+        stored = resize_crops(torch.from_numpy(raw).permute(0, 3, 1, 2), int(cache.inputs["crop_size"]))
+        assert np.array_equal(stored, g[L.CROPS][i][:k]), i
+
+
+def _png(data: bytes) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return (imread(io.BytesIO(data), format="png")[..., :3] * 255).round().astype(np.uint8)
+
+
+def test_thumbnail_is_the_cached_crop_and_stage_ones_flow_image(crops_store):
+    """A tile: the clip's middle cached crop, a white gap, and the flow image stage one makes of that
+    pair (its DIS backend, normalise_flow, flow_to_image, with the cache's flow.eps / image_clip)."""
+    pytest.importorskip("cv2")
+    import torch
+
+    from aver.apps.qa import clip_tile, measure_cache
+    from aver.extract.config import FlowConfig
+    from aver.extract.flow import build_flow_backend, flow_to_image, normalise_flow
+
+    result, cache, source = measure_cache(crops_store, verify=False)
+    g, i = cache.group, 2
+    k = int(g[L.N_CROPS][i])
+    a, b = g[L.CROPS][i][(k - 1) // 2], g[L.CROPS][i][(k - 1) // 2 + 1]  # the middle pair
+    recorded = cache.meta["config"]["flow"]
+    field = build_flow_backend(FlowConfig(backend="dis", variant="medium"), "cpu")(
+        *(torch.from_numpy(c).permute(2, 0, 1)[None] for c in (a, b))
+    )
+    image = flow_to_image(normalise_flow(field, recorded["eps"], "clip"), recorded["image_clip"])[0]
+    image = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    png, why = clip_tile(result, source, i)
+    shown, s = _png(png), a.shape[0]
+    assert why == "" and shown.shape == (s, 2 * s + 2, 3)
+    assert np.array_equal(shown[:, :s], a) and np.array_equal(shown[:, s + 2 :], image)
+
+
+def test_without_opencv_the_thumbnails_are_crops_only_and_the_page_says_why(
+    crops_store, tmp_path, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    page = write_report(crops_store, out=tmp_path / "nocv.html", sample=2).read_text()
+    assert "(no flow images: OpenCV is not installed)" in page and "Flow unavailable for 6 clips" in page
+    assert "OpenCV (cv2) is not installed" in page and "thumbnails come from the cached crops" in page
+    thumbs = sorted((tmp_path / "nocv_files").glob("thumb_*.png"))
+    assert len(thumbs) >= 2 and all(_png(p.read_bytes()).shape == (112, 112, 3) for p in thumbs)

@@ -193,7 +193,8 @@ def test_cli_cv_evaluate_and_refusal(toy_cache, tmp_path):
         set(summary["summary"]) == {"reported", "video", "audio", "fusion"} and "ddof = 1" in summary["std"]
     )
     assert (tmp_path / "cv/cv_summary.csv").read_text().startswith("head,metric,mean,std,n")
-    assert "| reported | f1_macro |" in (tmp_path / "cv/cv_summary.md").read_text()
+    md = (tmp_path / "cv/cv_summary.md").read_text()
+    assert "| head | accuracy | f1_macro | f1_micro | uar |" in md and "\n| reported | " in md
     assert "accuracy" in cv.stdout and "mean" in cv.stdout
     ev = subprocess.run(
         [*base, "evaluate", "--run", str(tmp_path / "cv/fold2"), "--cache", toy_cache],

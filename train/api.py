@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from .recipe import train_fold as _train_fold
 from .report import evaluate_run
 
 __all__ = ["cross_validate", "evaluate_run", "summarise_folds", "train_fold"]
+
+log = logging.getLogger("aver.train")
 
 
 def default_out(
@@ -47,13 +50,31 @@ def train_fold(
     ``cache`` is a store path/URL (then ``preset``, ``variant``, ``fields`` such as ``epochs=5`` or
     ``device="cuda"``, and dotted ``overrides`` such as ``{"model.d_model": 64}`` make the config) or
     a ready ``TrainConfig``. The run folder defaults to ``runs/<store>/<variant>/fold<k>``.
+
+    The default preset is the paper's (its model sizes and epochs), which can take hours on a CPU:
+    when the paper preset is to run on the CPU (``device`` defaults to ``"cpu"``), a WARNING says so
+    first and names ``preset="tiny"`` for a quick run (``warn_if_slow``).
     """
     if isinstance(cache, TrainConfig):
-        return _train_fold(cache)
-    cfg = make_config(preset, overrides, cache=cache, fold=fold, variant=variant, out=out or "", **fields)
-    if not out:
-        cfg.out = str(Path(default_out(cache, cfg.variant, cfg.system, cfg.protocol)) / f"fold{fold}")
+        cfg = cache
+    else:
+        cfg = make_config(preset, overrides, cache=cache, fold=fold, variant=variant, out=out or "", **fields)
+        if not out:
+            cfg.out = str(Path(default_out(cache, cfg.variant, cfg.system, cfg.protocol)) / f"fold{fold}")
+    FeatureCache(cfg.cache, cfg.storage_options)  # a missing cache: its one line, before any warning
+    warn_if_slow(cfg)
     return _train_fold(cfg)
+
+
+def warn_if_slow(cfg: TrainConfig) -> None:
+    """One WARNING when ``cfg`` trains the paper preset on the CPU. A warning, not INFO: it is most
+    likely not what the caller meant, and Python shows WARNING (and not INFO) without any logging
+    set up, as in a notebook that calls ``aver.train_fold(cache)`` with the defaults."""
+    if cfg.preset == "paper" and cfg.device == "cpu":
+        log.warning(
+            'the "paper" preset (the paper\'s model sizes and epochs) on the CPU can take hours; '
+            'preset="tiny" (--preset tiny) is a small model for a quick run, device="cuda" uses a GPU'
+        )
 
 
 def cross_validate(
@@ -90,17 +111,13 @@ def cross_validate(
     from .sweeper import RunsFailed, failures, plan_jobs, run_jobs
 
     store = apply_protocol(FeatureCache(cfg.cache, cfg.storage_options), cfg.protocol)
+    warn_if_slow(cfg)
     folds = folds or list(range(1, store.n_folds + 1))
     for k in folds:
         store.check_fold(k)
     arm = {cfg.variant: cfg}
     jobs = plan_jobs(arm, folds, [cfg.seed + s for s in range(seeds)], Path(cfg.out), arm_folders=False)
-    engine = {
-        "workers": workers,
-        "scheduler": scheduler,
-        "connect_timeout": connect_timeout,
-        "client": client,
-    }
+    engine = dict(workers=workers, scheduler=scheduler, connect_timeout=connect_timeout, client=client)
     outcomes = run_jobs(jobs, progress=cfg.progress, **engine)
     runs = {
         j.name: outcomes[j.name]["metrics"]["test"] for j in jobs if outcomes[j.name]["status"] != "failed"
@@ -155,7 +172,8 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_cv_summary(folder: Path, runs: dict, summary: dict) -> None:
-    """``cv_summary.json`` (every run and the summary), ``.csv`` (head, metric, mean, std, n), ``.md``."""
+    """``cv_summary.json`` (every run and the summary) and ``.csv`` (head, metric, mean, std, n: every
+    metric), and ``cv_summary.md``: one compact table, ``main_table``, that points to them."""
     folder.mkdir(parents=True, exist_ok=True)
     doc = {"std": "sample standard deviation over runs (ddof = 1)", "runs": runs, "summary": summary}
     (folder / "cv_summary.json").write_text(json.dumps(doc, indent=2))
@@ -171,9 +189,44 @@ def write_cv_summary(folder: Path, runs: dict, summary: dict) -> None:
         w.writerows(
             [for_csv(p), for_csv(k), f"{m:.6f}", "" if s is None else f"{s:.6f}", n] for p, k, m, s, n in rows
         )
-    md = ["| head | metric | mean | std (sample) | runs |", "| --- | --- | --- | --- | --- |"]
-    md += [
-        f"| {for_markdown(p)} | {for_markdown(k)} | {m:.4f} | {'-' if s is None else f'{s:.4f}'} | {n} |"
-        for p, k, m, s, n in rows
+    md = [
+        "# Cross-validation summary",
+        "",
+        f"{len(runs)} run{'' if len(runs) == 1 else 's'}; each cell: mean ± sample standard deviation "
+        "(ddof = 1) over the runs, and in brackets the number of runs. The reported head is the head "
+        "each run reports (chosen on validation). Every metric of every head: cv_summary.csv and "
+        "cv_summary.json.",
+        "",
+        *main_table(summary),
     ]
     (folder / "cv_summary.md").write_text("\n".join(md) + "\n")
+
+
+# The columns of cv_summary.md: classification's main metrics, else the mean CCC and each target's.
+_MAIN = ("accuracy", "f1_macro", "f1_micro", "uar", "ccc_mean")
+
+
+def main_table(summary: dict[str, dict[str, dict]]) -> list[str]:
+    """Markdown lines: a row per head (``reported`` first), a column per main metric (``_MAIN``
+    and ``ccc_<target>``, those the summary has), each cell ``mean ± std (n)`` to 4 decimals
+    (``mean (1)`` for one run; ``-`` where a head lacks the metric)."""
+    heads = sorted(summary, key=lambda h: h != "reported")  # stable: the others keep their order
+    present = list(dict.fromkeys(k for h in heads for k in summary[h]))
+    columns = [k for k in _MAIN if k in present]
+    columns += [k for k in present if k.startswith("ccc_") and k not in _MAIN]
+    columns = columns or present[:4]  # a task with none of them: its first metrics
+
+    def cell(v: dict | None) -> str:
+        if v is None:
+            return "-"
+        spread = "" if v["std"] is None else f" ± {v['std']:.4f}"
+        return f"{v['mean']:.4f}{spread} ({v['n']})"
+
+    lines = [
+        "| head | " + " | ".join(for_markdown(c) for c in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for h in heads:
+        cells = [cell(summary[h].get(c)) for c in columns]
+        lines.append(f"| {for_markdown(h)} | " + " | ".join(cells) + " |")
+    return lines

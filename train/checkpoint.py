@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from safetensors.torch import load_file
 from aver.cache import FeatureCache
 from aver.errors import CheckpointError
 from aver.utils import atomic_write_json, json_hash, save_safetensors
+
+log = logging.getLogger(__name__)
 
 INFO_KEY = "aver.checkpoint"  # safetensors metadata: the checkpoint info (configs, cache identity)
 STATE_KEY = "aver.trainer_state"  # safetensors metadata: epoch, history, best, optimiser fields
@@ -129,6 +132,10 @@ def save_state(
             else:
                 opt_meta["state"][str(pid)][name] = value
     tensors["rng.torch"] = torch.get_rng_state()
+    # dropout on a GPU draws from the CUDA generators: without them a resumed run diverges (#6)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = rng
     meta = {STATE_KEY: json.dumps({**state, "optimizer": opt_meta}, default=str)}
     save_safetensors(tensors, folder / "last.safetensors", metadata=meta)
 
@@ -156,4 +163,26 @@ def load_state(
             opt_state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": opt_state, "param_groups": opt_meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
+    _restore_cuda_rng(tensors, path)
     return state
+
+
+def _restore_cuda_rng(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The CUDA generators ``save_state`` kept, when this machine has as many GPUs; otherwise one
+    line saying the resumed run's random draws will differ from an uninterrupted run's."""
+    saved = [
+        tensors[k]
+        for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
+    ]
+    if not saved:
+        return
+    if torch.cuda.is_available() and torch.cuda.device_count() == len(saved):
+        torch.cuda.set_rng_state_all(saved)
+        return
+    log.warning(
+        "%s: saved with the random state of %d GPU(s), resumed with %d; the rest of this run draws "
+        "other dropout masks than an uninterrupted run would",
+        path,
+        len(saved),
+        torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    )

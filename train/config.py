@@ -49,6 +49,8 @@ class TrainConfig:
     progress: bool = True  # a progress bar over epochs (stderr; off in tests and with -q)
     tensorboard: bool = True  # per-epoch scalars as TensorBoard event files in <run>/tensorboard
     resident: bool = True  # on a GPU the fold's features live on the device; batches are assembled there
+    # CUDA: wait for the GPU after every step so data_s / model_s split each step exactly (slower)
+    timings: bool = False
     metric: str = "auto"  # validation metric that picks epochs and the head: auto = f1_macro / ccc_mean
     # crop / flip / brightness on training crops (end-to-end systems): None = the system's own
     # default, which is off unless its paper names augmentation

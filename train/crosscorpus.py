@@ -102,7 +102,7 @@ def _score(run, cache, rows, mapping, missing, left_out, out: Path) -> dict[str,
     from .inference import clips_for, forward
     from .metrics import classification_metrics
 
-    values = forward(run, clips_for(run, cache, rows), next(run.model.parameters()).device.type)
+    values = forward(run, clips_for(run, cache, rows), str(next(run.model.parameters()).device))
     shared = sorted(set(mapping.values()))
     names = [run.names[k] for k in shared]
     truth = np.array([shared.index(mapping[int(cache.labels[i])]) for i in rows])

@@ -216,12 +216,15 @@ class FeatureStats:
 
 def move_clips(clips: list[ClipTensors], device: str) -> None:
     """Every tensor of ``clips`` onto ``device``, in place (float16 features: a CREMA-D fold of the
-    paper preset is about 2.5 GB), so that batches are padded and assembled there."""
+    paper preset is about 2.5 GB), so that batches are padded and assembled there.
+
+    Plain (synchronous) copies: done once per run, there is nothing for them to overlap with, and
+    pinning would leave the fold's size of page-locked host memory in torch's pinned-block cache."""
     for c in clips:
         for name in ("frames", "flow", "audio", "targets", "soft"):
             value = getattr(c, name)
             if value is not None:
-                setattr(c, name, value.to(device, non_blocking=True))
+                setattr(c, name, value.to(device))
 
 
 def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +273,22 @@ def batches(clips: list[ClipTensors], cfg: DataConfig, shuffle: bool, seed: int)
     return out
 
 
+def pins_for(device: str | torch.device) -> bool:
+    """Whether host tensors bound for ``device`` are pinned before their copy: only for a CUDA
+    target on a machine with CUDA. A ``non_blocking`` copy from pageable memory is synchronous (the
+    driver stages it); from pinned memory it overlaps the host's work (issue 21 #8)."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
 def to_device(batch: dict, device: str) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
+    """A collated batch on ``device``. Host tensors bound for CUDA (``pins_for``) are pinned and
+    copied with ``non_blocking=True``, so the next batch is assembled while this one travels (torch
+    keeps a pinned block from reuse until its copy ends); elsewhere a plain ``.to``."""
+    pin = pins_for(device)
+
+    def move(v: torch.Tensor) -> torch.Tensor:
+        if pin and v.device.type == "cpu":
+            return v.pin_memory().to(device, non_blocking=True)
+        return v.to(device)
+
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

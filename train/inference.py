@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aver.errors import CheckpointError
-from aver.utils import for_csv, for_plot
+from aver.utils import for_csv
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def score_clips(run: LoadedRun, cache, indices: np.ndarray, videos: dict[str, st
     """One row per extracted clip (whole clip)."""
     if not len(indices):
         return []
-    device = next(run.model.parameters()).device.type
+    device = str(next(run.model.parameters()).device)
     clips = clips_for(run, cache, indices)
     values = forward(run, clips, device)
     return [
@@ -187,7 +187,7 @@ def score_windows(
     clips = build(run, cache, i, keep)
     if not clips:
         return []
-    values = forward(run, clips, next(run.model.parameters()).device.type)
+    values = forward(run, clips, str(next(run.model.parameters()).device))
     return [
         {
             "file": video,
@@ -267,25 +267,16 @@ def _window_inputs(run: LoadedRun, cache, i: int, keep) -> list:
 
 
 def plot_timeline(rows: list[dict[str, Any]], run: LoadedRun, path: Path) -> None:
-    """Each class's probability (reported head) over the windows' centres."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Each class's probability (y fixed to 0-1) or each target's value (y scaled to the values) of
+    the reported head over the windows' centres: ``path`` (PNG) and its SVG copy
+    (``aver.train.plots.plot_timeline``). Nothing is drawn when no window was scored."""
+    from .plots import plot_timeline as draw
 
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return
     head = ok[0]["head"]
     t = [(r["start_s"] + r["end_s"]) / 2 for r in ok]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    for name in run.names:
-        ax.plot(t, [r[f"{head}_{name}"] for r in ok], marker="o", ms=3, label=for_plot(name))
-    ax.set_xlabel("time (s), window centre")
-    ax.set_ylabel(f"{head} head" + (" probability" if run.classification else " value"))
-    ax.set_title(for_plot(ok[0]["clip"]))
-    ax.legend(fontsize=7, ncol=min(len(run.names), 4))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    series = [(name, [r[f"{head}_{name}"] for r in ok]) for name in run.names]
+    unit = " probability" if run.classification else " value"
+    draw(t, series, path, f"{head} head{unit}", title=ok[0]["clip"], probabilities=run.classification)

@@ -95,7 +95,12 @@ def train_fold(cfg: TrainConfig) -> dict[str, Any]:
         fit(run)
         from .report import report
 
-        return report(run)
+        metrics = report(run)
+        if cfg.tensorboard:
+            from .epochlog import log_results
+
+            log_results(run.dir, run.info["train_config"], metrics, step=run.state["epoch"])
+        return metrics
 
 
 # -- setup ------------------------------------------------------------------------------------
@@ -310,6 +315,7 @@ _RESUMABLE = (
     "progress",
     "tensorboard",
     "resident",
+    "timings",
     "read_through",
     "data.inputs_in_memory",  # where crops are read from changes no number
 )
@@ -351,7 +357,7 @@ def fit(run: Run) -> None:
     from .epochlog import EpochLog
 
     cfg, task, state = run.cfg, run.task, run.state
-    epochs = EpochLog(run.dir, state["history"], tensorboard=cfg.tensorboard)
+    epochs = EpochLog(run.dir, state["history"], tensorboard=cfg.tensorboard, metric=task.select_metric)
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], unit="epoch", disable=not cfg.progress, leave=False)
     for epoch in range(state["epoch"], cfg.epochs):
         stats = train_epoch(run, epoch)
@@ -361,6 +367,7 @@ def fit(run: Run) -> None:
         row = {
             "epoch": epoch + 1,
             **stats,
+            "lr": run.optimizer.param_groups[0]["lr"],
             "val_loss": val["loss"],
             "val_metric": value,
             "val_head": head,
@@ -395,38 +402,91 @@ def fit(run: Run) -> None:
     epochs.close()
 
 
+# Training steps between two non-finite checks on CUDA. A check reads the device (it waits for the
+# GPU's queue to drain), so it looks at the losses of this many steps at once (issue 21).
+FINITE_CHECK_STEPS = 25
+
+
+def check_every(device: str) -> int:
+    """Steps between non-finite checks: 1 on the CPU (reading a loss there waits for nothing, and
+    a bad batch never reaches the optimiser), ``FINITE_CHECK_STEPS`` on CUDA."""
+    return FINITE_CHECK_STEPS if str(device).startswith("cuda") else 1
+
+
+def sync_each_step(cfg: TrainConfig) -> bool:
+    """Whether each step waits for the GPU, so that ``data_s``/``model_s`` split every step's time
+    exactly: only on CUDA and only when timings are asked for (``cfg.timings``). Otherwise the GPU
+    runs ahead of the host, and the epoch's single wait at its end is counted in ``model_s``."""
+    return str(cfg.device).startswith("cuda") and bool(getattr(cfg, "timings", False))
+
+
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
-    """One pass over the training clips; returns the mean loss and where the time went."""
+    """One pass over the training clips; returns the mean loss and where the time went.
+
+    On CUDA no step waits for the GPU (issue 21): the loss is summed on the device and read once,
+    at the end; the non-finite check reads the losses of ``check_every`` steps at once (a bad batch
+    still stops the run, named by its clips: ``check_finite``); timings wait per step only when
+    asked for (``sync_each_step``). On the CPU every step is checked before the optimiser step,
+    and the mean loss is the same float64 sum as a per-step read.
+    """
     cfg, model, clips = run.cfg, run.model, run.clips["train"]
     model.train()
-    total, n, t_data, t_model = 0.0, 0, 0.0, 0.0
+    total, n, t_data, t_model = torch.zeros((), dtype=torch.float64, device=cfg.device), 0, 0.0, 0.0
+    pending: list[tuple[torch.Tensor, list]] = []  # (loss, clip ids) of the steps not checked yet
+    every, sync = check_every(cfg.device), sync_each_step(cfg)
     generator, augment = _augment_generator(cfg, epoch), augments(run)
     for idx in epoch_batches(run, epoch):
         t0 = time.perf_counter()
         batch = make_batch(run.spec, [clips[i] for i in idx], cfg.device, augment, generator)
         t1 = time.perf_counter()
-        with autocast(cfg.device, cfg.amp):
-            out = model(batch)
-            loss = run.task.loss(out, run.task.loss_truth(batch))
-            extra = run.system.extra_loss(model, out, batch)  # metric / auxiliary terms of the paper
-            if extra is not None:
-                loss = loss + extra
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1} on the batch of clips "
-                f"{batch['clip_id']}: lower --lr or look at those clips (aver info); the last good epoch is saved"
-            )
+        loss = batch_loss(run, batch)
+        pending.append((loss.detach(), batch["clip_id"]))
+        if len(pending) >= every:
+            check_finite(pending, epoch)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         run.optimizer.step()
-        if cfg.device.startswith("cuda"):
-            torch.cuda.synchronize()  # honest timings
+        if sync:
+            torch.cuda.synchronize(cfg.device)  # per-step timings, on the run's own GPU (#10)
         t2 = time.perf_counter()
-        total, n = total + float(loss.detach()) * len(idx), n + len(idx)
+        total, n = total + loss.detach().double() * len(idx), n + len(idx)
         t_data, t_model = t_data + (t1 - t0), t_model + (t2 - t1)
-    return {"train_loss": total / max(n, 1), "data_s": t_data, "model_s": t_model, "clips": n}
+    t2 = time.perf_counter()
+    check_finite(pending, epoch)
+    mean = float(total) / max(n, 1)  # the epoch's one read of the loss (it waits for the GPU)
+    t_model += time.perf_counter() - t2
+    return {"train_loss": mean, "data_s": t_data, "model_s": t_model, "clips": n}
+
+
+def batch_loss(run: Run, batch: dict) -> torch.Tensor:
+    """The training loss of ``batch``: the task's, plus the system's extra terms (metric /
+    auxiliary losses of the paper), under the run's autocast."""
+    with autocast(run.cfg.device, run.cfg.amp):
+        out = run.model(batch)
+        loss = run.task.loss(out, run.task.loss_truth(batch))
+        extra = run.system.extra_loss(run.model, out, batch)
+        return loss if extra is None else loss + extra
+
+
+def check_finite(pending: list[tuple[torch.Tensor, list]], epoch: int) -> None:
+    """Raise ``TrainingError`` naming the clips of the first batch in ``pending`` (``(loss, clip
+    ids)`` per step, in order) whose loss is not finite; one read of the device for all of them.
+    ``pending`` is emptied."""
+    if not pending:
+        return
+    losses = torch.stack([loss.float() for loss, _ in pending])
+    ids = [clip_ids for _, clip_ids in pending]
+    pending.clear()
+    bad = ~torch.isfinite(losses)
+    if not bool(bad.any()):
+        return
+    k = int(bad.nonzero()[0, 0])
+    raise TrainingError(
+        f"non-finite training loss ({float(losses[k])}) at epoch {epoch + 1} on the batch of clips "
+        f"{ids[k]}: lower --lr or look at those clips (aver info); the last good epoch is saved"
+    )
 
 
 def epoch_batches(run: Run, epoch: int) -> list[list[int]]:

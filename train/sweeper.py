@@ -37,6 +37,7 @@ __all__ = ["Job", "RunsFailed", "plan_jobs", "run_job", "run_jobs", "sweep"]
 # is the same run (another machine, device index, mount point or progress display).
 RUNTIME_FIELDS = (
     "out",
+    "timings",
     "resume",
     "progress",
     "device",
@@ -380,8 +381,15 @@ def _arm_configs(cache, opts, system, variants, protocols, folds, preset, overri
         for k in folds or range(1, folded.n_folds + 1):
             folded.check_fold(k)
         for variant in variants:
+            # the sweep's bar counts runs: a run's own epoch bar would only interleave with it
             cfg = make_config(
-                preset, overrides, cache=cache, system=system, variant=variant, protocol=protocol, **fields
+                preset,
+                overrides,
+                cache=cache,
+                system=system,
+                variant=variant,
+                protocol=protocol,
+                **{**fields, "progress": False},
             )
             task = Task.from_cache(folded, cfg.metric, cfg.data.labels)
             system_config(cfg, folded, task)

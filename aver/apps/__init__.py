@@ -1,1 +1,1 @@
-"""Applications that join both stages (above the kernel, which imports neither): ``prediction``."""
+"""Applications that join both stages (above the kernel, which imports neither): ``prediction``, ``qa``."""

@@ -7,7 +7,8 @@ with the recorded ones first, and a difference is refused by name. Then the run'
 (and training-split standardisation) scores every clip (``aver.train.inference``): per head, the
 class probabilities (or the continuous values). A file that cannot be used (not a video, no face,
 no audio) gets one line with its cause; the others are still scored. With ``timeline`` a long video
-is scored over sliding windows (CSV + a PNG of each class's probability over time).
+is scored over sliding windows (CSV + a PNG and an SVG of each class's probability over time, on
+a fixed 0-1 axis; continuous values on an axis scaled to them).
 
 This joins both stages (``aver.extract`` to make the features, ``aver.train`` to score them), so it
 lives in ``aver.apps``, above the kernel; the stages still never import each other.
@@ -52,7 +53,8 @@ def extraction_config(
 
     ex = recorded_extraction(run)
     d = json.loads(json.dumps(ex["config"]))
-    d["runtime"] = {"device": device}
+    # computed as the cache was: its stored precision (none stored: float32) sets amp and tf32
+    d["runtime"] = {"device": device, "amp": False, "tf32": False}
     cfg = apply_overrides(
         ExtractConfig.from_dict(d), [f"{k}={json.dumps(v)}" for k, v in (weights or {}).items()]
     )
@@ -133,7 +135,7 @@ def predict(
     """Score every video of ``paths`` with the run at ``run_dir``; one row per file (per window with
     ``timeline``): ``file``, ``clip``, ``status`` (ok / failed), ``error``, ``head``, ``prediction``
     and ``<head>_<class>`` probabilities (or ``<head>_<target>`` values). Written to ``out`` (.csv or
-    .json) when given; with ``timeline`` also ``<out stem>_<clip>.png``."""
+    .json) when given; with ``timeline`` also ``<out stem>_<clip>.png`` and its ``.svg``."""
     if timeline and (window_s <= 0 or hop_s <= 0):
         raise UserError("--window and --hop must be > 0 seconds")
     run = load_run(run_dir, device)

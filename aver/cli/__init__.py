@@ -4,12 +4,16 @@
 the problem and the fix (``-v`` adds the traceback); so does a file the OS refused (the path and
 the cause) or cloud storage without credentials; anything else is a bug and shows the traceback.
 Every line printed, errors and log lines included, shows control characters escaped.
+``-v`` / ``-q`` are taken before or after the command; logging is set up here once for every
+command (``_console``): log lines go through ``tqdm.write``, above a live progress bar, and ``-q``
+leaves warnings and errors only, with no progress bars.
 Only argparse is imported up front, so ``aver --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import traceback
@@ -30,30 +34,57 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=epilog,
     )
     parser.add_argument("--version", action="version", version=f"aver {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
+    for flags, help in SHARED_FLAGS.items():
+        parser.add_argument(*flags, action="store_true", help=help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.register(sub)
+    _share_flags(parser)
     return parser
+
+
+# The flags every command takes, before or after its name (``aver -v info X`` = ``aver info X -v``).
+SHARED_FLAGS = {
+    ("-v", "--verbose"): "debug logging; tracebacks on errors",
+    ("-q", "--quiet"): "no progress bars and no INFO log lines (warnings and errors still shown)",
+}
+
+
+def _share_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command (at any depth) the ``SHARED_FLAGS``, defaulting to ``SUPPRESS``: a
+    sub-parser copies its defaults over the namespace of the parser above it, so only a flag given
+    after the command may set the attribute, and one given before it is kept (a command that
+    declares ``-q`` itself gets the same default)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in dict.fromkeys(action.choices.values()):  # aliases name one parser twice
+            own = {s: a for a in child._actions for s in a.option_strings}
+            for flags, help in SHARED_FLAGS.items():
+                if flags[0] in own:
+                    own[flags[0]].default = argparse.SUPPRESS
+                else:
+                    child.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help)
+            _share_flags(child)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    from aver.utils import InertFormatter
-
-    handler.setFormatter(InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
-        code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a closed pipe is found here, not at exit
+        with _console(args):
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe is found here, not at exit
         return code
     except AverError as e:
         return _error(args, str(e), e.exit_code)
     except KeyboardInterrupt:
         print("aver: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `aver variants | head`: the reader left; nothing more to say
+    except BrokenPipeError:
+        # `aver variants | head -1`: the reader stopped reading, by choice; nothing failed. Exit 0,
+        # not 141 (128 + SIGPIPE, what `yes | head -1` reports): the commands print their results
+        # after the work they report is written, and 141 would fail a `set -o pipefail` script that
+        # asked for one line.
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -63,6 +94,64 @@ def main(argv: list[str] | None = None) -> int:
         if known is None:
             raise
         return _error(args, known, 2)
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """A console handler that writes through ``tqdm.write``: a live progress bar is cleared, the log
+    line printed above it and the bar redrawn, instead of the line landing in the middle of it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _console(args: argparse.Namespace):
+    """Logging and progress bars for one command, set up once here for every command: log lines
+    through ``tqdm.write`` (``_TqdmHandler``), INFO and up (``-v``: DEBUG; ``-q``: WARNING and up,
+    and third-party progress bars off: ``TQDM_DISABLE``, ``HF_HUB_DISABLE_PROGRESS_BARS``, read
+    by tqdm and huggingface_hub when first imported); matplotlib's own INFO/DEBUG never shown.
+    Undone on exit, so ``main`` can be called again in the same process."""
+    import os
+
+    from aver.utils import InertFormatter
+
+    root, mpl = logging.getLogger(), logging.getLogger("matplotlib")
+    saved = root.level, mpl.level, {k: os.environ.get(k) for k in QUIET_ENV}
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = None
+    if not root.handlers:  # as logging.basicConfig: an application's own logging is kept
+        handler = _TqdmHandler()
+        handler.setFormatter(InertFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(level)  # also for loggers with their own level (aver.train: INFO, for train.log)
+        root.addHandler(handler)
+    root.setLevel(level)
+    mpl.setLevel(logging.WARNING)
+    if args.quiet:
+        os.environ.update(QUIET_ENV)
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        mpl.setLevel(saved[1])
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if handler is not None:
+            root.removeHandler(handler)
+
+
+# With -q: the progress bars of libraries (tqdm bars made without an explicit ``disable``, such as
+# transformers' "Loading weights", and the Hugging Face hub's) are off too; aver's own follow -q.
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _error(args: argparse.Namespace, message: str, code: int) -> int:

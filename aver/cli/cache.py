@@ -15,9 +15,9 @@ def register(sub) -> None:
     kv_option(p, "--storage-option", "fsspec storage option for the URL")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("cache", help="cache tools: verify, pack, pull, merge, diff")
+    p = sub.add_parser("cache", help="cache tools: verify, pack, pull, merge, diff, export")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
-    for add in (_verify_parser, _pack_parser, _pull_parser, _merge_parser, _diff_parser):
+    for add in (_verify_parser, _pack_parser, _pull_parser, _merge_parser, _diff_parser, _export_parser):
         add(tools)
 
 
@@ -111,6 +111,58 @@ def _diff_parser(tools) -> None:
     )
     d.add_argument("a")
     d.add_argument("b")
+
+
+def _export_parser(tools) -> None:
+    e = _tool(
+        tools,
+        "export",
+        "write a fold's (or every clip's) features, labels and folds as one plain HDF5 file",
+        "Write the committed clips of STORE (every one, or the chosen splits of fold K) to OUT as plain "
+        "HDF5 datasets for MATLAB, Keras or h5py: padded float32 arrays frames [N, T, D], flow [N, P, "
+        "D], audio [N, A, L, D] with their valid lengths n_frames, n_flow, n_audio; clip_id, speaker, "
+        "label, label_names (targets, soft_label when the corpus has them); folds [K, N] of split codes "
+        "(0 train, 1 validation, 2 test, -1 unused) and, with --fold, split [N]. Every dataset has "
+        "long_name / units / dimensions attributes, the root the provenance. gzip + shuffle, chunked "
+        "by clips. Clips are read in bounded batches and verified against their digests; clips not "
+        "committed (pending, failed) are left out and counted.",
+        cmd_export,
+    )
+    e.add_argument("store", help="a .zarr path or fsspec URL (working store or packed copy)")
+    e.add_argument("out", help="the HDF5 file to write (its folder must exist)")
+    e.add_argument("--fold", type=int, help="only the clips of fold K (1-based)")
+    e.add_argument("--split", help="with --fold: comma-separated train, val, test (default: all three)")
+    e.add_argument("--modality", help="comma-separated: frames, flow, audio (default: all three)")
+    e.add_argument("--force", action="store_true", help="replace an existing OUT")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from aver.export import export
+    from aver.overrides import parse_kv
+
+    s = export(
+        args.store,
+        args.out,
+        fold=args.fold,
+        splits=args.split,
+        modalities=args.modality,
+        force=args.force,
+        storage_options=parse_kv(args.storage_option, "--storage-option") or None,
+        progress=not args.quiet,
+    )
+    what = "every committed clip" if s["fold"] is None else f"fold {s['fold']}: {', '.join(s['splits'])}"
+    left = sum(s["left_out"].values())
+    why = (
+        f"; {left} left out, not committed: {s['left_out']['pending']} pending (not extracted yet), "
+        f"{s['left_out']['failed']} failed (aver info {args.store} names the causes)"
+        if left
+        else "; none left out"
+    )
+    echo(
+        f"{args.out}: {s['clips']} clips ({what}), {', '.join(s['modalities'])}; "
+        f"{s['bytes'] / 1e6:.1f} MB{why}"
+    )
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -28,12 +28,14 @@ def register(sub) -> None:
     p.add_argument("--data", type=Path, default=Path("data/synthetic"))
     p.add_argument("--runs", default="runs")
     p.add_argument("--device", default="cpu")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from aver.extract.api import extract_dataset
+    from aver.errors import require_modules
+    from aver.extract.api import EXTRACT_MODULES, extract_dataset
+
+    require_modules("extract", EXTRACT_MODULES, "aver demo")  # named as the command the user ran
     from aver.info import describe
     from aver.train.api import train_fold
 

@@ -118,7 +118,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete an existing store and start over")
     p.add_argument("--retry-failed", action="store_true", help="retry clips recorded as failed")
     p.add_argument("--limit", type=int, help="process at most this many pending clips")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def overrides_from_flags(args: argparse.Namespace) -> list[str]:
@@ -165,6 +164,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     print(summary.report())  # one line per clip, its text escaped
     echo(f"cache: {summary.store}")
+    if summary.all_failed():
+        from aver.errors import CacheError
+
+        # exit 4 (a cache without what was asked for): what `aver train` on this store would report
+        raise CacheError(
+            f"every one of the {summary.failed} clips failed, so {summary.store} holds no features; most "
+            f"common cause: {summary.common_cause()}. Fix that and rerun the command with --retry-failed"
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``aver qa``: a quality report of a cache (base install; OpenCV and PyAV used when installed)."""
+"""``aver qa``: a quality report of a cache (``aver.apps.qa``; base install: OpenCV, PyAV and
+torchvision are used when installed)."""
 
 from __future__ import annotations
 
@@ -36,18 +37,18 @@ def register(sub) -> None:
         help="skip checking every committed clip against its recorded digests (faster; unreadable arrays "
         "are still reported)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_qa)
 
 
 def cmd_qa(args: argparse.Namespace) -> int:
     """Write the page; exit 4 when a clip is damaged (listed on the page and here, one line each)."""
+    from aver.apps.qa import report
     from aver.errors import UserError
     from aver.overrides import parse_kv
-    from aver.qa import report
 
     if args.sample < 0:
         raise UserError(f"--sample must be >= 0, not {args.sample}")
+    _warn_missing(args)
     result = report(
         args.store,
         out=args.out,
@@ -64,3 +65,24 @@ def cmd_qa(args: argparse.Namespace) -> int:
         echo(f"{args.store}: {clips} damaged clips: their measures are not to be trusted (see the page)")
     echo(result.page)
     return 4 if result.damage else 0
+
+
+def _warn_missing(args: argparse.Namespace) -> None:
+    """One warning line, naming the ``pip install``, when the page will lack what OpenCV (flow
+    measures and images) or, with ``--data``, PyAV (decoding the videos) and torchvision (stage
+    one's ``crop_faces``, cutting the crops) give; ``aver qa`` still writes the page, which says
+    the same where each measure is missing."""
+    import importlib.util
+    import logging
+
+    wanted = {"cv2": "OpenCV (cv2: flow measures and images)"}
+    if args.data:
+        wanted["av"] = "PyAV (av: reading the --data videos)"
+        wanted["torchvision"] = "torchvision (cutting face crops from the --data videos)"
+    missing = [what for module, what in wanted.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        logging.getLogger(__name__).warning(
+            "not installed: %s; the page is written without them (pip install 'aver[extract]', or "
+            "pip install opencv-python-headless av torchvision)",
+            ", ".join(missing),
+        )

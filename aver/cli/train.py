@@ -19,23 +19,24 @@ FLAG_FIELDS = {
 }
 
 
-def _common(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-    """The options of train, cv and sweep (a sweep names ``--variants``/``--protocols``/``--seeds``
-    in the plural instead of ``--variant``/``--protocol``/``--seed``)."""
+def _common(p: argparse.ArgumentParser, command: str) -> None:
+    """The options of train, cv and sweep (``command``; a sweep names ``--variants``/``--protocols``
+    /``--seeds`` in the plural instead of ``--variant``/``--protocol``/``--seed``)."""
     from . import choice_option, kv_option, set_option
 
+    sweep = command == "sweep"
     p.add_argument("--cache", required=True, help="the dataset's store: a .zarr path or fsspec URL")
-    _out_options(p)
-    choice_option(
-        p,
-        "--model",
-        "aver.train.systems",
-        "SYSTEMS",
-        "the system to train, %(choices)s (default %(default)s); a system that trains on face crops and "
-        "waveforms needs a cache with them: aver extract ... --inputs crops,wave (`aver variants` says "
-        "what each trains on)",
-        default=None if sweep else "de3",
+    _out_options(p, command)
+    crops = (
+        "; a system that trains on face crops and waveforms needs a cache with them: aver extract ... "
+        "--inputs crops,wave (`aver variants` says what each trains on)"
     )
+    if sweep:  # None: the --table's system, else the default one
+        help_ = "the system to train, %(choices)s (default: the --table's system, else de3)" + crops
+        choice_option(p, "--model", "aver.train.systems", "SYSTEMS", help_, default=None)
+    else:
+        help_ = "the system to train, %(choices)s (default %(default)s)" + crops
+        choice_option(p, "--model", "aver.train.systems", "SYSTEMS", help_, default="de3")
     if not sweep:
         _single(p)
     choice_option(
@@ -49,7 +50,11 @@ def _common(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     )
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--epochs", type=int, help="most epochs (default: the system's preset)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the system's preset; `aver variants`)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: the preset's; `aver variants` lists each system's paper optimiser)",
+    )
     p.add_argument("--weight-decay", type=float, help="weight decay (default: the system's preset)")
     p.add_argument("--batch-size", type=int, help="clips per batch")
     p.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
@@ -68,7 +73,6 @@ def _common(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         action="store_true",
         help="start over, ignoring a checkpoint in --out (resuming is the default)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     set_option(p, "model.d_model=256 or data.audio_window=20")
     kv_option(p, "--storage-option", "fsspec storage option for the cache URL")
 
@@ -113,12 +117,21 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _out_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        help="run directory (default <runs>/<store>/<model>/<variant>[/fold<k>]; DE-III runs have no <model> "
-        "level)",
-    )
+# The default --out of each command, as ``aver.train.api.default_out`` makes it (<store>: the
+# cache's name without .zarr; DE-III's folders predate systems and have no <model> level).
+OUT_HELP = {
+    "train": "run folder (default <runs>/<store>/<model>/<variant>[@<protocol>]/fold<k>; for de3 "
+    "<runs>/<store>/<variant>[@<protocol>]/fold<k>, without <model>; <store>: the cache's name)",
+    "cv": "folder of the fold runs fold<k> (default <runs>/<store>/<model>/<variant>[@<protocol>]; for "
+    "de3 <runs>/<store>/<variant>[@<protocol>], without <model>; <store>: the cache's name; with "
+    "--protocols and --out: <out>@<protocol>, <out> itself for cache)",
+    "sweep": "folder of the sweep (default <runs>/<store>/<model>; for de3 <runs>/<store>; <store>: the "
+    "cache's name); its runs: <out>/<variant>[@<protocol>]/fold<k>[/seed<s>]",
+}
+
+
+def _out_options(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--out", help=OUT_HELP[command])
     p.add_argument("--runs", default="runs", help="where default run directories go (default runs)")
 
 
@@ -126,11 +139,11 @@ def register(sub) -> None:
     from . import choice_option, kv_option
 
     p = sub.add_parser("train", help="train one fold on a cache")
-    _common(p)
+    _common(p, "train")
     p.add_argument("--fold", type=int, default=1, help="fold number, from 1")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("cv", help="train every fold, then mean ± std across folds")
-    _common(p)
+    _common(p, "cv")
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     p.add_argument(
         "--seeds", type=int, default=1, help="train every fold with this many seeds (seed, seed+1, ...)"
@@ -174,7 +187,7 @@ def _sweep_parser(sub) -> None:
         "sweep.csv, sweep.json and sweep_forest.png in --out. Exits 8 when a run failed (the others "
         "complete; the summary names each cause).",
     )
-    _common(p, sweep=True)
+    _common(p, "sweep")
     p.add_argument(
         "--variants",
         metavar="A,B",
@@ -229,13 +242,17 @@ def _predict_parser(sub) -> None:
     p.add_argument("--face-weights", help="the EfficientNet weights, where they are on this machine")
     p.add_argument("--audio-model", help="the wav2vec2 model (folder or hub id), where it is on this machine")
     p.add_argument("--flow-weights", help="the flow weights, where they are on this machine")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from aver.errors import require_modules
+    from aver.extract.api import EXTRACT_MODULES
+
+    # before the run is read: predicting extracts the videos, which needs the [extract] extra
+    require_modules("extract", EXTRACT_MODULES, "aver predict")
     from aver.apps.prediction import predict
     from aver.utils import check_out_dir, require_device
 

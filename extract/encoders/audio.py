@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ def _missing_model_error(name: str, err: Exception) -> MissingWeightsError:
     return MissingWeightsError(
         f"audio model {name!r} is neither a local folder nor in the Hugging Face cache, and it cannot be "
         f"downloaded here ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Download it once on a "
-        f"machine with internet (`huggingface-cli download {name}`, then copy the cache folder "
-        f"~/.cache/huggingface/hub over), or save it with save_pretrained into a folder and pass that "
-        f"folder via --audio-model DIR (audio.model=DIR)."
+        f"machine with internet (`hf download {name}`, or `huggingface-cli download {name}` before "
+        f"huggingface_hub 0.34; then copy the cache folder ~/.cache/huggingface/hub over), or save it "
+        f"with save_pretrained into a folder and pass that folder via --audio-model DIR (audio.model=DIR)."
     )
 
 
@@ -69,6 +70,58 @@ def _hub_provenance(repo_id: str) -> dict[str, Any]:
     return out
 
 
+def _round_up(n: int, step: int) -> int:
+    return -(-int(n) // step) * step
+
+
+def length_batches(
+    lengths: Sequence[int],
+    batch: int,
+    max_samples: int | None = None,
+    bucket: int = 1,
+    min_fill: float = 0.0,
+) -> list[list[int]]:
+    """Indices into ``lengths`` grouped into padded batches of clips of similar length.
+
+    Clips are taken longest first (equal lengths in index order). A batch is padded to ``P``, its
+    first (longest) clip's length rounded up to a multiple of ``bucket``; the next clip joins it
+    while the batch holds fewer than ``batch`` clips, ``(clips + 1) * P <= max_samples`` (when
+    given; a clip longer than that still forms a batch of its own) and the clip is at least
+    ``min_fill`` times the batch's longest, so no row is padded by more than ``1 - min_fill`` of
+    that length (plus the rounding to ``bucket``); otherwise it starts the next batch. Sorting first is what keeps padding small: batched in the
+    given order, a 2 s clip that shares a batch with a 30 s one is a row of 93 % padding. Batches
+    come longest first, so the largest forward (and any out-of-memory error) comes first. Every
+    index appears in exactly one batch.
+    """
+    if batch < 1 or bucket < 1 or not 0.0 <= min_fill <= 1.0:
+        raise ValueError(
+            f"need batch >= 1, bucket >= 1 and 0 <= min_fill <= 1; got {batch}, {bucket}, {min_fill}"
+        )
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    out: list[list[int]] = []
+    longest = padded = 0
+    for i in order:
+        n = int(lengths[i])
+        if out and (
+            len(out[-1]) < batch
+            and (max_samples is None or (len(out[-1]) + 1) * padded <= max_samples)
+            and n >= min_fill * longest
+        ):
+            out[-1].append(i)
+        else:
+            out.append([i])
+            longest, padded = n, _round_up(max(n, 1), bucket)
+    return out
+
+
+def padding_fraction(lengths: Sequence[int], batches: list[list[int]], bucket: int = 1) -> float:
+    """Share of the samples in ``batches`` (each padded to its longest clip, rounded up to ``bucket``)
+    that are padding: 0 for batches of equal, bucket-aligned lengths."""
+    real = sum(int(lengths[i]) for rows in batches for i in rows)
+    total = sum(len(rows) * _round_up(max(int(lengths[i]) for i in rows), bucket) for rows in batches if rows)
+    return 1.0 - real / total if total else 0.0
+
+
 class AudioEncoder:
     """Frozen wav2vec2: waveform ``[S]`` float32 at 16 kHz -> hidden states ``[T, L, dim]``.
 
@@ -78,12 +131,19 @@ class AudioEncoder:
     """
 
     def __init__(
-        self, cfg: AudioEncoderConfig, device: str = "cpu", amp: bool = False, batch: int = 16
+        self,
+        cfg: AudioEncoderConfig,
+        device: str = "cpu",
+        amp: bool = False,
+        batch: int = 16,
+        max_samples: int | None = None,
     ) -> None:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         self.cfg = cfg
         self.batch = max(int(batch), 1)
+        # optional cap on a padded batch's rows x padded samples (``length_batches``); None: by count
+        self.max_samples = None if max_samples is None else max(int(max_samples), 1)
         self.device = torch.device(device)
         self.amp = bool(amp)  # bf16 autocast on CUDA, and on the CPU when asked (runtime.amp=true)
         folder = Path(cfg.model).expanduser()
@@ -155,13 +215,8 @@ class AudioEncoder:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.amp, cpu=True)
 
-    def __call__(self, wave: np.ndarray) -> torch.Tensor:
-        """Encode one clip: one forward, or overlapping windows for audio over ``cfg.window_s``.
-
-        wave: ``[S]`` float32 mono samples at 16 kHz (amplitude as decoded, about [-1, 1]).
-        Returns ``[T, L, dim]`` float32 on CPU, ``T = num_frames(S)`` (about 50 per second, or one
-        per fragment), ``L = len(cfg.layers)`` in the order given.
-        """
+    def _check_wave(self, wave: np.ndarray) -> np.ndarray:
+        """``wave`` as float32 ``[S]``; ValueError when not 1-D, too short for one frame, or not finite."""
         w = np.asarray(wave, dtype=np.float32)
         if w.ndim != 1:
             raise ValueError(f"wave must be 1-D [S] samples; got shape {w.shape}")
@@ -172,54 +227,78 @@ class AudioEncoder:
             )
         if not np.isfinite(w).all():
             raise ValueError("wave contains NaN or infinite samples")
+        return w
+
+    def __call__(self, wave: np.ndarray) -> torch.Tensor:
+        """Encode one clip: one forward, or overlapping windows for audio over ``cfg.window_s``.
+
+        wave: ``[S]`` float32 mono samples at 16 kHz (amplitude as decoded, about [-1, 1]).
+        Returns ``[T, L, dim]`` float32 on CPU, ``T = num_frames(S)`` (about 50 per second, or one
+        per fragment), ``L = len(cfg.layers)`` in the order given.
+        """
+        w = self._check_wave(wave)
         if self.cfg.fragment_s > 0:
-            return self._encode_fragments(w)
+            return self._encode_fragments([w])[0]
         inputs = self.feature_extractor(w, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
         x = inputs["input_values"][0].to(self.device, torch.float32)  # [S], normalised over the clip
         spans = self.windows(x.shape[0])
         return torch.cat([self._forward(x[a:b])[c:d] for a, b, c, d in spans]).to("cpu", torch.float32)
 
-    BUCKET_S = 1.0  # clips batched together are padded to a whole number of these seconds
+    # A padded batch's length is rounded up to a whole number of these seconds, which bounds the set of
+    # input shapes; rounding adds at most 0.25 s to a batch (whole seconds added up to 1 s: 40 % of a
+    # CREMA-D-length 2.5 s clip).
+    BUCKET_S = 0.25
+    MIN_FILL = 0.5  # a clip joins a padded batch only if at least this share of the batch's longest
 
     def encode_many(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
-        """Several clips at once, each as ``__call__`` would give it (within float tolerance).
+        """Several clips at once, each as ``__call__`` would give it (within float tolerance), in order.
 
-        Clips up to ``cfg.window_s`` are padded to a whole number of ``BUCKET_S`` seconds and
-        encoded ``self.batch`` at a time with an attention mask, among clips of the same padded
-        length; a partial batch is filled with copies of its last clip, so every forward of a
-        bucket has one shape. A clip's frames equal its forward alone within float tolerance
-        (tested: 1e-4), but their last bits can depend on the clips sharing its batch: with
-        ``batch`` = 1 (the CPU default) every clip is encoded alone and the store is bit-stable.
-        Models whose feature encoder uses group norm (wav2vec2-base) cannot take padded batches
-        and, like fragment-level encoding and longer clips, are encoded one clip at a time.
+        Clips up to ``cfg.window_s`` are sorted by length and batched with their neighbours
+        (``length_batches``: at most ``self.batch`` per forward, each padded to its longest clip
+        rounded up to ``BUCKET_S``, every clip at least ``MIN_FILL`` of the longest, at most
+        ``self.max_samples`` padded samples when set), with an attention mask; the outputs come back
+        in the order of ``waves``. A batch of one clip is a plain forward (no padding). A clip's frames
+        equal its forward alone within float tolerance (tested: 1e-4), but their last bits can
+        depend on the clips sharing its batch: with ``batch`` = 1 (the CPU default) every clip is
+        encoded alone and the store is bit-stable. Fragment-level encoding batches the equal-length
+        fragments of all clips together. Models whose feature encoder uses group norm
+        (wav2vec2-base) cannot take padded batches and, like longer clips, are encoded one at a time.
         """
+        if self.cfg.fragment_s > 0:
+            return self._encode_fragments([self._check_wave(w) for w in waves])
         out: list[torch.Tensor | None] = [None] * len(waves)
-        batchable = self.model.config.feat_extract_norm == "layer" and not self.cfg.fragment_s > 0
+        batchable = self.model.config.feat_extract_norm == "layer" and self.batch > 1
         limit = int(self.cfg.window_s * self.cfg.sample_rate)
-        bucket = int(self.BUCKET_S * self.cfg.sample_rate)
-        groups: dict[int, list[int]] = {}
+        todo = []
         for k, w in enumerate(waves):
             n = len(w)
-            if batchable and 0 < n <= limit and self.batch > 1 and self.cnn_frames(n) >= 1:
-                groups.setdefault(-(-n // bucket) * bucket, []).append(k)
+            if batchable and 0 < n <= limit and self.cnn_frames(n) >= 1:
+                todo.append(k)
             else:
                 out[k] = self(w)
-        for length, members in groups.items():
-            for a in range(0, len(members), self.batch):
-                chunk = members[a : a + self.batch]
-                for k, feats in zip(
-                    chunk, self._padded_forward([waves[k] for k in chunk], length), strict=True
-                ):
-                    out[k] = feats
+        bucket = max(int(self.BUCKET_S * self.cfg.sample_rate), 1)
+        lengths = [len(waves[k]) for k in todo]
+        batches = length_batches(lengths, self.batch, self.max_samples, bucket, self.MIN_FILL)
+        if batches:
+            log.debug(
+                "wav2vec2: %d clips in %d batches, %.0f %% padding",
+                len(todo),
+                len(batches),
+                100 * padding_fraction(lengths, batches, bucket),
+            )
+        for rows in batches:
+            chunk = [todo[i] for i in rows]
+            if len(chunk) == 1:
+                out[chunk[0]] = self(waves[chunk[0]])
+                continue
+            length = _round_up(max(len(waves[k]) for k in chunk), bucket)
+            for k, feats in zip(chunk, self._padded_forward([waves[k] for k in chunk], length), strict=True):
+                out[k] = feats
         return out  # type: ignore[return-value]
 
     def _padded_forward(self, waves: list[np.ndarray], length: int) -> list[torch.Tensor]:
-        """``len(waves)`` clips padded to ``length`` samples, in a batch of exactly ``self.batch``."""
-        for w in waves:
-            if not np.isfinite(w).all():
-                raise ValueError("wave contains NaN or infinite samples")
-        rows = [np.asarray(w, dtype=np.float32) for w in waves]
-        rows += [rows[-1]] * (self.batch - len(rows))
+        """``len(waves)`` clips padded to ``length`` samples, in one batch with an attention mask."""
+        rows = [self._check_wave(w) for w in waves]
         inputs = self.feature_extractor(
             rows,
             sampling_rate=self.cfg.sample_rate,
@@ -233,7 +312,7 @@ class AudioEncoder:
         with torch.inference_mode(), self._autocast():
             hidden = self.model(x, attention_mask=mask, output_hidden_states=True).hidden_states
             stacked = torch.stack([hidden[i] for i in self.cfg.layers], dim=2).float().cpu()
-        return [stacked[k, : self.cnn_frames(len(w))] for k, w in enumerate(waves)]
+        return [stacked[k, : self.cnn_frames(len(w))] for k, w in enumerate(rows)]
 
     def fragments(self, n_samples: int) -> list[tuple[int, int]]:
         """``(a, b)`` sample spans of DE-III's fragments: ``fragment_s`` long, every ``fragment_hop_s``.
@@ -252,19 +331,29 @@ class AudioEncoder:
             spans.append((n_samples - size, n_samples))
         return spans
 
-    def _encode_fragments(self, w: np.ndarray) -> torch.Tensor:
-        """``[M, L, dim]``: each fragment normalised and encoded on its own (as if it were a clip),
-        its wav2vec2 frames mean-pooled; fragments go through the model ``self.batch`` at a time."""
-        spans = self.fragments(w.shape[0])
-        out = []
-        for k in range(0, len(spans), self.batch):
-            pieces = [w[a:b] for a, b in spans[k : k + self.batch]]
-            inputs = self.feature_extractor(pieces, sampling_rate=self.cfg.sample_rate, return_tensors="pt")
-            x = inputs["input_values"].to(self.device, torch.float32)  # equal lengths: no padding
-            with torch.inference_mode(), self._autocast():
-                hidden = self.model(x, output_hidden_states=True).hidden_states
-                out.append(torch.stack([hidden[i] for i in self.cfg.layers], dim=2).float().mean(1))
-        return torch.cat(out).to("cpu", torch.float32)
+    def _encode_fragments(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """``[M, L, dim]`` per clip: each fragment normalised and encoded on its own (as if it were a
+        clip), its wav2vec2 frames mean-pooled. Fragments of all ``waves`` with the same length (all
+        but those of clips shorter than one fragment) go through the model ``self.batch`` at a time,
+        so short clips still fill a batch; none is padded."""
+        pieces: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # length -> (clip, fragment, samples)
+        for k, w in enumerate(waves):
+            for j, (a, b) in enumerate(self.fragments(w.shape[0])):
+                pieces.setdefault(b - a, []).append((k, j, w[a:b]))
+        pooled: list[dict[int, torch.Tensor]] = [{} for _ in waves]
+        for same in pieces.values():
+            for s in range(0, len(same), self.batch):
+                chunk = same[s : s + self.batch]
+                inputs = self.feature_extractor(
+                    [p for _, _, p in chunk], sampling_rate=self.cfg.sample_rate, return_tensors="pt"
+                )
+                x = inputs["input_values"].to(self.device, torch.float32)  # equal lengths: no padding
+                with torch.inference_mode(), self._autocast():
+                    hidden = self.model(x, output_hidden_states=True).hidden_states
+                    means = torch.stack([hidden[i] for i in self.cfg.layers], dim=2).float().mean(1)
+                for (k, j, _), m in zip(chunk, means.cpu(), strict=True):
+                    pooled[k][j] = m
+        return [torch.stack([d[j] for j in range(len(d))]).to(torch.float32) for d in pooled]
 
     def windows(self, n_samples: int) -> list[tuple[int, int, int, int]]:
         """``(a, b, c, d)`` per forward: samples ``[a, b)`` in, output frames ``[c, d)`` kept.

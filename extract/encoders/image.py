@@ -15,6 +15,7 @@ from aver.errors import ConfigError
 from aver.utils import autocast
 
 from ..config import ImageEncoderConfig
+from ..faces import to_device
 from .weights import load_state_dict, sha256_file, state_dict_sha256
 
 # Classifier parameters: the encoder is built with num_classes=0, so a checkpoint's head never fits.
@@ -158,18 +159,44 @@ class ImageEncoder:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.amp, cpu=True)
 
+    @contextlib.contextmanager
+    def _tuned(self) -> Any:
+        """cuDNN autotuning (``cudnn.benchmark``) for the forwards of a CUDA encoder (issue 21):
+        every forward has one shape (``encode_batched`` pads the last batch; crops and flow images
+        are ``input_size`` squares), so the first picks the fastest convolutions and the others
+        reuse them. Scoped to the forward, so MTCNN's varying shapes are not each re-tuned; the CPU
+        is untouched (no flag is read or written)."""
+        if self.device.type != "cuda":
+            yield
+            return
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8`` 0..255 or float 0..1 ``[B, 3, H, W]`` -> normalised float32 at ``input_size`` on device."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W]; got shape {tuple(images.shape)}")
-        # Convert after the transfer: uint8 is a quarter of the bytes to move.
-        x = images.to(self.device, non_blocking=True)
+        # Convert after the transfer: uint8 is a quarter of the bytes to move. A host batch bound
+        # for CUDA is pinned first, so the copy is asynchronous (faces.to_device, issue 21 #8).
+        x = to_device(images, self.device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         size = self.cfg.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = (x - self._mean) / self._std
         return x.contiguous(memory_format=torch.channels_last)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``__call__`` without the copy back: ``[B, dim]`` float32 on the encoder's device (an
+        inference tensor: read it, or copy it before modifying it in place)."""
+        if images.shape[0] == 0:
+            return torch.zeros(0, self.dim, device=self.device)
+        with torch.inference_mode(), self._autocast(), self._tuned():
+            return self.model(self._prepare(images)).float()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Encode one batch.
@@ -178,19 +205,16 @@ class ImageEncoder:
         (bilinear, antialiased) to ``cfg.input_size`` square when needed.
         Returns ``[B, dim]`` float32 on CPU.
         """
-        if images.shape[0] == 0:
-            return torch.zeros(0, self.dim)
-        with torch.inference_mode(), self._autocast():
-            feats = self.model(self._prepare(images))
         # clone() outside inference mode: callers may modify the result in place.
-        return feats.to("cpu", torch.float32).clone()
+        return self.encode(images).to("cpu").clone()
 
     def encode_batched(self, images: torch.Tensor | np.ndarray, batch_size: int) -> torch.Tensor:
         """Encode ``[N, 3, H, W]`` images in forwards of exactly ``batch_size`` images.
 
         The last partial batch is padded by repeating its last image and the padding is dropped
         afterwards, so every forward has one shape and an image's embedding does not depend on N
-        or on how clips were grouped. Returns ``[N, dim]`` float32 on CPU.
+        or on how clips were grouped. Returns ``[N, dim]`` float32 on CPU, copied back once for
+        all the batches (on a GPU a copy per batch would wait for each forward: issue 21 #8).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -204,8 +228,9 @@ class ImageEncoder:
             if real < batch_size:
                 pad = chunk[-1:].expand(batch_size - real, *chunk.shape[1:])
                 chunk = torch.cat([chunk, pad])
-            out.append(self(chunk)[:real])
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
+            out.append(self.encode(chunk)[:real])
+        # cat outside inference mode: a normal tensor the caller may modify in place
+        return torch.cat(out).cpu() if out else torch.zeros(0, self.dim)
 
     def provenance(self) -> dict[str, Any]:
         """What made these embeddings: arch, weights file and sha256 (or a hash of the random init), sizes."""

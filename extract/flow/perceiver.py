@@ -153,6 +153,72 @@ def tiled_flow(
     return layout.blend(outs)
 
 
+class CachedFourierPositions(torch.nn.Module):
+    """A Fourier position encoding computed once per ``(index_dims, device, dtype)`` and expanded.
+
+    transformers' ``PerceiverImagePreprocessor._build_network_inputs`` calls its
+    ``PerceiverFourierPositionEncoding`` on every forward: for the flow model's 368x496 window that
+    is a ``[batch, 182,528, 258]`` table of sines and cosines rebuilt per call (on the device in the
+    installed transformers 5.x, on the CPU and then copied over in older releases), materialised per
+    tile by the ``torch.cat`` in ``generate_fourier_features`` (~1.5 GB float32 for 8 tiles). This
+    wrapper computes it once, at batch 1, with the wrapped module (so the values are the very same:
+    every row of the batched table is that one) and returns ``expand(batch, -1, -1)``, a view, not a
+    copy per tile. Explicit ``pos`` bypasses the cache. The encoding has no parameters, so state
+    dicts and ``save_pretrained`` are unchanged.
+    """
+
+    MAX_ENTRIES = 4  # (index_dims, device, dtype) keys kept; a model uses one or two
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self._cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.computed = 0  # tables built so far (tests count them)
+
+    @property
+    def num_dimensions(self) -> int:
+        return int(self.inner.num_dimensions)
+
+    def output_size(self, *args: Any, **kwargs: Any) -> int:
+        return int(self.inner.output_size(*args, **kwargs))
+
+    def forward(
+        self,
+        index_dims: Any,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if pos is not None:
+            return self.inner(index_dims, batch_size, device=device, dtype=dtype, pos=pos)
+        key = (tuple(int(d) for d in index_dims), torch.device(device), dtype)
+        table = self._cache.get(key)
+        if table is None:
+            # a plain tensor even when built under inference_mode, so later autograd-enabled calls can use it
+            with torch.inference_mode(False), torch.no_grad():
+                table = self.inner(index_dims, 1, device=device, dtype=dtype).to(device)
+            if len(self._cache) >= self.MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = table
+            self.computed += 1
+        return table.expand(int(batch_size), -1, -1)
+
+
+def cache_position_encoding(model: torch.nn.Module) -> CachedFourierPositions | None:
+    """Wrap the Fourier position encoding of this ``PerceiverForOpticalFlow``'s input preprocessor in
+    ``CachedFourierPositions`` (this model object only; the transformers classes are untouched).
+    Returns the wrapper, or None when the model has no such encoding (another preprocessor)."""
+    pre = getattr(getattr(model, "perceiver", None), "input_preprocessor", None)
+    enc = getattr(pre, "position_embeddings", None)
+    if isinstance(enc, CachedFourierPositions):
+        return enc
+    if getattr(pre, "position_encoding_type", None) != "fourier" or enc is None:
+        return None
+    pre.position_embeddings = CachedFourierPositions(enc)
+    return pre.position_embeddings
+
+
 def _load_model(weights: str, overrides: dict[str, Any]) -> tuple[Any, Path | None]:
     """``from_pretrained`` on a local folder or hub id; returns (model, weight file if found)."""
     from transformers import PerceiverForOpticalFlow
@@ -239,6 +305,7 @@ class PerceiverFlow(FlowBackend):
         self.max_tiles = max_tiles
         self.window_overridden = bool(overrides)
         self.model = model.eval().to(self.device)
+        self.positions = cache_position_encoding(self.model)  # built once, not per forward
         self._sha256: str | None = None
 
     def run_tiles(self, tiles: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """A newcomer's first hour (issue 20): the command line's sharp edges, one regression test each.
 
 1. predict / extract / demo in a trainer-only install: one line naming the ``pip install``, exit 3
-   (qa writes its page without OpenCV / PyAV and says so in one warning line naming the install);
+   (qa writes its page without OpenCV / PyAV, then exits 3 with one line naming the install);
 2. ``-v`` and ``-q`` before or after the command;
 3. ``--set KEY=VALUE`` of the wrong type: one line naming key, value and type, before any work;
 4. ``aver variants | head -1``: no BrokenPipeError;
@@ -80,11 +80,12 @@ def test_extract_commands_in_a_trainer_only_install(command, tmp_path):
 
 
 def test_qa_in_a_trainer_only_install_writes_its_page_and_names_the_install(toy, tmp_path):
+    """The page is still written (it says what it lacks); exit 3 and one line name the install."""
     page = tmp_path / "qa.html"
     out = aver("qa", toy, "--data", str(tmp_path), "--out", str(page), "-q", pre=HIDE)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 3, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "WARNING" in lines[0], out.stderr
+    assert len(lines) == 1 and lines[0].startswith("aver: error:"), out.stderr
     assert "OpenCV (cv2" in lines[0] and "PyAV (av" in lines[0] and "pip install 'aver[extract]'" in lines[0]
     assert page.is_file() and "not installed" in page.read_text()
 

@@ -41,14 +41,15 @@ def register(sub) -> None:
 
 
 def cmd_qa(args: argparse.Namespace) -> int:
-    """Write the page; exit 4 when a clip is damaged (listed on the page and here, one line each)."""
+    """Write the page; exit 4 when a clip is damaged (listed on the page and here, one line each);
+    exit 3, after writing it, when the page lacks what a missing extra gives (one line naming it)."""
     from aver.apps.qa import report
     from aver.errors import UserError
     from aver.overrides import parse_kv
 
     if args.sample < 0:
         raise UserError(f"--sample must be >= 0, not {args.sample}")
-    _warn_missing(args)
+    missing = _missing(args)
     result = report(
         args.store,
         out=args.out,
@@ -64,25 +65,25 @@ def cmd_qa(args: argparse.Namespace) -> int:
         clips = len({p.clip for p in result.damage if not p.table})
         echo(f"{args.store}: {clips} damaged clips: their measures are not to be trusted (see the page)")
     echo(result.page)
+    if missing and not result.damage:
+        from aver.errors import MissingExtraError
+
+        # the page is written and says what it lacks; the status tells a script it is incomplete
+        raise MissingExtraError(
+            f"the page {result.page} lacks what {', '.join(missing)} give: pip install 'aver[extract]' "
+            "(or pip install opencv-python-headless av torchvision)"
+        )
     return 4 if result.damage else 0
 
 
-def _warn_missing(args: argparse.Namespace) -> None:
-    """One warning line, naming the ``pip install``, when the page will lack what OpenCV (flow
-    measures and images) or, with ``--data``, PyAV (decoding the videos) and torchvision (stage
-    one's ``crop_faces``, cutting the crops) give; ``aver qa`` still writes the page, which says
-    the same where each measure is missing."""
+def _missing(args: argparse.Namespace) -> list[str]:
+    """What the page will lack: OpenCV (flow measures and images) or, with ``--data``, PyAV
+    (decoding the videos) and torchvision (stage one's ``crop_faces``, cutting the crops). ``aver
+    qa`` still writes the page, which says the same where each measure is missing."""
     import importlib.util
-    import logging
 
     wanted = {"cv2": "OpenCV (cv2: flow measures and images)"}
     if args.data:
         wanted["av"] = "PyAV (av: reading the --data videos)"
         wanted["torchvision"] = "torchvision (cutting face crops from the --data videos)"
-    missing = [what for module, what in wanted.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        logging.getLogger(__name__).warning(
-            "not installed: %s; the page is written without them (pip install 'aver[extract]', or "
-            "pip install opencv-python-headless av torchvision)",
-            ", ".join(missing),
-        )
+    return [what for module, what in wanted.items() if importlib.util.find_spec(module) is None]

@@ -212,7 +212,8 @@ EXTRAS = ("av", "cv2", "timm", "transformers", "facenet_pytorch", "dask", "skima
 
 
 def test_trainer_only_install_trains_and_describes_a_cache(toy, tmp_path):
-    """Without any [extract] module importable, `aver info` and `aver train` still work."""
+    """Without any [extract] module importable (dask included), `aver info`, `train`, `cv`,
+    `evaluate` and `report` still work."""
     hide = "import sys\n" + "\n".join(f"sys.modules[{m!r}] = None" for m in EXTRAS)
     assert aver("info", toy, pre=hide).returncode == 0
     out = aver(
@@ -220,6 +221,22 @@ def test_trainer_only_install_trains_and_describes_a_cache(toy, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "run/metrics.json").is_file()
+    cv = [
+        "cv",
+        "--cache",
+        toy,
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--folds",
+        "1",
+        "--out",
+        str(tmp_path / "cv"),
+    ]
+    assert aver(*cv, pre=hide).returncode == 0
+    assert aver("evaluate", "--run", str(tmp_path / "run"), "--cache", toy, pre=hide).returncode == 0
+    assert aver("report", str(tmp_path), pre=hide).returncode == 0 and (tmp_path / "report.md").is_file()
 
 
 def test_help_is_cheap():

@@ -98,7 +98,7 @@ def merge(
     if base.inputs:
         writer.add_inputs(base.inputs)
     g = writer.group
-    for i, src in tqdm(sorted(chosen.items()), unit="clip", disable=not progress, leave=False):
+    for i, src in tqdm(sorted(chosen.items()), desc="merge", unit="clip", disable=not progress, leave=False):
         for name in PER_CLIP + (INPUTS if base.inputs else ()):
             if src._has(name) and L.has_array(g, name):
                 g[name][i] = src.group[name][i]

@@ -80,7 +80,7 @@ def pull(
     todo = [int(i) for i in np.sort(wanted) if done[i] != L.DONE or added]
     new_clip = scalars + [n for m in modalities for n in MODALITY_ARRAYS[m]]  # a clip not here yet
     old_clip = [n for m in added for n in MODALITY_ARRAYS[m]]  # a clip here: only the modalities it lacks
-    for i in tqdm(todo, unit="clip", disable=not progress, leave=False):
+    for i in tqdm(todo, desc="pull", unit="clip", disable=not progress, leave=False):
         for name in new_clip if done[i] != L.DONE else old_clip:
             g[name][i] = src.group[name][i]
         g[L.STATUS][i] = L.DONE

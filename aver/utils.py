@@ -70,6 +70,25 @@ def autocast(device: str, enabled: bool = True, cpu: bool = False) -> contextlib
     return contextlib.nullcontext()
 
 
+def pins_for(device: Any) -> bool:
+    """Whether host memory bound for ``device`` is pinned first: only for a CUDA target on a machine
+    with CUDA. A ``non_blocking`` copy from pageable memory is synchronous (the driver stages it);
+    from pinned memory it is a DMA that overlaps the host's work (issue 21 #8). Elsewhere nothing
+    changes: the CPU path allocates and copies exactly as before. Used by both stages."""
+    import torch
+
+    return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def pinned_to(x: Any, device: Any) -> Any:
+    """Tensor ``x`` on ``device``; a CPU tensor bound for CUDA (``pins_for``) is pinned and copied
+    with ``non_blocking=True`` (torch keeps a pinned block from reuse until its copy ends, so a
+    temporary is safe); otherwise a plain ``.to``."""
+    if x.device.type == "cpu" and pins_for(device):
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
+
+
 def _bf16(device: str) -> bool:
     """Whether the GPU ``device`` names (``cuda:1``: the second) has bf16; ``is_bf16_supported``
     asks only the current device, which is cuda:0 unless set (#10)."""

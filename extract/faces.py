@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from aver.errors import ClipError
+from aver.utils import pinned_to, pins_for
 
 from .config import FaceConfig
 
@@ -54,21 +55,9 @@ def _empty_dets() -> np.ndarray:
     return np.zeros((0, 5), dtype=np.float32)
 
 
-def pins_for(device: str | torch.device) -> bool:
-    """Whether host memory bound for ``device`` is pinned first: only for a CUDA target on a machine
-    with CUDA. A ``non_blocking`` copy from pageable memory is synchronous (the driver stages it);
-    from pinned memory it is a DMA that overlaps the host's work (issue 21 #8). Elsewhere nothing
-    changes: the CPU path allocates and copies exactly as before."""
-    return torch.device(device).type == "cuda" and torch.cuda.is_available()
-
-
 def to_device(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """``x`` on ``device``; a CPU tensor bound for CUDA is pinned (``pins_for``) and copied with
-    ``non_blocking=True``. The pinned block is not reused before the copy ends: torch records an
-    event on it for every asynchronous copy, so a temporary is safe."""
-    if x.device.type == "cpu" and pins_for(device):
-        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
-    return x.to(device)
+    """``x`` on ``device``, pinned first when bound for CUDA (``aver.utils.pinned_to``)."""
+    return pinned_to(x, device)
 
 
 def host_buffer(shape: tuple[int, ...], device: str | torch.device) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from aver.cache import FeatureCache
 from aver.errors import CacheError, ConfigError
+from aver.utils import pinned_to, pins_for  # noqa: F401  (pins_for: part of this module's surface)
 
 log = logging.getLogger(__name__)
 
@@ -273,22 +274,8 @@ def batches(clips: list[ClipTensors], cfg: DataConfig, shuffle: bool, seed: int)
     return out
 
 
-def pins_for(device: str | torch.device) -> bool:
-    """Whether host tensors bound for ``device`` are pinned before their copy: only for a CUDA
-    target on a machine with CUDA. A ``non_blocking`` copy from pageable memory is synchronous (the
-    driver stages it); from pinned memory it overlaps the host's work (issue 21 #8)."""
-    return torch.device(device).type == "cuda" and torch.cuda.is_available()
-
-
 def to_device(batch: dict, device: str) -> dict:
     """A collated batch on ``device``. Host tensors bound for CUDA (``pins_for``) are pinned and
     copied with ``non_blocking=True``, so the next batch is assembled while this one travels (torch
     keeps a pinned block from reuse until its copy ends); elsewhere a plain ``.to``."""
-    pin = pins_for(device)
-
-    def move(v: torch.Tensor) -> torch.Tensor:
-        if pin and v.device.type == "cpu":
-            return v.pin_memory().to(device, non_blocking=True)
-        return v.to(device)
-
-    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: pinned_to(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -253,7 +253,7 @@ def _measure_clips(
     from aver.integrity import Problem
 
     g = cache.group
-    for i in tqdm(done, unit="clip", disable=not progress, leave=False):
+    for i in tqdm(done, desc="qa", unit="clip", disable=not progress, leave=False):
         t = int(result.n_frames[i])
         rows = {}
         for name in (L.FACE_BOX, L.FACE_MASK, L.FACE_PROB):

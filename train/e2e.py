@@ -20,6 +20,7 @@ import torch
 from aver.cache import FeatureCache
 from aver.errors import CacheError
 from aver.layout import WAVE_SCALE
+from aver.utils import pinned_to
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def move_input_clips(clips: list[InputClip], device: str) -> None:
         for name in ("crops", "wave", "targets", "soft"):  # crops read per batch stay in the cache
             value = getattr(c, name)
             if value is not None:
-                setattr(c, name, value.to(device, non_blocking=True))
+                setattr(c, name, value.to(device))
 
 
 def collate_inputs(
@@ -155,7 +156,7 @@ def collate_inputs(
     pcm = clips[0].wave.new_zeros((len(clips), max(int(lengths.max()), 1)))  # padded where the clips are
     for k, c in enumerate(clips):
         pcm[k, : c.length] = c.wave
-    wave = pcm.to(device, non_blocking=True).float() / WAVE_SCALE  # one copy per batch
+    wave = pinned_to(pcm, device).float() / WAVE_SCALE  # one copy per batch
     batch = {
         "wave": wave,
         "wave_lengths": lengths.to(device),
@@ -168,6 +169,6 @@ def collate_inputs(
         batch["soft"] = torch.stack([c.soft for c in clips]).to(device)
     crops = batch_crops(clips)
     if crops.numel():
-        crops = crops.to(device, non_blocking=True)  # uint8, one copy per batch
+        crops = pinned_to(crops, device)  # uint8, one copy per batch
         batch["video"] = video_batch(crops, image_size, train, generator)
     return batch

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from aver.errors import ConfigError, MissingWeightsError
+from aver.utils import pinned_to
 
 from ..config import FlowConfig
 from .base import FLOW_BACKENDS, FlowBackend, count_params, iter_chunks, sha256_file
@@ -315,8 +316,8 @@ class PerceiverFlow(FlowBackend):
         return logits.float().permute(0, 3, 1, 2) * self.scale
 
     def _flow(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        prev = prev.to(self.device, non_blocking=True)
-        nxt = nxt.to(self.device, non_blocking=True)
+        prev = pinned_to(prev, self.device)
+        nxt = pinned_to(nxt, self.device)
         return tiled_flow(self.run_tiles, prev, nxt, self.window, self.overlap, self.max_tiles)
 
     def provenance(self) -> dict[str, Any]:

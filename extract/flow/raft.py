@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from aver.errors import ConfigError, MissingWeightsError
+from aver.utils import pinned_to
 
 from ..config import FlowConfig
 from .base import FLOW_BACKENDS, FlowBackend, count_params, pick_variant, sha256_file
@@ -132,7 +133,7 @@ class RAFTFlow(FlowBackend):
     def _flow(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         h, w = prev.shape[-2:]
         # RAFT was trained on images scaled to [-1, 1]; its feature grid is 1/8 of the image.
-        pair = torch.cat([prev, nxt]).to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        pair = pinned_to(torch.cat([prev, nxt]), self.device).float().div_(127.5).sub_(1.0)
         pair = pad_for_raft(pair)
         a, b = pair.chunk(2)
         with self.autocast():

@@ -3,7 +3,7 @@
 ``prepare`` is the decode-bound half that runs ahead in threads: probe, decode + detect faces
 (pass 1, keeping only a detection-size copy of each frame), track and smooth one face, crop
 (keeping only the face region of each frame), and load 16 kHz audio. A clip within
-``runtime.stream_frames`` frames whose decoded frames fit in ``DECODE_ONCE_MB`` keeps them from
+``runtime.stream_frames`` frames whose decoded frames fit in ``runtime.decode_once_mb`` keeps them from
 pass 1 for its crops, so it is decoded once (issue 21 #7); a longer or larger one is decoded a
 second time for its crops, one frame at a time, so no full-resolution video is held in memory: a
 4K clip costs one 4K frame (plus at most the budget), not 4K x frames. The crops are the same bits either way (the decoder
@@ -28,21 +28,20 @@ from .models import Models
 
 log = logging.getLogger(__name__)
 
-# Decoded frames (MiB) a clip may keep from its detection pass for its crops, per kind of device: a
-# clip within this and runtime.stream_frames is decoded once. The CPU's is the size of the face-region
-# chunk the crops already hold (faces.CROP_CHUNK_BYTES as uint8), so a clip's peak stays about one
-# frame plus one chunk (issue 18; a 4K frame is 25 MB: 4K clips are decoded twice). On a GPU
-# machine decoding is what starves the GPU, and there is memory: 512 MiB per decode-ahead thread
-# (runtime.prefetch), held while the clip is cropped. runtime.decode_once_mb, where the config has
-# it, wins; 0 decodes every clip twice (the bounded-memory path of long clips).
-DECODE_ONCE_MB = {"cpu": 32, "cuda": 512}
-
 
 def decode_once_bytes(cfg: ExtractConfig) -> int:
-    """The bytes of decoded frames a clip may keep for its crops (``DECODE_ONCE_MB``)."""
-    mb = getattr(cfg.runtime, "decode_once_mb", None)
+    """The bytes of decoded frames a clip may keep from its detection pass for its crops
+    (``runtime.decode_once_mb``, unset: the device's ``DEVICE_DEFAULTS``); a clip within this and
+    ``runtime.stream_frames`` is decoded once, 0 decodes every clip twice. The CPU's default is the
+    face-region chunk the crops already hold, so a clip's peak stays about one frame plus one chunk
+    (issue 18: 4K clips are decoded twice); on a GPU decoding is what starves it (issue 21 #7)."""
+    from .config import DEVICE_DEFAULTS
+
+    mb = cfg.runtime.decode_once_mb
     if mb is None:
-        mb = DECODE_ONCE_MB["cuda" if str(cfg.runtime.device).startswith("cuda") else "cpu"]
+        mb = DEVICE_DEFAULTS["cuda" if str(cfg.runtime.device).startswith("cuda") else "cpu"][
+            "decode_once_mb"
+        ]
     return int(mb) << 20
 
 

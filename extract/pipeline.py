@@ -146,22 +146,16 @@ def _audio_seconds(path: str) -> float:
         return 0.0
 
 
-# Decode-ahead threads when runtime.prefetch is unset (None), per kind of device, unless
-# DEVICE_DEFAULTS names its own: a GPU's models consume clips faster than two threads decode them
-# (issue 21 #7), and a GPU machine has the cores for more.
-PREFETCH = {"cpu": 2, "cuda": 4}
-
-
 def prefetch_depth(runtime) -> int:
     """Threads that prepare clips ahead of the models (``_prepared``; twice as many clips are in
-    flight): ``runtime.prefetch``, or when it is unset the device's default (``DEVICE_DEFAULTS``,
-    else ``PREFETCH``); at least 1."""
+    flight): ``runtime.prefetch``, or when it is unset the device's default (``DEVICE_DEFAULTS``:
+    more on a GPU, whose models consume clips faster than two threads decode them); at least 1."""
     from .config import DEVICE_DEFAULTS
 
     value = runtime.prefetch
     if value is None:
         kind = "cuda" if str(runtime.device).startswith("cuda") else "cpu"
-        value = DEVICE_DEFAULTS[kind].get("prefetch", PREFETCH[kind])
+        value = DEVICE_DEFAULTS[kind]["prefetch"]
     return max(1, int(value))
 
 

@@ -77,13 +77,15 @@ def test_a_clip_over_stream_frames_keeps_no_frames_and_is_decoded_again(
 
 
 def test_the_decode_once_budget_is_per_device_and_a_runtime_field_wins():
-    from aver.extract.clip import DECODE_ONCE_MB, decode_once_bytes
+    from aver.extract.clip import decode_once_bytes
+    from aver.extract.config import DEVICE_DEFAULTS
 
-    def cfg(**runtime):
-        return SimpleNamespace(runtime=SimpleNamespace(**runtime))
+    def cfg(device, decode_once_mb=None):
+        return SimpleNamespace(runtime=SimpleNamespace(device=device, decode_once_mb=decode_once_mb))
 
     cpu, cuda = decode_once_bytes(cfg(device="cpu")), decode_once_bytes(cfg(device="cuda:1"))
-    assert cpu == DECODE_ONCE_MB["cpu"] << 20 and cuda == DECODE_ONCE_MB["cuda"] << 20 and cuda > cpu
+    want = {k: DEVICE_DEFAULTS[k]["decode_once_mb"] << 20 for k in ("cpu", "cuda")}
+    assert (cpu, cuda) == (want["cpu"], want["cuda"]) and cuda > cpu
     assert cpu < 3840 * 2160 * 3 * 2  # a 4K clip is never kept on the CPU (issue 18's bound)
     assert decode_once_bytes(cfg(device="cuda", decode_once_mb=0)) == 0
     assert decode_once_bytes(cfg(device="cpu", decode_once_mb=None)) == cpu
@@ -91,10 +93,9 @@ def test_the_decode_once_budget_is_per_device_and_a_runtime_field_wins():
 
 def test_the_prefetch_depth_is_per_device():
     from aver.extract.config import DEVICE_DEFAULTS
-    from aver.extract.pipeline import PREFETCH, prefetch_depth
+    from aver.extract.pipeline import prefetch_depth
 
-    cuda = DEVICE_DEFAULTS["cuda"].get("prefetch", PREFETCH["cuda"])
-    cpu = DEVICE_DEFAULTS["cpu"].get("prefetch", PREFETCH["cpu"])
+    cuda, cpu = DEVICE_DEFAULTS["cuda"]["prefetch"], DEVICE_DEFAULTS["cpu"]["prefetch"]
     assert prefetch_depth(SimpleNamespace(prefetch=None, device="cuda:1")) == cuda > cpu
     assert prefetch_depth(SimpleNamespace(prefetch=None, device="cpu")) == cpu
     assert prefetch_depth(SimpleNamespace(prefetch=3, device="cpu")) == 3
